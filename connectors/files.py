@@ -1,0 +1,307 @@
+"""Tick files as a bounded Bytewax source (CSV, CSV.GZ, Parquet).
+
+Each file is one partition (read by one worker), streamed in Arrow batches
+of raw columns: parsing and validation happen downstream in the ``parse``
+stage, the same road Kafka messages take. Rows a CSV reader cannot split
+into the header's columns are kept as :class:`RawTickBatch.unreadable`
+(line and text) so they become reject records, never silent drops.
+
+Format (PRODUCT.md): columns ``ts, symbol, price, size`` and optionally
+``exchange`` and ``condition``/``conditions``; other columns are ignored.
+``ts`` is ISO-8601 with ``Z`` or an offset, or an integer epoch whose unit
+must be given (``ts_unit``): a file with numeric ``ts`` and no unit is
+refused up front rather than guessed.
+
+Delivery: exactly-once with Bytewax recovery. The resume state is the
+number of data rows already emitted, so a resumed run re-reads the file and
+skips exactly those rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from dataflows.errors import UserError
+
+REQUIRED = ("ts", "symbol", "price", "size")
+OPTIONAL = ("exchange", "condition", "conditions")
+TS_UNITS = ("s", "ms", "us", "ns")
+TICK_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+# Readers may name columns differently; these are accepted as aliases.
+ALIASES = {"timestamp": "ts", "time": "ts", "ts_event": "ts", "qty": "size", "quantity": "size"}
+
+
+@dataclass
+class RawTickBatch:
+    """Raw rows of one file batch, before validation.
+
+    :arg table: the file's columns (renamed to the contract's names).
+    :arg lines: per row, the CSV line number (1 = header) or Parquet row
+        index, for reject positions.
+    :arg origin: the file name used in positions.
+    :arg unreadable: rows that could not be split into columns.
+    """
+
+    table: pa.Table
+    lines: np.ndarray
+    origin: str
+    source: str = "file"
+    ts_unit: str | None = None
+    unreadable: list[tuple[int, str]] = field(default_factory=list)
+    expected_columns: int = 0
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in TICK_FILE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise UserError(f"{path}: unknown tick file type; use .csv, .csv.gz or .parquet")
+
+
+def expand_paths(spec: str) -> list[Path]:
+    """A file, a directory (its tick files) or a glob -> sorted files."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.lower().endswith(TICK_FILE_SUFFIXES))
+        if not files:
+            raise UserError(f"{spec}: directory holds no .csv, .csv.gz or .parquet tick files")
+        return files
+    if path.exists():
+        return [path]
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(spec))
+        if files:
+            return files
+    raise UserError(f"{spec}: no such tick file (give a file, a directory or a glob)")
+
+
+def _rename(names: list[str]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        key = name.strip().lower()
+        out[name] = ALIASES.get(key, key)
+    return out
+
+
+def _csv_header(path: Path) -> list[str]:
+    with pa.input_stream(str(path), compression="detect") as stream:
+        head = stream.read(1 << 16).decode("utf-8", errors="replace")
+    line = head.splitlines()[0] if head else ""
+    return next(csv.reader([line]), [])
+
+
+def _csv_stream(path: Path, handler: Any) -> pcsv.CSVStreamingReader:
+    """Stream a CSV with every column as a string: validation decides types."""
+    stream = pa.input_stream(str(path), compression="detect")
+    return pcsv.open_csv(
+        stream,
+        read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 22),
+        parse_options=pcsv.ParseOptions(invalid_row_handler=handler, ignore_empty_lines=False),
+        convert_options=pcsv.ConvertOptions(
+            column_types={name: pa.string() for name in _csv_header(path)},
+            strings_can_be_null=False,
+        ),
+    )
+
+
+def inspect_tick_file(path: Path, ts_unit: str | None) -> None:
+    """Refuse, with one clear line, a file that cannot be a tick file."""
+    suffix = _suffix(path)
+    try:
+        if suffix in (".parquet", ".pq"):
+            names = pq.ParquetFile(str(path)).schema_arrow.names
+            first = (
+                pq.ParquetFile(str(path)).read_row_group(0)
+                if pq.ParquetFile(str(path)).num_row_groups
+                else None
+            )
+        else:
+            reader = _csv_stream(path, lambda row: "skip")
+            names = reader.schema.names
+            try:
+                first = pa.Table.from_batches([reader.read_next_batch()])
+            except StopIteration:
+                first = None
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise UserError(f"{path}: cannot read as a tick file ({exc})") from None
+    renamed = set(_rename(names).values())
+    missing = [c for c in REQUIRED if c not in renamed]
+    if missing:
+        raise UserError(
+            f"{path}: missing column(s) {', '.join(missing)}; a tick file needs "
+            f"{', '.join(REQUIRED)} (found {', '.join(names)})"
+        )
+    if ts_unit is not None and ts_unit not in TS_UNITS:
+        raise UserError(f"bad ts unit {ts_unit!r}; use one of {', '.join(TS_UNITS)}")
+    if first is not None and ts_unit is None and first.num_rows:
+        first = first.rename_columns([_rename(names)[n] for n in first.column_names])
+        ts = first.column("ts")
+        numeric = (
+            pa.types.is_integer(ts.type)
+            or pa.types.is_floating(ts.type)
+            or (
+                pa.types.is_string(ts.type)
+                and pc.all(pc.match_substring_regex(ts, r"^-?\d+(\.\d+)?$")).as_py()
+            )
+        )
+        if numeric:
+            raise UserError(
+                f"{path}: ts holds epoch numbers; say their unit with --ts-unit "
+                f"{'|'.join(TS_UNITS)} (stockflow never guesses it)"
+            )
+
+
+class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
+    def __init__(
+        self, path: Path, batch_size: int, ts_unit: str | None, resume: dict[str, int] | None
+    ) -> None:
+        self._path = path
+        self._origin = path.name
+        self._ts_unit = ts_unit
+        self._pending: list[tuple[int, str]] = []
+        # a_j = number of valid rows before invalid line j (see _lines)
+        self._invalid_before: list[int] = []
+        self._rows_done = 0 if resume is None else resume["rows"]
+        self._skip_invalid_before = 0 if resume is None else resume["line"]
+        self._last_line = 1
+        self._reader = _csv_stream(path, self._on_invalid)
+        self._rename = _rename(self._reader.schema.names)
+        self._batches = self._rebatch(batch_size)
+
+    def _on_invalid(self, row: Any) -> str:
+        line = int(row.number) if row.number is not None else -1
+        self._invalid_before.append(line - len(self._invalid_before) - 2)
+        if line >= self._skip_invalid_before:
+            self._pending.append((line, row.text))
+        return "skip"
+
+    def _lines(self, first_row: int, n: int) -> np.ndarray:
+        k = np.arange(first_row, first_row + n, dtype=np.int64)
+        before = np.asarray(self._invalid_before, dtype=np.int64)
+        return k + 2 + np.searchsorted(before, k, side="right")
+
+    def _rebatch(self, batch_size: int) -> Iterator[pa.Table]:
+        seen = 0
+        for batch in self._reader:
+            table = pa.Table.from_batches([batch])
+            if seen + table.num_rows <= self._rows_done:
+                seen += table.num_rows
+                continue
+            if seen < self._rows_done:
+                table = table.slice(self._rows_done - seen)
+                seen = self._rows_done
+            for off in range(0, table.num_rows, batch_size):
+                yield table.slice(off, batch_size)
+            seen += table.num_rows
+        yield from ()
+
+    def next_batch(self) -> list[RawTickBatch]:
+        try:
+            table = next(self._batches)
+        except StopIteration:
+            if self._pending:
+                return [self._flush_pending(pa.table({}), np.empty(0, np.int64))]
+            raise
+        table = table.rename_columns([self._rename[n] for n in table.column_names])
+        lines = self._lines(self._rows_done, table.num_rows)
+        self._rows_done += table.num_rows
+        if len(lines):
+            self._last_line = int(lines[-1])
+        return [self._flush_pending(table, lines)]
+
+    def _flush_pending(self, table: pa.Table, lines: np.ndarray) -> RawTickBatch:
+        pending, self._pending = self._pending, []
+        if pending:
+            self._last_line = max(self._last_line, max(line for line, _ in pending))
+        return RawTickBatch(
+            table=table,
+            lines=lines,
+            origin=self._origin,
+            ts_unit=self._ts_unit,
+            unreadable=pending,
+            expected_columns=len(self._rename),
+        )
+
+    def snapshot(self) -> dict[str, int]:
+        return {"rows": self._rows_done, "line": self._last_line + 1}
+
+
+class _ParquetPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
+    def __init__(
+        self, path: Path, batch_size: int, ts_unit: str | None, resume: dict[str, int] | None
+    ) -> None:
+        self._file = pq.ParquetFile(str(path))
+        self._origin = path.name
+        self._ts_unit = ts_unit
+        self._rows_done = 0 if resume is None else resume["rows"]
+        names = self._file.schema_arrow.names
+        self._rename = _rename(names)
+        wanted = [n for n in names if self._rename[n] in REQUIRED + OPTIONAL]
+        self._batches = self._file.iter_batches(batch_size=batch_size, columns=wanted)
+        self._skip = self._rows_done
+
+    def next_batch(self) -> list[RawTickBatch]:
+        batch = next(self._batches)
+        table = pa.Table.from_batches([batch])
+        if self._skip:
+            cut = min(self._skip, table.num_rows)
+            table = table.slice(cut)
+            self._skip -= cut
+            if not table.num_rows:
+                return []
+        table = table.rename_columns([self._rename[n] for n in table.column_names])
+        rows = np.arange(self._rows_done, self._rows_done + table.num_rows, dtype=np.int64)
+        self._rows_done += table.num_rows
+        return [RawTickBatch(table=table, lines=rows, origin=self._origin, ts_unit=self._ts_unit)]
+
+    def snapshot(self) -> dict[str, int]:
+        return {"rows": self._rows_done}
+
+
+class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, int]]):
+    """Bounded source of raw tick-file batches, one partition per file.
+
+    :arg paths: tick files (see :func:`expand_paths` for dirs and globs).
+    :arg batch_size: rows per emitted batch.
+    :arg ts_unit: unit of integer epoch ``ts`` values (``s|ms|us|ns``).
+
+    Files are checked when the source is built, so a missing file or a
+    file without the required columns fails before the dataflow starts.
+    """
+
+    def __init__(
+        self, paths: list[Path], batch_size: int = 65_536, ts_unit: str | None = None
+    ) -> None:
+        if not paths:
+            raise UserError("no tick files given")
+        for path in paths:
+            if not path.exists():
+                raise UserError(f"{path}: no such tick file")
+            inspect_tick_file(path, ts_unit)
+        self._paths = {str(p): p for p in paths}
+        self._batch_size = batch_size
+        self._ts_unit = ts_unit
+
+    def list_parts(self) -> list[str]:
+        return list(self._paths)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
+    ) -> StatefulSourcePartition[RawTickBatch, dict[str, int]]:
+        path = self._paths[for_part]
+        if _suffix(path) in (".parquet", ".pq"):
+            return _ParquetPartition(path, self._batch_size, self._ts_unit, resume_state)
+        return _CsvPartition(path, self._batch_size, self._ts_unit, resume_state)

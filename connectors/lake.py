@@ -1,0 +1,293 @@
+"""The Parquet lake: bronze/silver/gold tables on local disk or S3/MinIO.
+
+A lake root is a local path or ``s3://bucket/prefix`` (through s3fs, with an
+``endpoint_url`` for MinIO). Every table is a hive-partitioned Parquet
+dataset, ``<root>/<layer>/<table>/date=YYYY-MM-DD/part-*.parquet``, readable
+with ``pyarrow.dataset.dataset(path, partitioning="hive")``.
+
+:class:`ParquetLakeSink` writes one table. Its guarantees:
+
+* **Atomic files.** A reader never sees a half file: local files are
+  written under a hidden temporary name (``.part-*``, which pyarrow
+  ignores) and renamed into place; an S3 object appears only when its
+  upload completes.
+* **Bounded files.** A partition buffers rows and rolls a file when it
+  holds ``max_rows_per_file`` rows or its oldest row waited
+  ``max_file_age_s`` seconds (checked on each write), and at the end of
+  the input; never a file per tick, never an unbounded file.
+* **Exactly-once with recovery** (``exactly_once=True``): the buffer is
+  flushed at every Bytewax snapshot and file names are deterministic per
+  partition, run and sequence number; a resumed partition deletes the files
+  it wrote after the snapshot it resumes from (as Bytewax's own
+  ``_FileSinkPartition`` truncates), and the replayed input writes them
+  again. Without recovery the sink is at-least-once across crashes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from dataflows.errors import UserError
+
+DAY_US = 86_400_000_000
+TABLES = {
+    # table -> the column whose UTC date names the partition
+    "bronze/ticks": "ts",
+    "bronze/rejects": "received_at",
+    "bronze/late_ticks": "ts",
+    "silver/bars_1m": "start",
+}
+_PART_NAME = re.compile(
+    r"part-(?P<run>[0-9A-Za-z]+-[0-9a-f]+)-(?P<pid>\d+)-(?P<seq>\d+)\.parquet(\.tmp)?$"
+)
+
+
+class Lake:
+    """A lake root, local or on S3.
+
+    :arg url: local path or ``s3://bucket/prefix``.
+    :arg endpoint_url: S3 endpoint (MinIO, a test server); credentials come
+        from the usual ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``.
+    """
+
+    def __init__(self, url: str, endpoint_url: str | None = None) -> None:
+        self.url = url.rstrip("/") or url
+        self.endpoint_url = endpoint_url
+        self.is_s3 = url.startswith("s3://")
+        if self.is_s3:
+            self.fs = fsspec.filesystem(
+                "s3",
+                endpoint_url=endpoint_url,
+                config_kwargs={
+                    "connect_timeout": 5,
+                    "read_timeout": 60,
+                    "retries": {"max_attempts": 3, "mode": "standard"},
+                },
+                skip_instance_cache=True,
+            )
+            self.root = self.url[len("s3://") :]
+        else:
+            self.fs = fsspec.filesystem("file")
+            self.root = os.path.abspath(os.path.expanduser(url))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "endpoint_url": self.endpoint_url}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["endpoint_url"])  # type: ignore[misc]
+
+    def path(self, table: str) -> str:
+        return f"{self.root}/{table}"
+
+    def check(self) -> None:
+        """Fail early, in one line, when the lake cannot be written."""
+        if not self.is_s3:
+            try:
+                os.makedirs(self.root, exist_ok=True)
+            except OSError as exc:
+                raise UserError(
+                    f"cannot create lake directory {self.root}: {exc.strerror}"
+                ) from None
+            if not os.access(self.root, os.W_OK):
+                raise UserError(f"lake directory {self.root} is not writable")
+            return
+        bucket = self.root.split("/", 1)[0]
+        where = self.endpoint_url or "AWS S3"
+        try:
+            self.fs.ls(bucket, refresh=True)
+        except FileNotFoundError:
+            raise UserError(
+                f"S3 bucket {bucket!r} does not exist at {where}; create it first"
+            ) from None
+        except PermissionError:
+            raise UserError(
+                f"access to S3 bucket {bucket!r} at {where} was denied; check "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            ) from None
+        except Exception as exc:  # botocore raises many kinds; all mean "unreachable"
+            raise UserError(
+                f"cannot reach S3 at {where} ({type(exc).__name__}); check "
+                "STOCKFLOW_S3_ENDPOINT and that the server is running"
+            ) from None
+
+    def dataset(self, table: str) -> ds.Dataset:
+        """Open a table for reading (hive partitioning, `date` as string)."""
+        return ds.dataset(
+            self.path(table),
+            filesystem=self.fs if self.is_s3 else None,
+            format="parquet",
+            partitioning=ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
+        )
+
+    def read(self, table: str) -> pa.Table:
+        """The whole table, or an empty table when nothing was written yet."""
+        if not self.fs.exists(self.path(table)):
+            return pa.table({})
+        return self.dataset(table).to_table()
+
+    def files(self, table: str) -> list[str]:
+        return sorted(self.fs.glob(f"{self.path(table)}/date=*/part-*.parquet"))
+
+
+@dataclass
+class WriteStats:
+    """Rows and files written per table in this process (for summaries)."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, table: str, rows: int) -> None:
+        with self.lock:
+            self.rows[table] = self.rows.get(table, 0) + rows
+            self.files[table] = self.files.get(table, 0) + 1
+
+
+WRITE_STATS = WriteStats()
+
+
+def _run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
+    def __init__(self, sink: ParquetLakeSink, pid: int, resume: dict[str, Any] | None) -> None:
+        self._sink = sink
+        self._lake = sink.lake
+        self._pid = pid
+        self._buffer: list[pa.Table] = []
+        self._rows = 0
+        self._oldest = 0.0
+        if resume is None:
+            self._run = _run_id()
+            self._seq = 0
+        else:
+            self._run = resume["run"]
+            self._seq = resume["seq"]
+            self._discard_after_snapshot()
+
+    def _discard_after_snapshot(self) -> None:
+        """Delete what this partition wrote after the snapshot we resume from."""
+        fs = self._lake.fs
+        for path in fs.glob(f"{self._lake.path(self._sink.table)}/date=*/*part-{self._run}-*"):
+            m = _PART_NAME.search(path)
+            name = path.rsplit("/", 1)[-1]
+            if (
+                m
+                and int(m["pid"]) == self._pid
+                and (int(m["seq"]) >= self._seq or name.startswith("."))
+            ):
+                fs.rm(path)
+
+    def write_batch(self, values: list[pa.Table]) -> None:
+        for table in values:
+            if table.num_rows:
+                if not self._buffer:
+                    self._oldest = time.monotonic()
+                self._buffer.append(table)
+                self._rows += table.num_rows
+        if self._rows >= self._sink.max_rows_per_file or (
+            self._buffer and time.monotonic() - self._oldest >= self._sink.max_file_age_s
+        ):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pa.concat_tables(self._buffer, promote_options="none").combine_chunks()
+        self._buffer, self._rows = [], 0
+        col = self._sink.time_column
+        days = pc.cast(table.column(col), pa.int64()).to_numpy() // DAY_US
+        unique = np.unique(days)
+        for day in unique.tolist():
+            part = table if len(unique) == 1 else table.filter(pa.array(days == day))
+            date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+            for off in range(0, part.num_rows, self._sink.max_rows_per_file):
+                self._write_file(date, part.slice(off, self._sink.max_rows_per_file))
+
+    def _write_file(self, date: str, table: pa.Table) -> None:
+        lake, fs = self._lake, self._lake.fs
+        directory = f"{lake.path(self._sink.table)}/date={date}"
+        name = f"part-{self._run}-{self._pid:04d}-{self._seq:08d}.parquet"
+        self._seq += 1
+        final = f"{directory}/{name}"
+        if lake.is_s3:
+            # An S3 object becomes visible only once its upload completes.
+            with fs.open(final, "wb") as fh:
+                pq.write_table(table, fh, compression=self._sink.compression)
+        else:
+            os.makedirs(directory, exist_ok=True)
+            tmp = f"{directory}/.{name}.tmp"
+            pq.write_table(table, tmp, compression=self._sink.compression)
+            os.replace(tmp, final)
+        WRITE_STATS.add(self._sink.table, table.num_rows)
+
+    def snapshot(self) -> dict[str, Any]:
+        if self._sink.exactly_once:
+            self._flush()
+        return {"run": self._run, "seq": self._seq}
+
+    def close(self) -> None:
+        self._flush()
+
+
+class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
+    """Write Arrow tables of one lake table (e.g. ``silver/bars_1m``).
+
+    Items are ``(key, table)`` where `key` is a decimal shard number; shard
+    ``i`` goes to partition ``i % partitions``.
+
+    :arg lake: where to write.
+    :arg table: ``<layer>/<table>``.
+    :arg time_column: the timestamp column whose UTC date is the partition.
+    :arg partitions: independent writers (spread over workers).
+    :arg max_rows_per_file: roll a file at this many rows.
+    :arg max_file_age_s: roll a file when its oldest row waited this long.
+    :arg exactly_once: flush at every snapshot (use with recovery).
+    """
+
+    def __init__(
+        self,
+        lake: Lake,
+        table: str,
+        time_column: str | None = None,
+        partitions: int = 16,
+        max_rows_per_file: int = 1_000_000,
+        max_file_age_s: float = 60.0,
+        compression: str = "zstd",
+        exactly_once: bool = False,
+    ) -> None:
+        self.lake = lake
+        self.table = table
+        self.time_column = time_column or TABLES[table]
+        self.partitions = partitions
+        self.max_rows_per_file = max_rows_per_file
+        self.max_file_age_s = max_file_age_s
+        self.compression = compression
+        self.exactly_once = exactly_once
+
+    def list_parts(self) -> list[str]:
+        return [f"{i:04d}" for i in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        return int(item_key) % self.partitions
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: dict[str, Any] | None
+    ) -> _LakePartition:
+        return _LakePartition(self, int(for_part), resume_state)

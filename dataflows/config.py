@@ -1,0 +1,299 @@
+"""Run configuration: flags > environment (``STOCKFLOW_*``) > TOML file > defaults.
+
+Every setting has one name in each layer, listed in :data:`OPTIONS` (and in
+the README's configuration table, generated from the same list):
+
+========================  ==========================  ===========================
+setting                   environment                 TOML (``section.key``)
+========================  ==========================  ===========================
+see ``OPTIONS`` below
+========================  ==========================  ===========================
+
+Values are validated when loaded; a bad value ends in one line naming the
+setting, where it came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dataflows.errors import UserError
+
+SINKS = ("parquet", "postgres", "snowflake", "kafka")
+AVAILABLE_SINKS = ("parquet",)
+SOURCES = ("synthetic", "file:PATH", "kafka", "finnhub")
+AVAILABLE_SOURCES = ("synthetic", "file:PATH")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    env: str
+    toml: str
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("source", "STOCKFLOW_SOURCE", "run.source", "synthetic | file:PATH (file, dir or glob)"),
+    Option("sinks", "STOCKFLOW_SINKS", "run.sinks", "comma list of sinks (parquet)"),
+    Option("workers", "STOCKFLOW_WORKERS", "run.workers", "Bytewax worker threads in this process"),
+    Option("bounded", "STOCKFLOW_BOUNDED", "run.bounded", "stop when the source is exhausted"),
+    Option(
+        "recovery_dir",
+        "STOCKFLOW_RECOVERY_DIR",
+        "run.recovery_dir",
+        "Bytewax recovery store (enables exactly-once)",
+    ),
+    Option(
+        "snapshot_interval_s",
+        "STOCKFLOW_SNAPSHOT_INTERVAL_S",
+        "run.snapshot_interval_s",
+        "seconds between snapshots (Bytewax epoch length)",
+    ),
+    Option(
+        "shards",
+        "STOCKFLOW_SHARDS",
+        "run.shards",
+        "symbol shards (units of parallelism for bar state)",
+    ),
+    Option("batch_size", "STOCKFLOW_BATCH_SIZE", "run.batch_size", "rows per source batch"),
+    Option("lake", "STOCKFLOW_LAKE", "lake.url", "lake root: local path or s3://bucket/prefix"),
+    Option("s3_endpoint", "STOCKFLOW_S3_ENDPOINT", "lake.s3_endpoint", "S3/MinIO endpoint URL"),
+    Option(
+        "max_rows_per_file",
+        "STOCKFLOW_MAX_ROWS_PER_FILE",
+        "lake.max_rows_per_file",
+        "roll a Parquet file at this many rows",
+    ),
+    Option(
+        "max_file_age_s",
+        "STOCKFLOW_MAX_FILE_AGE_S",
+        "lake.max_file_age_s",
+        "roll a Parquet file after its oldest row waited this long",
+    ),
+    Option(
+        "lateness_s",
+        "STOCKFLOW_LATENESS_S",
+        "bars.lateness_s",
+        "allowed lateness of out-of-order ticks",
+    ),
+    Option(
+        "live",
+        "STOCKFLOW_LIVE",
+        "bars.live",
+        "watermarks also follow the wall clock (quiet symbols); default: on for live sources",
+    ),
+    Option(
+        "ts_unit",
+        "STOCKFLOW_TS_UNIT",
+        "files.ts_unit",
+        "unit of integer epoch ts in tick files: s|ms|us|ns",
+    ),
+    Option(
+        "synthetic_ticks",
+        "STOCKFLOW_SYNTHETIC_TICKS",
+        "synthetic.ticks",
+        "ticks the synthetic source generates",
+    ),
+    Option(
+        "synthetic_seed",
+        "STOCKFLOW_SYNTHETIC_SEED",
+        "synthetic.seed",
+        "seed of the synthetic source",
+    ),
+    Option(
+        "synthetic_symbols",
+        "STOCKFLOW_SYNTHETIC_SYMBOLS",
+        "synthetic.symbols",
+        "comma list of synthetic symbols",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs; build with :meth:`load`."""
+
+    source: str = "synthetic"
+    sinks: tuple[str, ...] = ("parquet",)
+    workers: int = 1
+    bounded: bool = False
+    recovery_dir: str | None = None
+    snapshot_interval_s: float = 10.0
+    shards: int = 16
+    batch_size: int = 65_536
+    lake: str = "./lake"
+    s3_endpoint: str | None = None
+    max_rows_per_file: int = 1_000_000
+    max_file_age_s: float = 60.0
+    lateness_s: float = 5.0
+    live: bool | None = None
+    ts_unit: str | None = None
+    synthetic_ticks: int = 1_000_000
+    synthetic_seed: int = 7
+    synthetic_symbols: tuple[str, ...] = ()
+    origin: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def source_kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def source_path(self) -> str:
+        return self.source.split(":", 1)[1] if ":" in self.source else ""
+
+    @property
+    def is_live(self) -> bool:
+        """Wall-clock watermarks: explicit, else on for unbounded live sources."""
+        if self.live is not None:
+            return self.live
+        return self.source_kind in ("kafka", "finnhub") and not self.bounded
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **flags: Any,
+    ) -> Settings:
+        """Merge the layers. `flags` with value None are "not given"."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        path = config_file or env.get("STOCKFLOW_CONFIG")
+        if path:
+            for opt, value in _toml_values(Path(path)).items():
+                values[opt] = value
+                origin[opt] = f"{path} [{_option(opt).toml}]"
+        for opt in OPTIONS:
+            if opt.env in env and env[opt.env] != "":
+                values[opt.name] = env[opt.env]
+                origin[opt.name] = f"${opt.env}"
+        for name, value in flags.items():
+            if value is not None:
+                values[name] = value
+                origin[name] = f"--{name.replace('_', '-')}"
+        settings = cls()
+        kinds = {f.name: f.type for f in fields(cls)}
+        converted = {}
+        for name, value in values.items():
+            where = origin[name]
+            converted[name] = _convert(name, str(kinds[name]), value, where)
+        settings = replace(settings, **converted, origin=origin)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        def bad(name: str, why: str) -> UserError:
+            where = self.origin.get(name, "default")
+            return UserError(f"bad setting {name} (from {where}): {why}")
+
+        kind = self.source_kind
+        if kind not in ("synthetic", "file", "kafka", "finnhub") or (
+            kind == "file" and not self.source_path
+        ):
+            raise bad("source", f"unknown source {self.source!r}; use {' | '.join(SOURCES)}")
+        if kind in ("kafka", "finnhub"):
+            raise bad(
+                "source",
+                f"source {kind!r} is not available in this version; use "
+                f"{' | '.join(AVAILABLE_SOURCES)}",
+            )
+        for sink in self.sinks:
+            if sink not in SINKS:
+                raise bad("sinks", f"unknown sink {sink!r}; use any of {', '.join(SINKS)}")
+            if sink not in AVAILABLE_SINKS:
+                raise bad("sinks", f"sink {sink!r} is not available in this version")
+        if not self.sinks:
+            raise bad("sinks", "at least one sink is needed")
+        for name in ("workers", "shards", "batch_size", "max_rows_per_file", "synthetic_ticks"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be at least 1")
+        for name in ("snapshot_interval_s", "max_file_age_s"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be > 0")
+        if not 0 <= self.lateness_s <= 3600:
+            raise bad("lateness_s", "must be between 0 and 3600 seconds")
+        if self.ts_unit not in (None, "s", "ms", "us", "ns"):
+            raise bad("ts_unit", "use one of s, ms, us, ns")
+        if self.lake.startswith("s3://") and len(self.lake) <= len("s3://"):
+            raise bad("lake", "an s3:// lake needs a bucket: s3://bucket/prefix")
+
+
+def _option(name: str) -> Option:
+    return next(o for o in OPTIONS if o.name == name)
+
+
+def _toml_values(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    by_key = {o.toml: o.name for o in OPTIONS}
+    out: dict[str, Any] = {}
+    # Sections other stages own (indicators, signals, ...) are read elsewhere.
+    for section in ("run", "lake", "bars", "files", "synthetic"):
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise UserError(f"config file {path}: [{section}] must be a table")
+        for key, value in table.items():
+            name = by_key.get(f"{section}.{key}")
+            if name is None:
+                known = sorted(k.split(".", 1)[1] for k in by_key if k.startswith(section + "."))
+                raise UserError(
+                    f"config file {path}: unknown key {section}.{key}; known: {', '.join(known)}"
+                )
+            out[name] = value
+    return out
+
+
+_BOOL = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
+def _convert(name: str, kind: str, value: Any, where: str) -> Any:
+    def fail(why: str) -> UserError:
+        return UserError(f"bad setting {name} (from {where}): {why}")
+
+    convert: Callable[[Any], Any]
+    if "tuple" in kind:
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, list | tuple):
+            items = [str(v).strip() for v in value]
+        else:
+            raise fail(f"expected a comma list, got {value!r}")
+        return tuple(items)
+    if "bool" in kind:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in _BOOL:
+            return _BOOL[str(value).lower()]
+        raise fail(f"expected true or false, got {value!r}")
+    if "int" in kind:
+        convert = int
+    elif "float" in kind:
+        convert = float
+    else:
+        return None if value is None else str(value)
+    if isinstance(value, bool):
+        raise fail(f"expected a number, got {value!r}")
+    try:
+        return convert(value)
+    except (TypeError, ValueError):
+        raise fail(f"expected a number, got {value!r}") from None

@@ -1,0 +1,181 @@
+"""Bytewax operators of the pipeline: parse, shard, bars.
+
+Each stage takes a stream and returns a stream; the flow in
+:mod:`dataflows.pipeline` reads top to bottom like the README's diagram.
+Batches travel whole: a stream item is an Arrow table of many ticks (or
+bars), never one Python object per tick.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from threading import Lock
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from bytewax.dataflow import Stream
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+
+from connectors.files import RawTickBatch
+from dataflows.bars import BarBuilder, BarConfig
+from dataflows.schema import REJECT_SCHEMA, TICK_SCHEMA
+from dataflows.ticks import ParsedTicks, parse_columns, unreadable_rows
+
+REJECT_KEY = "0000"
+
+
+class RejectCounter:
+    """Rejects by reason code in this process (for run summaries)."""
+
+    def __init__(self) -> None:
+        self._lock = Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, rejects: pa.Table) -> None:
+        if rejects.num_rows:
+            codes = Counter(rejects.column("reason_code").to_pylist())
+            with self._lock:
+                self.counts.update(codes)
+
+
+REJECTS_BY_REASON = RejectCounter()
+
+
+def parse_raw(raw: RawTickBatch) -> ParsedTicks:
+    """Raw file/synthetic rows -> valid ticks + reject records."""
+    parts = []
+    if raw.table.num_columns and raw.table.num_rows:
+        parts.append(
+            parse_columns(
+                raw.table,
+                source=raw.source,
+                origin=raw.origin,
+                lines=raw.lines,
+                ts_unit=raw.ts_unit,
+            )
+        )
+    rejects = [p.rejects for p in parts]
+    if raw.unreadable:
+        rejects.append(
+            unreadable_rows(
+                raw.unreadable,
+                source=raw.source,
+                origin=raw.origin,
+                expected=raw.expected_columns,
+            )
+        )
+    return ParsedTicks(
+        parts[0].ticks if parts else TICK_SCHEMA.empty_table(),
+        pa.concat_tables(rejects) if rejects else REJECT_SCHEMA.empty_table(),
+    )
+
+
+def shard_of(symbol: str, shards: int) -> int:
+    """Stable across processes and runs (never Python's salted hash)."""
+    return zlib.crc32(symbol.encode()) % shards
+
+
+def shard_key(shard: int) -> str:
+    return f"{shard:04d}"
+
+
+def split_by_shard(table: pa.Table, shards: int) -> list[tuple[str, pa.Table]]:
+    """Split a tick table into per-shard tables keyed by shard, keeping
+    arrival order inside each shard."""
+    if table.num_rows == 0:
+        return []
+    enc = pc.dictionary_encode(table.column("symbol")).combine_chunks()
+    lut = np.array([shard_of(s, shards) for s in enc.dictionary.to_pylist()], np.int64)
+    shard = lut[enc.indices.to_numpy(zero_copy_only=False)]
+    present = np.unique(shard)
+    if len(present) == 1:
+        return [(shard_key(int(present[0])), table)]
+    order = np.argsort(shard, kind="stable")
+    bounds = np.searchsorted(shard[order], present)
+    ends = np.append(bounds[1:], len(order))
+    taken = table.take(pa.array(order))
+    return [
+        (shard_key(int(s)), taken.slice(int(a), int(b - a)))
+        for s, a, b in zip(present, bounds, ends, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class TickStreams:
+    ticks: KeyedStream[pa.Table]  # keyed by shard
+    rejects: KeyedStream[pa.Table]
+
+
+def parse_stage(raw: Stream[RawTickBatch], shards: int) -> TickStreams:
+    """Validate raw batches and key the valid ticks by symbol shard."""
+    parsed = op.map("parse", raw, parse_raw)
+
+    def rejects_of(p: ParsedTicks) -> list[tuple[str, pa.Table]]:
+        REJECTS_BY_REASON.add(p.rejects)
+        return [(REJECT_KEY, p.rejects)] if p.rejects.num_rows else []
+
+    rejects = op.flat_map("rejects", parsed, rejects_of)
+    ticks = op.flat_map("shard", parsed, lambda p: split_by_shard(p.ticks, shards))
+    return TickStreams(ticks, rejects)
+
+
+class BarLogic(StatefulBatchLogic[pa.Table, tuple[str, pa.Table], dict[str, Any]]):
+    """One shard's :class:`BarBuilder` inside Bytewax.
+
+    Emits ``("bars", table)`` and ``("late", table)`` items; wakes itself
+    in live mode when a quiet symbol's bar is due.
+    """
+
+    def __init__(self, config: BarConfig, state: dict[str, Any] | None) -> None:
+        self._builder = BarBuilder(config, state)
+
+    @staticmethod
+    def _out(bars: pa.Table, late: pa.Table | None = None) -> list[tuple[str, pa.Table]]:
+        out = []
+        if bars.num_rows:
+            out.append(("bars", bars))
+        if late is not None and late.num_rows:
+            out.append(("late", late))
+        return out
+
+    def on_batch(self, values: list[pa.Table]) -> tuple[list[tuple[str, pa.Table]], bool]:
+        out: list[tuple[str, pa.Table]] = []
+        # One table at a time: batching must not change any bar's value.
+        for table in values:
+            result = self._builder.add_ticks(table)
+            out.extend(self._out(result.bars, result.late))
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[tuple[str, pa.Table]], bool]:
+        return self._out(self._builder.advance_clock()), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, pa.Table]], bool]:
+        return self._out(self._builder.flush()), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        due = self._builder.next_close_time()
+        return None if due is None else datetime.fromtimestamp(due, UTC)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._builder.snapshot()
+
+
+@dataclass(frozen=True)
+class BarStreams:
+    bars: KeyedStream[pa.Table]
+    late: KeyedStream[pa.Table]
+
+
+def bar_stage(ticks: KeyedStream[pa.Table], config: BarConfig) -> BarStreams:
+    """Per-shard event-time 1-minute bars; late ticks split off."""
+    out = op.stateful_batch("bars_1m", ticks, lambda state: BarLogic(config, state))
+    branch = op.branch("bars_or_late", out, lambda kv: kv[1][0] == "bars")
+    bars = op.map_value("bars_table", branch.trues, lambda v: v[1])
+    late = op.map_value("late_table", branch.falses, lambda v: v[1])
+    return BarStreams(bars, late)

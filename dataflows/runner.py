@@ -1,0 +1,100 @@
+"""Run a configured pipeline in this process and summarise what it wrote."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from bytewax.inputs import Source
+from bytewax.run import cli_main
+
+from connectors.files import RawTickBatch
+from connectors.lake import WRITE_STATS, Lake
+from dataflows.config import Settings
+from dataflows.errors import UserError, find_user_error
+from dataflows.operators import REJECTS_BY_REASON
+from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
+
+
+@dataclass
+class RunSummary:
+    """What one run wrote, from the sinks' own counts."""
+
+    seconds: float
+    rows: dict[str, int]
+    files: dict[str, int]
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    lake: str = ""
+
+    @property
+    def ticks_accepted(self) -> int:
+        return self.rows.get(LakeTables.ticks, 0)
+
+    @property
+    def ticks_rejected(self) -> int:
+        return self.rows.get(LakeTables.rejects, 0)
+
+    @property
+    def ticks_in(self) -> int:
+        return self.ticks_accepted + self.ticks_rejected
+
+    @property
+    def ticks_per_second(self) -> float:
+        return self.ticks_in / self.seconds if self.seconds > 0 else 0.0
+
+    def render(self) -> str:
+        tables = [LakeTables.ticks, LakeTables.rejects, LakeTables.late, LakeTables.bars]
+        tables += sorted(t for t in self.rows if t not in tables)
+        width = max(len(t) for t in tables)
+        lines = [f"{'table'.ljust(width)}  {'rows':>12}  {'files':>6}"]
+        for t in tables:
+            lines.append(
+                f"{t.ljust(width)}  {self.rows.get(t, 0):>12,}  {self.files.get(t, 0):>6,}"
+            )
+        lines.append("")
+        lines.append(
+            f"ticks in {self.ticks_in:,} = accepted {self.ticks_accepted:,} + rejected "
+            f"{self.ticks_rejected:,}; late {self.rows.get(LakeTables.late, 0):,}; "
+            f"{self.seconds:.1f} s, {self.ticks_per_second:,.0f} ticks/s"
+        )
+        if self.rejects_by_reason:
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejects_by_reason.items()))
+            lines.append(f"rejects by reason: {reasons}")
+        if self.lake:
+            lines.append(f"lake: {self.lake}")
+        return "\n".join(lines)
+
+
+def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSummary:
+    """Run the pipeline to completion (bounded sources) in this process."""
+    if "parquet" in settings.sinks:
+        Lake(settings.lake, settings.s3_endpoint).check()
+    flow = build_flow(settings, source)
+    before_rows, before_files = dict(WRITE_STATS.rows), dict(WRITE_STATS.files)
+    before_reasons = dict(REJECTS_BY_REASON.counts)
+    start = time.perf_counter()
+    try:
+        cli_main(
+            flow,
+            workers_per_process=settings.workers,
+            epoch_interval=epoch_interval(settings),
+            recovery_config=recovery_config(settings),
+        )
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is not None:
+            raise user_error from None
+        raise
+    seconds = time.perf_counter() - start
+    rows = {t: n - before_rows.get(t, 0) for t, n in WRITE_STATS.rows.items()}
+    files = {t: n - before_files.get(t, 0) for t, n in WRITE_STATS.files.items()}
+    reasons = {
+        k: v - before_reasons.get(k, 0)
+        for k, v in REJECTS_BY_REASON.counts.items()
+        if v - before_reasons.get(k, 0)
+    }
+    lake = Lake(settings.lake, settings.s3_endpoint)
+    return RunSummary(seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root)
+
+
+__all__ = ["RunSummary", "UserError", "run"]
