@@ -104,14 +104,15 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def _csv_stream(path: Path, handler: Any) -> pcsv.CSVStreamingReader:
-    """Stream a CSV with every column as a string: validation decides types."""
+    """Stream a CSV with every column as bytes: validation decides types (and
+    rejects invalid UTF-8 row by row instead of failing the whole block)."""
     stream = pa.input_stream(str(path), compression="detect")
     return pcsv.open_csv(
         stream,
         read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 22),
         parse_options=pcsv.ParseOptions(invalid_row_handler=handler, ignore_empty_lines=False),
         convert_options=pcsv.ConvertOptions(
-            column_types={name: pa.string() for name in _csv_header(path)},
+            column_types={name: pa.binary() for name in _csv_header(path)},
             strings_can_be_null=False,
         ),
     )
@@ -149,11 +150,16 @@ def inspect_tick_file(path: Path, ts_unit: str | None) -> None:
     if first is not None and ts_unit is None and first.num_rows:
         first = first.rename_columns([_rename(names)[n] for n in first.column_names])
         ts = first.column("ts")
+        if pa.types.is_binary(ts.type):
+            try:
+                ts = pc.cast(ts, pa.string())
+            except pa.ArrowInvalid:
+                ts = pa.chunked_array([], pa.string())
         numeric = (
             pa.types.is_integer(ts.type)
             or pa.types.is_floating(ts.type)
             or (
-                pa.types.is_string(ts.type)
+                len(ts) > 0
                 and pc.all(pc.match_substring_regex(ts, r"^-?\d+(\.\d+)?$")).as_py()
             )
         )

@@ -119,7 +119,12 @@ class Lake:
                 f"access to S3 bucket {bucket!r} at {where} was denied; check "
                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
             ) from None
-        except Exception as exc:  # botocore raises many kinds; all mean "unreachable"
+        except Exception as exc:  # botocore raises many kinds
+            if type(exc).__name__ == "NoCredentialsError":
+                raise UserError(
+                    f"no S3 credentials for {where}; set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY"
+                ) from None
             raise UserError(
                 f"cannot reach S3 at {where} ({type(exc).__name__}); check "
                 "STOCKFLOW_S3_ENDPOINT and that the server is running"

@@ -52,6 +52,7 @@ SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9.:/_\-^=]{0,31}$"
 MAX_MESSAGE_BYTES = 256 * 1024
 
 REASON_PRIORITY: tuple[RejectReason, ...] = (
+    RejectReason.UNREADABLE_ROW,
     RejectReason.MISSING_FIELD,
     RejectReason.WRONG_TYPE,
     RejectReason.BAD_TIMESTAMP,
@@ -354,7 +355,7 @@ def parse_columns(
     table = table.combine_chunks()
     n = table.num_rows
     now = now_us() if now is None else now
-    col = {
+    raw = {
         name: table.column(name).chunk(0)
         if table.column(name).num_chunks
         else pa.array([], table.schema.field(name).type)
@@ -362,6 +363,15 @@ def parse_columns(
     }
     code = np.zeros(n, dtype=np.int8)
     details: dict[int, str] = {}
+    # Files are read as bytes so one bad byte cannot sink a whole batch.
+    col: dict[str, pa.Array] = {}
+    for name, arr in raw.items():
+        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+            arr, not_utf8 = _cast_isolating(arr, pa.string())
+            _mark(code, not_utf8, RejectReason.UNREADABLE_ROW)
+            for i in np.flatnonzero(not_utf8).tolist():
+                details.setdefault(i, f"column {name} is not valid UTF-8")
+        col[name] = arr
     for name in ("ts", "symbol", "price", "size"):
         _mark(code, _is_missing(col[name]), RejectReason.MISSING_FIELD)
     for i in np.flatnonzero(code).tolist():
@@ -395,8 +405,15 @@ def parse_columns(
         return {name: col[name][i].as_py() for name in names}
 
     def payload(i: int) -> bytes:
-        values = raw_value(i)
-        return ",".join("" if values[k] is None else str(values[k]) for k in names).encode()
+        parts = []
+        for name in names:
+            value = raw[name][i].as_py()
+            if value is None:
+                value = b""
+            elif not isinstance(value, bytes):
+                value = str(value).encode()
+            parts.append(value)
+        return b",".join(parts)
 
     return _assemble(
         checked, source, lambda i: f"{origin}:{int(lines[i])}", payload, raw_value, now

@@ -1,0 +1,143 @@
+"""Shared fixtures: real data, real servers, helpers to run the pipeline.
+
+Servers are started by the tests themselves on 127.0.0.1 and stopped at the
+end (see ../shared/docs/TEST-SERVERS.md). Where an environment variable
+names a server the user already runs, that one is used instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def real_data_dir() -> Path | None:
+    path = Path(os.environ.get("STOCKFLOW_REAL_DATA", ROOT.parent / "shared" / "data"))
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """../shared/data (or $STOCKFLOW_REAL_DATA); skips when it is absent."""
+    path = real_data_dir()
+    if path is None:
+        pytest.skip(
+            "real market data not found: set STOCKFLOW_REAL_DATA or put shared/data "
+            "beside the project (CI always has it)"
+        )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start in {timeout} s")
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    process: subprocess.Popen | None
+
+    def make_bucket(self, name: str) -> str:
+        import s3fs
+
+        fs = s3fs.S3FileSystem(endpoint_url=self.endpoint, skip_instance_cache=True)
+        if not fs.exists(name):
+            fs.mkdir(name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 API server: moto's standalone server in its own process
+    (or the one named by $STOCKFLOW_TEST_S3_ENDPOINT)."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing-key")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    external = os.environ.get("STOCKFLOW_TEST_S3_ENDPOINT")
+    if external:
+        yield S3Server(external, None)
+        return
+    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield S3Server(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def read_table(lake_root: str | Path, table: str, endpoint: str | None = None) -> pa.Table:
+    """Read one lake table the way a user would (pyarrow.dataset, hive)."""
+    from connectors.lake import Lake
+
+    return Lake(str(lake_root), endpoint).read(table)
+
+
+def sort_bars(table: pa.Table) -> pa.Table:
+    if table.num_columns == 0:
+        return table
+    cols = [c for c in table.column_names if c != "date"]
+    return table.select(cols).sort_by([("symbol", "ascending"), ("start", "ascending")])
+
+
+@pytest.fixture()
+def run_pipeline(tmp_path: Path):
+    """Run the pipeline in-process on `source` into a fresh local lake."""
+    from dataflows.config import Settings
+    from dataflows.runner import run
+
+    counter = iter(range(1_000_000))
+
+    def _run(source: str, **flags):
+        lake = flags.pop("lake", None) or str(tmp_path / f"lake{next(counter)}")
+        settings = Settings.load(env={}, source=source, lake=lake, bounded=True, **flags)
+        summary = run(settings)
+        return lake, summary
+
+    return _run
+
+
+def cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """Run the installed `stockflow` command in a subprocess."""
+    exe = shutil.which("stockflow") or str(Path(sys.executable).parent / "stockflow")
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [exe, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd,
+    )
