@@ -171,9 +171,11 @@ def test_aapl_splits_in_unadjusted_daily_bars_are_data_quality_events(real_data_
     assert dates == ["2000-06-21", "2000-09-29", "2005-02-28", "2014-06-09", "2020-08-31"]
     assert (flagged["signal"] == "hold").all()
     assert flagged["reasons"].map(lambda reasons: "price_spike" in reasons).all()
-    assert not result.loc[~result["data_quality"], "reasons"].map(
-        lambda reasons: "price_spike" in reasons
-    ).any()
+    assert (
+        not result.loc[~result["data_quality"], "reasons"]
+        .map(lambda reasons: "price_spike" in reasons)
+        .any()
+    )
 
 
 def test_golden_cross_of_july_2020_is_a_buy_on_spy_daily(real_data_dir: Path) -> None:
@@ -304,7 +306,9 @@ def test_engine_restored_mid_series_gives_identical_results(
         first_part.evaluate(bar, row)
     # Act
     state = first_part.snapshot()
-    state = pickle.loads(pickle.dumps(state)) if codec == "pickle" else json.loads(json.dumps(state))
+    state = (
+        pickle.loads(pickle.dumps(state)) if codec == "pickle" else json.loads(json.dumps(state))
+    )
     resumed = SignalEngine.restore(state)
     got = [resumed.evaluate(b, i) for b, i in zip(bars[1200:], indicator_rows[1200:], strict=True)]
     # Assert

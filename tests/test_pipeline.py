@@ -1,0 +1,271 @@
+"""The whole flow: garbage handling, workers, live flushing, the lake on disk and S3."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import bytewax.operators as op
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.testing import TestingSink, run_main
+
+from connectors.files import RawTickBatch
+from connectors.lake import Lake
+from dataflows.bars import BarConfig
+from dataflows.operators import bar_stage, parse_stage
+from tests.conftest import ROOT, read_table, sort_bars
+from tests.test_bars_real import assert_bars_equal, pandas_bars, read_ticks_csv
+
+GARBAGE: list[tuple[bytes, str]] = [
+    (b"garbage", "unreadable_row"),
+    (b"2013-10-07T13:30:00.000Z,IBM,180.5,100,N,0,0,extra", "unreadable_row"),
+    (b"\xff\xfe\x00\x01,IBM,1,1,N,0,0", "unreadable_row"),
+    (b"", "missing_field"),
+    (b",IBM,180.5,100,N,0,0", "missing_field"),
+    (b"2013-10-07T13:30:00.000Z,,180.5,100,N,0,0", "missing_field"),
+    (b"2013-10-07T13:30:00.000Z,IBM,abc,100,N,0,0", "wrong_type"),
+    (b"2013-10-07T13:30:00.000Z,IBM,180.5,1e,N,0,0", "wrong_type"),
+    (b"not-a-time,IBM,180.5,100,N,0,0", "bad_timestamp"),
+    (b"2013-10-07 13:30:00,IBM,180.5,100,N,0,0", "bad_timestamp"),
+    (b"2013-10-07T13:30:00.000Z,I B M,180.5,100,N,0,0", "bad_symbol"),
+    (b"2013-10-07T13:30:00.000Z,IBM,-5,100,N,0,0", "bad_price"),
+    (b"2013-10-07T13:30:00.000Z,IBM,0,100,N,0,0", "bad_price"),
+    (b"2013-10-07T13:30:00.000Z,IBM,nan,100,N,0,0", "bad_price"),
+    (b"2013-10-07T13:30:00.000Z,IBM,inf,100,N,0,0", "bad_price"),
+    (b"2013-10-07T13:30:00.000Z,IBM,180.5,-100,N,0,0", "bad_size"),
+    (b"1960-01-01T00:00:00Z,IBM,180.5,100,N,0,0", "timestamp_out_of_range"),
+    (b"2099-01-01T00:00:00Z,IBM,180.5,100,N,0,0", "timestamp_out_of_range"),
+]
+
+
+def test_garbage_lines_all_land_in_rejects_and_valid_ticks_are_kept(real_data, run_pipeline, tmp_path):
+    src = real_data / "ticks" / "IBM_20131007.csv.gz"
+    lines = gzip.decompress(src.read_bytes()).splitlines()
+    header, rows = lines[0], lines[1:]
+    rng = np.random.default_rng(5)
+    garbage = GARBAGE * 3
+    slots = sorted(rng.choice(len(rows), size=len(garbage), replace=False).tolist())
+    out, expected, g = [header], {}, 0
+    for i, row in enumerate(rows):
+        while g < len(garbage) and slots[g] == i:
+            out.append(garbage[g][0])
+            expected[f"IBM_garbage.csv:{len(out)}"] = garbage[g][1]
+            g += 1
+        out.append(row)
+    path = tmp_path / "IBM_garbage.csv"
+    path.write_bytes(b"\n".join(out) + b"\n")
+
+    lake, summary = run_pipeline(f"file:{path}", batch_size=5000)
+
+    rejects = read_table(lake, "bronze/rejects")
+    got = dict(zip(rejects.column("position").to_pylist(), rejects.column("reason_code").to_pylist(), strict=True))
+    assert got == expected
+    assert summary.ticks_in == len(rows) + len(garbage)
+    assert summary.ticks_accepted == len(rows)
+    assert read_table(lake, "bronze/ticks").num_rows == len(rows)
+    assert_bars_equal(read_table(lake, "silver/bars_1m"), pandas_bars(read_ticks_csv(src)))
+
+
+def test_one_and_two_workers_give_identical_bars(real_data, run_pipeline):
+    files = ",".join(str(real_data / "ticks" / f"{s}_20131007.csv.gz") for s in ("AIG", "BAC", "IBM"))
+    pattern = str(real_data / "ticks" / "*_20131007.csv.gz")
+    assert files  # the glob below covers these and SPY
+
+    lake1, s1 = run_pipeline(f"file:{pattern}", workers=1)
+    lake2, s2 = run_pipeline(f"file:{pattern}", workers=2)
+
+    bars1 = sort_bars(read_table(lake1, "silver/bars_1m"))
+    bars2 = sort_bars(read_table(lake2, "silver/bars_1m"))
+    assert bars1.num_rows > 1000
+    assert bars1.equals(bars2)
+    assert s1.ticks_in == s2.ticks_in
+
+
+def test_bytewax_run_module_with_two_processes_matches_in_process_bars(real_data, run_pipeline, tmp_path):
+    pattern = str(real_data / "ticks" / "[AB]*_20131007.csv.gz")
+    lake_ref, _ = run_pipeline(f"file:{pattern}")
+    lake = tmp_path / "cluster_lake"
+    env = dict(os.environ, STOCKFLOW_SOURCE=f"file:{pattern}", STOCKFLOW_LAKE=str(lake))
+    from tests.conftest import free_port
+
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", "dataflows.market:flow", "-i", str(i), "-a", addresses],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out.decode()[-2000:]
+
+    assert sort_bars(read_table(lake, "silver/bars_1m")).equals(sort_bars(read_table(lake_ref, "silver/bars_1m")))
+
+
+class _PausingPartition(StatefulSourcePartition[RawTickBatch, int]):
+    """Emits ticks for minute M, then waits (polling, no sleep) until the
+    bar has come out or a deadline passes, then emits one last tick."""
+
+    def __init__(self, seen: list, start: datetime) -> None:
+        self._seen, self._start = seen, start
+        self._step = 0
+        self.paused_until_bar: float | None = None
+        self._deadline = 0.0
+
+    def _batch(self, seconds: list[float], symbol: str) -> RawTickBatch:
+        n = len(seconds)
+        table = pa.table(
+            {
+                "ts": pa.array([self._start + timedelta(seconds=s) for s in seconds], pa.timestamp("us", tz="UTC")),
+                "symbol": [symbol] * n,
+                "price": [100.0 + i for i in range(n)],
+                "size": [10.0] * n,
+            }
+        )
+        return RawTickBatch(table=table, lines=np.arange(n), origin="pausing", source="test")
+
+    def next_batch(self) -> list[RawTickBatch]:
+        if self._step == 0:
+            self._step = 1
+            self._deadline = time.monotonic() + 20
+            self._paused_at = time.monotonic()
+            return [self._batch([10.0, 30.0, 59.0], "QUIET")]
+        if self._step == 1:
+            if not self._seen and time.monotonic() < self._deadline:
+                return []
+            self.paused_until_bar = time.monotonic() - self._paused_at
+            self._step = 2
+            return [self._batch([75.0], "QUIET")]
+        raise StopIteration
+
+    def next_awake(self) -> datetime | None:
+        return datetime.now(UTC) + timedelta(milliseconds=20) if self._step == 1 else None
+
+    def snapshot(self) -> int:
+        return self._step
+
+
+class _PausingSource(FixedPartitionedSource[RawTickBatch, int]):
+    def __init__(self, seen: list, start: datetime) -> None:
+        self.seen, self.start = seen, start
+        self.part: _PausingPartition | None = None
+
+    def list_parts(self) -> list[str]:
+        return ["one"]
+
+    def build_part(self, step_id, for_part, resume_state):
+        self.part = _PausingPartition(self.seen, self.start)
+        return self.part
+
+
+def test_quiet_symbols_last_bar_is_emitted_after_lateness_in_wall_clock_time():
+    seen: list = []
+    start = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+    source = _PausingSource(seen, start)
+    flow = Dataflow("quiet")
+    ticks = parse_stage(op.input("in", flow, source), shards=4)
+    bars = bar_stage(ticks.ticks, BarConfig(lateness_s=0.5, live=True))
+    op.output("out", op.key_rm("unkey", bars.bars), TestingSink(seen))
+
+    run_main(flow)
+
+    assert source.part is not None and source.part.paused_until_bar is not None
+    # The bar came out while the source was paused: 1 s to the end of the
+    # minute plus 0.5 s lateness, well before the 20 s deadline.
+    assert 1.0 <= source.part.paused_until_bar < 15
+    first = seen[0].to_pylist()
+    assert [(b["start"], b["close"], b["trades"]) for b in first] == [(start, 102.0, 3)]
+    assert sum(t.num_rows for t in seen) == 2
+
+
+def test_lake_on_s3_server_holds_the_same_tables_as_local_disk(real_data, run_pipeline, s3_server):
+    path = real_data / "ticks" / "IBM_20131007.csv.gz"
+    bucket = s3_server.make_bucket("stockflow-test")
+    s3_lake = f"s3://{bucket}/lake1"
+
+    local, _ = run_pipeline(f"file:{path}")
+    _, summary = run_pipeline(f"file:{path}", lake=s3_lake, s3_endpoint=s3_server.endpoint)
+
+    for table in ("bronze/ticks", "silver/bars_1m"):
+        remote = read_table(s3_lake, table, s3_server.endpoint)
+        assert remote.num_rows == read_table(local, table).num_rows > 0
+    assert sort_bars(read_table(s3_lake, "silver/bars_1m", s3_server.endpoint)).equals(
+        sort_bars(read_table(local, "silver/bars_1m"))
+    )
+    files = Lake(s3_lake, s3_server.endpoint).files("bronze/ticks")
+    assert files and all("/date=2013-10-07/part-" in f for f in files)
+    assert summary.ticks_accepted == 24_293
+
+
+def test_files_roll_over_at_the_configured_size(real_data, run_pipeline):
+    path = real_data / "ticks" / "SPY_20131007.csv.gz"
+
+    lake, summary = run_pipeline(f"file:{path}", max_rows_per_file=20_000, batch_size=8192)
+
+    files = Lake(lake).files("bronze/ticks")
+    sizes = [pq.read_metadata(f).num_rows for f in files]
+    assert sum(sizes) == summary.ticks_accepted == 250_601
+    assert max(sizes) <= 20_000
+    assert len(files) <= 2 * (250_601 // 20_000 + 1)
+
+
+def test_readers_never_see_a_partial_file(real_data, tmp_path):
+    path = real_data / "ticks" / "SPY_20131008.csv.gz"
+    lake = tmp_path / "lake"
+    from tests.conftest import cli
+
+    errors: list[str] = []
+    checked: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for f in lake.glob("**/*.parquet"):
+                try:
+                    pq.read_table(f)
+                    checked.add(str(f))
+                except FileNotFoundError:
+                    pass
+                except Exception as exc:  # a half-written file
+                    errors.append(f"{f}: {exc}")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = cli(
+            "run", "--source", f"file:{path}", "--lake", str(lake),
+            env={"STOCKFLOW_MAX_ROWS_PER_FILE": "5000", "STOCKFLOW_BATCH_SIZE": "2000"},
+        )
+    finally:
+        done.set()
+        watcher.join()
+    assert result.returncode == 0, result.stderr
+    assert not errors
+    assert len(checked) >= 90  # 451,545 ticks / 5,000 rows per file
+    assert not list(lake.glob("**/.*"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize("ticks", [0])
+def test_empty_tick_file_gives_an_empty_but_valid_run(run_pipeline, tmp_path, ticks):
+    path = tmp_path / "empty.csv"
+    path.write_text("ts,symbol,price,size\n")
+
+    lake, summary = run_pipeline(f"file:{path}")
+
+    assert summary.ticks_in == ticks
+    assert read_table(lake, "silver/bars_1m").num_rows == 0
