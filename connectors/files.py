@@ -158,10 +158,7 @@ def inspect_tick_file(path: Path, ts_unit: str | None) -> None:
         numeric = (
             pa.types.is_integer(ts.type)
             or pa.types.is_floating(ts.type)
-            or (
-                len(ts) > 0
-                and pc.all(pc.match_substring_regex(ts, r"^-?\d+(\.\d+)?$")).as_py()
-            )
+            or (len(ts) > 0 and pc.all(pc.match_substring_regex(ts, r"^-?\d+(\.\d+)?$")).as_py())
         )
         if numeric:
             raise UserError(

@@ -38,7 +38,6 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
@@ -130,8 +129,10 @@ class Lake:
                 "STOCKFLOW_S3_ENDPOINT and that the server is running"
             ) from None
 
-    def dataset(self, table: str) -> ds.Dataset:
+    def dataset(self, table: str) -> Any:
         """Open a table for reading (hive partitioning, `date` as string)."""
+        import pyarrow.dataset as ds  # lazy: it pulls in pandas (150 ms of start-up)
+
         return ds.dataset(
             self.path(table),
             filesystem=self.fs if self.is_s3 else None,

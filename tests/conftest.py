@@ -127,7 +127,9 @@ def run_pipeline(tmp_path: Path):
     return _run
 
 
-def cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None):
+def cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
+):
     """Run the installed `stockflow` command in a subprocess."""
     exe = shutil.which("stockflow") or str(Path(sys.executable).parent / "stockflow")
     full_env = dict(os.environ)

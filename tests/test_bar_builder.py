@@ -92,7 +92,9 @@ def test_late_tick_is_returned_and_never_changes_an_emitted_bar():
 def test_watermarks_are_per_symbol_so_a_busy_symbol_does_not_close_a_slow_one():
     b = BarBuilder(BarConfig(lateness_s=5))
 
-    out = b.add_ticks(ticks(("SLOW", 10, 1, 1), ("FAST", 10, 1, 1), ("FAST", 200, 1, 1), ("SLOW", 20, 2, 1)))
+    out = b.add_ticks(
+        ticks(("SLOW", 10, 1, 1), ("FAST", 10, 1, 1), ("FAST", 200, 1, 1), ("SLOW", 20, 2, 1))
+    )
 
     assert out.late.num_rows == 0
     assert [r["symbol"] for r in bars_of(out)] == ["FAST"]

@@ -99,7 +99,9 @@ def test_shuffled_ticks_within_lateness_give_event_time_bars(real_data, run_pipe
     rng = np.random.default_rng(11)
     # Each tick may arrive up to 2 s after ticks that happened after it.
     jitter = pd.to_timedelta(rng.uniform(0, 2.0, len(df)), unit="s")
-    shuffled = df.iloc[np.argsort((df["ts"] + jitter).to_numpy(), kind="stable")].reset_index(drop=True)
+    shuffled = df.iloc[np.argsort((df["ts"] + jitter).to_numpy(), kind="stable")].reset_index(
+        drop=True
+    )
     assert not shuffled["ts"].is_monotonic_increasing
     path = tmp_path / "SPY_shuffled.csv.gz"
     out = shuffled.assign(ts=shuffled["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))

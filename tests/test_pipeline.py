@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import bytewax.operators as op
 import numpy as np
@@ -49,7 +48,9 @@ GARBAGE: list[tuple[bytes, str]] = [
 ]
 
 
-def test_garbage_lines_all_land_in_rejects_and_valid_ticks_are_kept(real_data, run_pipeline, tmp_path):
+def test_garbage_lines_all_land_in_rejects_and_valid_ticks_are_kept(
+    real_data, run_pipeline, tmp_path
+):
     src = real_data / "ticks" / "IBM_20131007.csv.gz"
     lines = gzip.decompress(src.read_bytes()).splitlines()
     header, rows = lines[0], lines[1:]
@@ -69,7 +70,13 @@ def test_garbage_lines_all_land_in_rejects_and_valid_ticks_are_kept(real_data, r
     lake, summary = run_pipeline(f"file:{path}", batch_size=5000)
 
     rejects = read_table(lake, "bronze/rejects")
-    got = dict(zip(rejects.column("position").to_pylist(), rejects.column("reason_code").to_pylist(), strict=True))
+    got = dict(
+        zip(
+            rejects.column("position").to_pylist(),
+            rejects.column("reason_code").to_pylist(),
+            strict=True,
+        )
+    )
     assert got == expected
     assert summary.ticks_in == len(rows) + len(garbage)
     assert summary.ticks_accepted == len(rows)
@@ -78,7 +85,9 @@ def test_garbage_lines_all_land_in_rejects_and_valid_ticks_are_kept(real_data, r
 
 
 def test_one_and_two_workers_give_identical_bars(real_data, run_pipeline):
-    files = ",".join(str(real_data / "ticks" / f"{s}_20131007.csv.gz") for s in ("AIG", "BAC", "IBM"))
+    files = ",".join(
+        str(real_data / "ticks" / f"{s}_20131007.csv.gz") for s in ("AIG", "BAC", "IBM")
+    )
     pattern = str(real_data / "ticks" / "*_20131007.csv.gz")
     assert files  # the glob below covers these and SPY
 
@@ -92,7 +101,9 @@ def test_one_and_two_workers_give_identical_bars(real_data, run_pipeline):
     assert s1.ticks_in == s2.ticks_in
 
 
-def test_bytewax_run_module_with_two_processes_matches_in_process_bars(real_data, run_pipeline, tmp_path):
+def test_bytewax_run_module_with_two_processes_matches_in_process_bars(
+    real_data, run_pipeline, tmp_path
+):
     pattern = str(real_data / "ticks" / "[AB]*_20131007.csv.gz")
     lake_ref, _ = run_pipeline(f"file:{pattern}")
     lake = tmp_path / "cluster_lake"
@@ -102,7 +113,16 @@ def test_bytewax_run_module_with_two_processes_matches_in_process_bars(real_data
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "dataflows.market:flow", "-i", str(i), "-a", addresses],
+            [
+                sys.executable,
+                "-m",
+                "bytewax.run",
+                "dataflows.market:flow",
+                "-i",
+                str(i),
+                "-a",
+                addresses,
+            ],
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -114,7 +134,9 @@ def test_bytewax_run_module_with_two_processes_matches_in_process_bars(real_data
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0, out.decode()[-2000:]
 
-    assert sort_bars(read_table(lake, "silver/bars_1m")).equals(sort_bars(read_table(lake_ref, "silver/bars_1m")))
+    assert sort_bars(read_table(lake, "silver/bars_1m")).equals(
+        sort_bars(read_table(lake_ref, "silver/bars_1m"))
+    )
 
 
 class _PausingPartition(StatefulSourcePartition[RawTickBatch, int]):
@@ -131,7 +153,10 @@ class _PausingPartition(StatefulSourcePartition[RawTickBatch, int]):
         n = len(seconds)
         table = pa.table(
             {
-                "ts": pa.array([self._start + timedelta(seconds=s) for s in seconds], pa.timestamp("us", tz="UTC")),
+                "ts": pa.array(
+                    [self._start + timedelta(seconds=s) for s in seconds],
+                    pa.timestamp("us", tz="UTC"),
+                ),
                 "symbol": [symbol] * n,
                 "price": [100.0 + i for i in range(n)],
                 "size": [10.0] * n,
@@ -248,7 +273,11 @@ def test_readers_never_see_a_partial_file(real_data, tmp_path):
     watcher.start()
     try:
         result = cli(
-            "run", "--source", f"file:{path}", "--lake", str(lake),
+            "run",
+            "--source",
+            f"file:{path}",
+            "--lake",
+            str(lake),
             env={"STOCKFLOW_MAX_ROWS_PER_FILE": "5000", "STOCKFLOW_BATCH_SIZE": "2000"},
         )
     finally:

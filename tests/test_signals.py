@@ -283,6 +283,58 @@ def test_data_quality_hold_can_be_switched_off(real_data_dir: Path) -> None:
     assert split["signal"] == "buy"
 
 
+def test_price_spike_threshold_is_configuration(real_data_dir: Path) -> None:
+    # Of the five AAPL days above 20 %, three moved more than 50 %.
+    config = SignalConfig(price_spike_pct=50)
+
+    result = _run(real_data_dir, "aapl_1d", config)
+
+    flagged = result.loc[result["data_quality"], "start"].dt.strftime("%Y-%m-%d").tolist()
+    assert flagged == ["2000-09-29", "2014-06-09", "2020-08-31"]
+
+
+def _engine_on(rows: list[dict[str, float | None]], closes: list[float]) -> list[dict[str, Any]]:
+    """Evaluate a default engine over hand-made indicator rows."""
+    engine = SignalEngine()
+    start = datetime(2024, 1, 2, 15, 0, tzinfo=UTC)
+    return [
+        engine.evaluate({"symbol": "X", "start": start, "close": c, "volume": 1.0}, row)
+        for row, c in zip(rows, closes, strict=True)
+    ]
+
+
+def test_macd_cross_through_exact_zero_fires_once() -> None:
+    # macd - signal: -1, 0, +1, 0, -1 -> one cross up (0 -> +1), one down (0 -> -1).
+    gaps = [-1.0, 0.0, 1.0, 0.0, -1.0]
+    rows = [{"macd": 5.0 + gap, "macd_signal": 5.0} for gap in gaps]
+
+    results = _engine_on(rows, [100.0] * len(rows))
+
+    assert [r["reasons"] for r in results] == [
+        [],
+        [],
+        ["macd_cross_up"],
+        [],
+        ["macd_cross_down"],
+    ]
+
+
+def test_golden_cross_needs_both_bars_warmed_up() -> None:
+    rows = [{"sma_50": 101.0, "sma_200": None}, {"sma_50": 101.0, "sma_200": 100.0}]
+
+    results = _engine_on(rows, [100.0, 100.0])
+
+    assert [r["reasons"] for r in results] == [[], []]
+
+
+@pytest.mark.parametrize(("move", "flagged"), [(0.19, False), (0.2001, True), (-0.21, True)])
+def test_price_spike_fires_above_twenty_percent_either_way(move: float, flagged: bool) -> None:
+    results = _engine_on([{}, {}], [100.0, 100.0 * (1 + move)])
+
+    assert results[1]["data_quality"] is flagged
+    assert ("price_spike" in results[1]["reasons"]) is flagged
+
+
 def test_reasons_follow_the_documented_rule_order_whatever_the_config_order() -> None:
     config = SignalConfig(rules=list(reversed(RULES)))
 

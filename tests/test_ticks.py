@@ -71,7 +71,10 @@ def test_each_bad_message_gets_its_reason_and_position():
         "missing": (b'{"symbol":"AAPL","price":1,"size":1}', "missing_field"),
         "null-price": (b'{"symbol":"AAPL","ts":1,"price":null,"size":1}', "missing_field"),
         "str-price": (b'{"symbol":"AAPL","ts":1700000000000,"price":"1.5","size":1}', "wrong_type"),
-        "bool-size": (b'{"symbol":"AAPL","ts":1700000000000,"price":1.5,"size":true}', "wrong_type"),
+        "bool-size": (
+            b'{"symbol":"AAPL","ts":1700000000000,"price":1.5,"size":true}',
+            "wrong_type",
+        ),
         "num-symbol": (b'{"symbol":42,"ts":1700000000000,"price":1.5,"size":1}', "wrong_type"),
         "zero-price": (b'{"symbol":"AAPL","ts":1700000000000,"price":0,"size":1}', "bad_price"),
         "neg-price": (b'{"symbol":"AAPL","ts":1700000000000,"price":-3,"size":1}', "bad_price"),
@@ -79,14 +82,26 @@ def test_each_bad_message_gets_its_reason_and_position():
         "nan-price": (b'{"symbol":"AAPL","ts":1700000000000,"price":NaN,"size":1}', "bad_price"),
         "neg-size": (b'{"symbol":"AAPL","ts":1700000000000,"price":1,"size":-1}', "bad_size"),
         "bad-ts": (b'{"symbol":"AAPL","ts":"yesterday","price":1,"size":1}', "bad_timestamp"),
-        "naive-ts": (b'{"symbol":"AAPL","ts":"2023-11-14T22:13:20","price":1,"size":1}', "bad_timestamp"),
+        "naive-ts": (
+            b'{"symbol":"AAPL","ts":"2023-11-14T22:13:20","price":1,"size":1}',
+            "bad_timestamp",
+        ),
         "pre-1970": (b'{"symbol":"AAPL","ts":-5000,"price":1,"size":1}', "timestamp_out_of_range"),
-        "future": (b'{"symbol":"AAPL","ts":1704240000000,"price":1,"size":1}', "timestamp_out_of_range"),
+        "future": (
+            b'{"symbol":"AAPL","ts":1704240000000,"price":1,"size":1}',
+            "timestamp_out_of_range",
+        ),
         "huge-ts": (b'{"symbol":"AAPL","ts":1e300,"price":1,"size":1}', "timestamp_out_of_range"),
         "empty-symbol": (b'{"symbol":"","ts":1700000000000,"price":1,"size":1}', "bad_symbol"),
         "space-symbol": (b'{"symbol":"AA PL","ts":1700000000000,"price":1,"size":1}', "bad_symbol"),
-        "ctrl-symbol": (b'{"symbol":"A\\u0007B","ts":1700000000000,"price":1,"size":1}', "bad_symbol"),
-        "long-symbol": (b'{"symbol":"' + b"A" * 40 + b'","ts":1700000000000,"price":1,"size":1}', "bad_symbol"),
+        "ctrl-symbol": (
+            b'{"symbol":"A\\u0007B","ts":1700000000000,"price":1,"size":1}',
+            "bad_symbol",
+        ),
+        "long-symbol": (
+            b'{"symbol":"' + b"A" * 40 + b'","ts":1700000000000,"price":1,"size":1}',
+            "bad_symbol",
+        ),
         "huge": (b'{"symbol":"' + b"A" * 300_000 + b'"}', "too_large"),
     }
     good = b'{"symbol":"AAPL","ts":1700000000000,"price":1.5,"size":1}'
@@ -143,13 +158,19 @@ def test_file_rows_validate_vectorised_with_line_positions():
     assert ticks[1]["ts"] == datetime(2013, 10, 8, 8, 0, 17, 123456, tzinfo=UTC)
     assert ticks[1]["symbol"] == "SPY"
     payloads = dict(
-        zip(parsed.rejects.column("position").to_pylist(), parsed.rejects.column("payload").to_pylist(), strict=True)
+        zip(
+            parsed.rejects.column("position").to_pylist(),
+            parsed.rejects.column("payload").to_pylist(),
+            strict=True,
+        )
     )
     assert payloads["f.csv:7"] == b"\xff\xfe,SPY,1,1,"
 
 
 def test_integer_epoch_needs_unit_and_is_exact_in_nanoseconds():
-    table = pa.table({"ts": [b"1719878281218218853"], "symbol": [b"ESU4"], "price": [b"5528.75"], "size": [b"2"]})
+    table = pa.table(
+        {"ts": [b"1719878281218218853"], "symbol": [b"ESU4"], "price": [b"5528.75"], "size": [b"2"]}
+    )
 
     without = parse_columns(table, source="file", origin="f", lines=np.array([2]), now=NOW)
     with_ns = parse_columns(table, source="file", origin="f", lines=np.array([2]), ts_unit="ns")
