@@ -1,0 +1,43 @@
+"""Incremental technical indicators and rule-based signals (plain Python, no I/O).
+
+One indicator per module, all following :class:`indicators.base.Indicator`
+(``update``, ``value``, ``initialized``, ``reset``, ``snapshot``, ``restore``);
+:class:`IndicatorSet` computes every gold indicator column for one symbol and
+:class:`SignalEngine` turns bars plus indicator rows into buy/sell/hold signals.
+Formulas, seeds and warm-up lengths: ``docs/indicators.md``.
+"""
+
+from indicators.atr import ATR
+from indicators.base import Indicator
+from indicators.bollinger import BollingerBands
+from indicators.ema import EMA
+from indicators.high_low_52w import HighLow52w
+from indicators.indicator_set import COLUMNS, IndicatorConfig, IndicatorConfigError, IndicatorSet
+from indicators.macd import MACD
+from indicators.rsi import RSI
+from indicators.session_vwap import SessionVWAP
+from indicators.signals import RULES, SignalConfig, SignalConfigError, SignalEngine
+from indicators.sma import SMA
+from indicators.volatility import Volatility, periods_per_year_for
+
+__all__ = [
+    "ATR",
+    "COLUMNS",
+    "EMA",
+    "MACD",
+    "RSI",
+    "RULES",
+    "SMA",
+    "BollingerBands",
+    "HighLow52w",
+    "Indicator",
+    "IndicatorConfig",
+    "IndicatorConfigError",
+    "IndicatorSet",
+    "SessionVWAP",
+    "SignalConfig",
+    "SignalConfigError",
+    "SignalEngine",
+    "Volatility",
+    "periods_per_year_for",
+]

@@ -1,0 +1,81 @@
+"""Average true range with Wilder smoothing, identical to ``ta.volatility.AverageTrueRange``.
+
+True range ``TR = max(high - low, |high - prev_close|, |low - prev_close|)``;
+the first bar has no previous close, so its TR is ``high - low``.
+The first ATR, at bar ``n``, is the mean of the first ``n`` true ranges
+(StockCharts' and ``ta``'s seed); afterwards Wilder's recursion
+``ATR = (ATR_prev * (n - 1) + TR) / n``. O(1) per update (the first ``n``
+true ranges are kept only until the seed is computed).
+
+``ta`` shows 0.0 during warm-up; this class shows ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from indicators.base import IndicatorBase, check_period
+
+
+def true_range(high: float, low: float, prev_close: float | None) -> float:
+    """Wilder's true range of one bar; ``high - low`` when there is no previous close."""
+    if prev_close is None:
+        return high - low
+    return max(high - low, abs(high - prev_close), abs(low - prev_close))
+
+
+class ATR(IndicatorBase):
+    """Wilder ATR; first value after ``period`` bars."""
+
+    __slots__ = ("period", "_prev_close", "_seed", "_atr", "_count")
+
+    def __init__(self, period: int = 14) -> None:
+        self.period = check_period("period", period)
+        self.reset()
+
+    def reset(self) -> None:
+        self._prev_close: float | None = None
+        self._seed: list[float] = []
+        self._atr = 0.0
+        self._count = 0
+
+    def update(self, high: float, low: float, close: float) -> None:
+        """Add one bar."""
+        tr = true_range(high, low, self._prev_close)
+        self._prev_close = close
+        n = self.period
+        if self._count >= n:
+            self._atr = (self._atr * (n - 1) + tr) / n
+        else:
+            self._seed.append(tr)
+            if len(self._seed) == n:
+                self._atr = math.fsum(self._seed) / n
+                self._seed = []
+        self._count += 1
+
+    @property
+    def value(self) -> float | None:
+        return self._atr if self._count >= self.period else None
+
+    @property
+    def initialized(self) -> bool:
+        return self._count >= self.period
+
+    def _params(self) -> dict[str, Any]:
+        return {"period": self.period}
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "prev_close": self._prev_close,
+            "seed": list(self._seed),
+            "atr": self._atr,
+            "count": self._count,
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        prev = state["prev_close"]
+        self._prev_close = None if prev is None else float(prev)
+        self._seed = [float(v) for v in state["seed"]]
+        self._atr = float(state["atr"])
+        self._count = int(state["count"])

@@ -1,0 +1,164 @@
+"""Session VWAP: cumulative ``sum(price * size) / sum(size)`` since the session start.
+
+Each bar contributes its ``pv`` (the sum of ``price * size`` over the bar's
+ticks -- tick-exact, unlike ``vwap * volume`` after rounding) and its volume.
+The sums restart when a bar's timestamp falls in a new session. A session runs
+from ``session_start`` (wall-clock time in ``tz``) to the same wall-clock time
+the next day, so it follows daylight-saving changes of a named zone
+(``America/New_York``) while a fixed offset (``+05:30``) or ``UTC`` never
+shifts. Default: UTC midnight to UTC midnight.
+
+``value`` is ``None`` until the current session has seen volume > 0. O(1) per
+update: the current session's bounds are cached, and the time-zone arithmetic
+runs only when a bar leaves them. Bars must arrive in time order; a bar older
+than the current session raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from indicators.base import IndicatorBase
+
+_DAY = timedelta(days=1)
+_EPOCH_DAY = date(1970, 1, 1)
+_OFFSET = re.compile(r"^(?:UTC|GMT)?([+-])(\d{1,2}):?(\d{2})?$")
+
+
+def parse_tz(name: str) -> tzinfo:
+    """A tzinfo for ``UTC``, an IANA zone name or a fixed offset like ``+05:30``/``UTC-4``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"time zone must be a non-empty string, got {name!r}")
+    if name.upper() in ("UTC", "Z", "GMT"):
+        return UTC
+    match = _OFFSET.match(name.strip())
+    if match:
+        sign, hours, minutes = match.group(1), int(match.group(2)), int(match.group(3) or 0)
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"time zone offset {name!r} is out of range")
+        delta = timedelta(hours=hours, minutes=minutes)
+        return timezone(-delta if sign == "-" else delta)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}; use 'UTC', an IANA name such as "
+            "'America/New_York', or an offset such as '+05:30'"
+        ) from None
+
+
+def parse_time_of_day(value: time | str) -> time:
+    """A naive ``datetime.time`` from a ``time`` or an ``HH:MM[:SS]`` string."""
+    if isinstance(value, time):
+        if value.tzinfo is not None:
+            raise ValueError("session_start must be a wall-clock time without tzinfo; use tz")
+        return value
+    if isinstance(value, str):
+        try:
+            return time.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"session_start must be a time of day like '09:30', got {value!r}")
+
+
+class SessionVWAP(IndicatorBase):
+    """Volume-weighted average price since the start of the current session."""
+
+    __slots__ = ("session_start", "tz", "_zone", "_anchor", "_start", "_end", "_pv", "_volume")
+
+    def __init__(self, session_start: time | str = time(0, 0), tz: str = "UTC") -> None:
+        self.session_start = parse_time_of_day(session_start)
+        self.tz = tz
+        self._zone = parse_tz(tz)
+        # With a fixed offset every session starts a whole number of days after
+        # one UTC anchor, which makes finding a session plain arithmetic.
+        self._anchor: datetime | None = None
+        if isinstance(self._zone, timezone):
+            self._anchor = datetime.combine(_EPOCH_DAY, self.session_start, tzinfo=self._zone)
+        self.reset()
+
+    def reset(self) -> None:
+        self._start: datetime | None = None
+        self._end: datetime | None = None
+        self._pv = 0.0
+        self._volume = 0.0
+
+    def session_bounds(self, ts: datetime) -> tuple[datetime, datetime]:
+        """``[start, end)`` in UTC of the session that contains ``ts``."""
+        if ts.tzinfo is None or ts.utcoffset() is None:
+            raise ValueError(f"timestamps must be timezone-aware, got naive {ts.isoformat()}")
+        if self._anchor is not None:
+            start = self._anchor + (ts - self._anchor) // _DAY * _DAY
+            return start.astimezone(UTC), (start + _DAY).astimezone(UTC)
+        local = ts.astimezone(self._zone)
+        start_of_day = self.session_start
+        day = local.date()
+        if local.time() < start_of_day:
+            day -= timedelta(days=1)
+        start = self._at(day)
+        # Guard the wall-clock edge cases of DST transitions.
+        if ts < start:
+            day -= timedelta(days=1)
+            start = self._at(day)
+        end = self._at(day + timedelta(days=1))
+        if ts >= end:
+            start, end = end, self._at(day + timedelta(days=2))
+        return start, end
+
+    def _at(self, day: date) -> datetime:
+        return datetime.combine(day, self.session_start, tzinfo=self._zone).astimezone(UTC)
+
+    def update(self, ts: datetime, pv: float, volume: float) -> None:
+        """Add one bar: ``ts`` its (tz-aware) time, ``pv`` = sum(price*size), ``volume`` = sum(size)."""
+        start, end = self._start, self._end
+        try:
+            same_session = start is not None and end is not None and start <= ts < end
+        except TypeError:
+            raise ValueError(f"timestamps must be timezone-aware, got naive {ts!r}") from None
+        if not same_session:
+            if start is not None and ts < start:
+                raise ValueError(
+                    f"bar at {ts.isoformat()} is older than the current session "
+                    f"(started {start.isoformat()}); bars must arrive in time order"
+                )
+            self._start, self._end = self.session_bounds(ts)
+            self._pv = 0.0
+            self._volume = 0.0
+        self._pv += pv
+        self._volume += volume
+
+    @property
+    def value(self) -> float | None:
+        return self._pv / self._volume if self._volume > 0.0 else None
+
+    @property
+    def initialized(self) -> bool:
+        return self._volume > 0.0
+
+    @property
+    def session(self) -> tuple[datetime, datetime] | None:
+        """``[start, end)`` in UTC of the current session, ``None`` before the first bar."""
+        if self._start is None or self._end is None:
+            return None
+        return self._start, self._end
+
+    def _params(self) -> dict[str, Any]:
+        return {"session_start": self.session_start.isoformat(), "tz": self.tz}
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "start": None if self._start is None else self._start.isoformat(),
+            "end": None if self._end is None else self._end.isoformat(),
+            "pv": self._pv,
+            "volume": self._volume,
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        start, end = state["start"], state["end"]
+        self._start = None if start is None else datetime.fromisoformat(start)
+        self._end = None if end is None else datetime.fromisoformat(end)
+        self._pv = float(state["pv"])
+        self._volume = float(state["volume"])
