@@ -1,6 +1,7 @@
 """Tick files as a bounded Bytewax source (CSV, CSV.GZ, Parquet).
 
-Each file is one partition (read by one worker), streamed in Arrow batches
+Each series of files (one symbol's days) is one partition, read by one
+worker in date order, streamed in Arrow batches
 of raw columns: parsing and validation happen downstream in the ``parse``
 stage, the same road Kafka messages take. Rows a CSV reader cannot split
 into the header's columns are kept as :class:`RawTickBatch.unreadable`
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,8 +276,76 @@ class _ParquetPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
         return {"rows": self._rows_done}
 
 
-class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, int]]):
-    """Bounded source of raw tick-file batches, one partition per file.
+_DATE_TOKEN = re.compile(r"(19|20)\d{2}-?\d{2}-?\d{2}")
+
+
+def series_of(path: Path) -> str:
+    """The series a file belongs to: its name without dates and suffix.
+
+    ``SPY_20131007.csv.gz`` and ``SPY_20131008.csv.gz`` are one series
+    (``SPY_``): their ticks are one symbol's stream in time order, so they
+    are read one after the other, never side by side (reading them in
+    parallel would interleave two days and make the older day late).
+    """
+    name = path.name
+    for suffix in TICK_FILE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return str(path.parent / _DATE_TOKEN.sub("", name))
+
+
+class _SeriesPartition(StatefulSourcePartition[RawTickBatch, dict[str, Any]]):
+    """The files of one series, read in name (= date) order."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        batch_size: int,
+        ts_unit: str | None,
+        resume: dict[str, Any] | None,
+    ) -> None:
+        self._paths = paths
+        self._batch_size = batch_size
+        self._ts_unit = ts_unit
+        self._index = 0 if resume is None else resume["file"]
+        self._current = self._open(None if resume is None else resume["state"])
+
+    def _open(
+        self, state: dict[str, int] | None
+    ) -> StatefulSourcePartition[RawTickBatch, dict[str, int]] | None:
+        if self._index >= len(self._paths):
+            return None
+        path = self._paths[self._index]
+        if _suffix(path) in (".parquet", ".pq"):
+            return _ParquetPartition(path, self._batch_size, self._ts_unit, state)
+        return _CsvPartition(path, self._batch_size, self._ts_unit, state)
+
+    def next_batch(self) -> list[RawTickBatch]:
+        while self._current is not None:
+            try:
+                return list(self._current.next_batch())
+            except StopIteration:
+                self._current.close()
+                self._index += 1
+                self._current = self._open(None)
+        raise StopIteration
+
+    def snapshot(self) -> dict[str, Any]:
+        state = self._current.snapshot() if self._current is not None else None
+        return {"file": self._index, "state": state}
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+
+
+class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, Any]]):
+    """Bounded source of raw tick-file batches.
+
+    Files of one series (same name but for a date, see :func:`series_of`)
+    form one partition and are read in date order; different series are
+    partitions read in parallel by different workers.
 
     :arg paths: tick files (see :func:`expand_paths` for dirs and globs).
     :arg batch_size: rows per emitted batch.
@@ -294,17 +364,18 @@ class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, int]]):
             if not path.exists():
                 raise UserError(f"{path}: no such tick file")
             inspect_tick_file(path, ts_unit)
-        self._paths = {str(p): p for p in paths}
+        self._series: dict[str, list[Path]] = {}
+        for path in sorted(paths, key=lambda p: p.name):
+            self._series.setdefault(series_of(path), []).append(path)
         self._batch_size = batch_size
         self._ts_unit = ts_unit
 
     def list_parts(self) -> list[str]:
-        return list(self._paths)
+        return list(self._series)
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
-    ) -> StatefulSourcePartition[RawTickBatch, dict[str, int]]:
-        path = self._paths[for_part]
-        if _suffix(path) in (".parquet", ".pq"):
-            return _ParquetPartition(path, self._batch_size, self._ts_unit, resume_state)
-        return _CsvPartition(path, self._batch_size, self._ts_unit, resume_state)
+        self, step_id: str, for_part: str, resume_state: dict[str, Any] | None
+    ) -> _SeriesPartition:
+        return _SeriesPartition(
+            self._series[for_part], self._batch_size, self._ts_unit, resume_state
+        )

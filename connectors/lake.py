@@ -44,12 +44,15 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from dataflows.errors import UserError
 
 DAY_US = 86_400_000_000
+RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
 TABLES = {
     # table -> the column whose UTC date names the partition
     "bronze/ticks": "ts",
     "bronze/rejects": "received_at",
     "bronze/late_ticks": "ts",
-    "silver/bars_1m": "start",
+    **{f"silver/bars_{res}": "start" for res in RESOLUTIONS},
+    **{f"gold/indicators_{res}": "start" for res in RESOLUTIONS},
+    "gold/signals": "start",
 }
 _PART_NAME = re.compile(
     r"part-(?P<run>[0-9A-Za-z]+-[0-9a-f]+)-(?P<pid>\d+)-(?P<seq>\d+)\.parquet(\.tmp)?$"

@@ -62,7 +62,7 @@ class SyntheticConfig:
     symbols: tuple[str, ...] = tuple(DEFAULT_SYMBOLS)
     total_ticks: int | None = 1_000_000
     rate: float = 45.0
-    seconds_per_batch: float = 30.0
+    seconds_per_batch: float = 600.0
     start: datetime = SESSION_START
     live: bool = False
     out_of_order_fraction: float = 0.01
@@ -127,12 +127,15 @@ class _SyntheticPartition(StatefulSourcePartition[RawTickBatch, dict[str, Any]])
         if n == 0:
             return []
         sym_idx = np.repeat(np.arange(len(counts)), counts)
-        ts = start_us + np.sort(rng.integers(0, self._span_us, n))
+        ts = start_us + rng.integers(0, self._span_us, n)
         # Sort by time across symbols: arrival order is event order ...
         order = np.argsort(ts, kind="stable")
         ts, sym_idx = ts[order], sym_idx[order]
         # ... price: per-symbol geometric random walk over the gaps.
-        dt_years = np.full(n, cfg.seconds_per_batch / max(n, 1) / YEAR_SECONDS)
+        # Each symbol's ticks share the batch's time span: variance per tick
+        # is span / (that symbol's tick count), so the walk's volatility over
+        # the batch does not depend on how busy the symbol is.
+        dt_years = cfg.seconds_per_batch / counts[sym_idx] / YEAR_SECONDS
         shocks = rng.standard_normal(n) * self._vol[sym_idx] * np.sqrt(dt_years)
         price = np.empty(n)
         for k in range(len(counts)):

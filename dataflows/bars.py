@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,18 @@ from dataflows.schema import BAR_SCHEMA, LATE_TICK_SCHEMA, UTC_US
 
 MINUTE_US = 60_000_000
 NEVER = -(2**62)  # "no tick yet": far below any valid time, safe from overflow
+
+_ROLL_COLUMNS = {
+    "sym": np.int64,
+    "start": np.int64,
+    "open": np.float64,
+    "high": np.float64,
+    "low": np.float64,
+    "close": np.float64,
+    "volume": np.float64,
+    "pv": np.float64,
+    "trades": np.int64,
+}
 
 _OPEN_COLUMNS = {
     "sym": np.int64,
@@ -73,24 +85,54 @@ class BarConfig:
 
     lateness_s: float = 5.0
     live: bool = False
+    rollups: tuple[str, ...] = ("5m", "15m", "1h", "1d")
+
+    def __post_init__(self) -> None:
+        for res in self.rollups:
+            if res not in ROLLUP_US:
+                raise ValueError(f"unknown roll-up {res!r}; use {', '.join(ROLLUP_US)}")
 
     @property
     def lateness_us(self) -> int:
         return round(self.lateness_s * 1_000_000)
 
 
+ROLLUP_US = {
+    "5m": 5 * MINUTE_US,
+    "15m": 15 * MINUTE_US,
+    "1h": 60 * MINUTE_US,
+    "1d": 24 * 60 * MINUTE_US,
+}
+
+
 @dataclass(frozen=True)
 class BarOutput:
+    """What one call emitted: 1-minute bars, roll-ups by resolution, late ticks."""
+
     bars: pa.Table
     late: pa.Table
+    rollups: dict[str, pa.Table] = field(default_factory=dict)
+
+    def by_resolution(self) -> dict[str, pa.Table]:
+        """Every non-empty bar table, ``{"1m": ..., "5m": ...}``."""
+        out = {"1m": self.bars, **self.rollups}
+        return {res: t for res, t in out.items() if t.num_rows}
 
 
 def _floor(ts: np.ndarray) -> np.ndarray:
     return (ts // MINUTE_US) * MINUTE_US
 
 
+def _empty(columns: dict[str, type]) -> dict[str, np.ndarray]:
+    return {name: np.empty(0, dtype) for name, dtype in columns.items()}
+
+
 def _empty_open() -> dict[str, np.ndarray]:
-    return {name: np.empty(0, dtype) for name, dtype in _OPEN_COLUMNS.items()}
+    return _empty(_OPEN_COLUMNS)
+
+
+_EMPTY_BARS = BAR_SCHEMA.empty_table()
+_EMPTY_OPEN = _empty_open()
 
 
 def _take(cols: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -144,12 +186,17 @@ class BarBuilder:
             self._max_ts = np.empty(0, np.int64)
             self._closed = np.empty(0, np.int64)
             self._open = _empty_open()
+            self._roll = {res: _empty(_ROLL_COLUMNS) for res in config.rollups}
             self._seq = 0
         else:
             self._symbols = list(state["symbols"])
             self._max_ts = np.array(state["max_ts"], np.int64)
             self._closed = np.array(state["closed"], np.int64)
             self._open = {k: np.array(state["open"][k], _OPEN_COLUMNS[k]) for k in _OPEN_COLUMNS}
+            self._roll = {
+                res: {k: np.array(state["roll"][res][k], t) for k, t in _ROLL_COLUMNS.items()}
+                for res in config.rollups
+            }
             self._seq = int(state["seq"])
         self._codes = {s: i for i, s in enumerate(self._symbols)}
         # Wall-clock anchors restart now: downtime is not quiet time.
@@ -164,6 +211,9 @@ class BarBuilder:
             "max_ts": self._max_ts.copy(),
             "closed": self._closed.copy(),
             "open": {k: v.copy() for k, v in self._open.items()},
+            "roll": {
+                res: {k: v.copy() for k, v in cols.items()} for res, cols in self._roll.items()
+            },
             "seq": self._seq,
         }
 
@@ -260,7 +310,7 @@ class BarBuilder:
                     size[order][keep],
                 )
             )
-        return BarOutput(self._emit(self._watermarks(self._clock())), late_table)
+        return self._emit(self._watermarks(self._clock()), late_table)
 
     @staticmethod
     def _partials(
@@ -331,30 +381,88 @@ class BarBuilder:
             wm = np.where(self._max_ts == NEVER, NEVER, wm + idle_us)
         return wm
 
-    def _emit(self, watermark: np.ndarray | None) -> pa.Table:
+    def _emit(self, watermark: np.ndarray | None, late: pa.Table | None = None) -> BarOutput:
         """Emit the open bars whose end is at or before their watermark
-        (all of them when `watermark` is None)."""
+        (all of them when `watermark` is None), and the roll-up buckets
+        those bars complete."""
+        late = late if late is not None else LATE_TICK_SCHEMA.empty_table()
         if watermark is not None and self.config.live:
             self._closed = np.maximum(self._closed, _floor(watermark))
         op = self._open
-        if not len(op["sym"]):
-            return BAR_SCHEMA.empty_table()
         if watermark is None:
             done = np.ones(len(op["sym"]), dtype=bool)
         else:
             done = op["start"] + MINUTE_US <= watermark[op["sym"]]
-        if not done.any():
-            return BAR_SCHEMA.empty_table()
-        out = _take(op, np.flatnonzero(done))
-        self._open = _take(op, np.flatnonzero(~done))
-        return self._bars_table(out)
+        if done.any():
+            out = _take(op, np.flatnonzero(done))
+            self._open = _take(op, np.flatnonzero(~done))
+        else:
+            out = _EMPTY_OPEN
+        rollups = {res: self._roll_up(res, out, final=watermark is None) for res in self._roll}
+        bars = self._bars_table(out, MINUTE_US) if len(out["sym"]) else _EMPTY_BARS
+        return BarOutput(bars, late, rollups)
 
-    def _bars_table(self, b: dict[str, np.ndarray]) -> pa.Table:
+    def _roll_up(self, res: str, bars: dict[str, np.ndarray], final: bool) -> pa.Table:
+        """Fold emitted 1-minute bars into `res` buckets; emit complete ones.
+
+        Per symbol, 1-minute bars are emitted in start order, so within a
+        bucket the older partial holds the open and the newer the close. A
+        bucket is complete once every minute in it is closed.
+        """
+        size = ROLLUP_US[res]
+        acc = self._roll[res]
+        if not len(bars["sym"]) and not len(acc["sym"]):
+            return _EMPTY_BARS
+        if len(bars["sym"]):
+            order = np.lexsort((bars["start"], bars["sym"]))
+            b = _take(bars, order)
+            bucket = (b["start"] // size) * size
+            gs = np.flatnonzero(_group_starts(b["sym"], bucket))
+            ge = np.append(gs[1:] - 1, len(bucket) - 1)
+            new = {
+                "sym": b["sym"][gs],
+                "start": bucket[gs],
+                "open": b["open"][gs],
+                "high": np.maximum.reduceat(b["high"], gs),
+                "low": np.minimum.reduceat(b["low"], gs),
+                "close": b["close"][ge],
+                "volume": np.add.reduceat(b["volume"], gs),
+                "pv": np.add.reduceat(b["pv"], gs),
+                "trades": np.add.reduceat(b["trades"], gs),
+            }
+            cat = {k: np.concatenate([acc[k], new[k]]) for k in _ROLL_COLUMNS}
+            age = np.arange(len(cat["sym"]))  # older partials first
+            o = np.lexsort((age, cat["start"], cat["sym"]))
+            c = _take(cat, o)
+            gs = np.flatnonzero(_group_starts(c["sym"], c["start"]))
+            ge = np.append(gs[1:] - 1, len(o) - 1)
+            acc = {
+                "sym": c["sym"][gs],
+                "start": c["start"][gs],
+                "open": c["open"][gs],
+                "high": np.maximum.reduceat(c["high"], gs),
+                "low": np.minimum.reduceat(c["low"], gs),
+                "close": c["close"][ge],
+                "volume": np.add.reduceat(c["volume"], gs),
+                "pv": np.add.reduceat(c["pv"], gs),
+                "trades": np.add.reduceat(c["trades"], gs),
+            }
+        if final:
+            done = np.ones(len(acc["sym"]), dtype=bool)
+        else:
+            done = acc["start"] + size <= self._closed[acc["sym"]]
+        if not done.any():
+            self._roll[res] = acc
+            return _EMPTY_BARS
+        self._roll[res] = _take(acc, np.flatnonzero(~done))
+        return self._bars_table(_take(acc, np.flatnonzero(done)), size)
+
+    def _bars_table(self, b: dict[str, np.ndarray], size: int) -> pa.Table:
         names = np.asarray(self._symbols, dtype=object)[b["sym"]]
         with np.errstate(invalid="ignore", divide="ignore"):
             vwap = b["pv"] / b["volume"]
         start = pa.array(b["start"], pa.int64()).cast(UTC_US)
-        end = pa.array(b["start"] + MINUTE_US, pa.int64()).cast(UTC_US)
+        end = pa.array(b["start"] + size, pa.int64()).cast(UTC_US)
         return pa.Table.from_arrays(
             [
                 pa.array(names, pa.string()),
@@ -371,20 +479,26 @@ class BarBuilder:
             schema=BAR_SCHEMA,
         )
 
-    def advance_clock(self) -> pa.Table:
+    def advance_clock(self) -> BarOutput:
         """Live mode: emit bars whose lateness has passed in wall-clock time."""
         if not self.config.live:
-            return BAR_SCHEMA.empty_table()
+            return BarOutput(BAR_SCHEMA.empty_table(), LATE_TICK_SCHEMA.empty_table())
         return self._emit(self._watermarks(self._clock()))
 
     def next_close_time(self) -> float | None:
-        """Live mode: the wall-clock second at which an open bar closes."""
-        if not self.config.live or not len(self._open["sym"]):
+        """Live mode: the wall-clock second at which an open bar or roll-up
+        bucket closes."""
+        if not self.config.live:
             return None
-        sym = self._open["sym"]
-        wait_us = self._open["start"] + MINUTE_US + self._lateness - self._max_ts[sym]
-        return float(np.min(self._anchor[sym] + wait_us / 1e6))
+        due = []
+        pending = [(self._open, MINUTE_US)] + [(self._roll[r], ROLLUP_US[r]) for r in self._roll]
+        for cols, size in pending:
+            if len(cols["sym"]):
+                sym = cols["sym"]
+                wait_us = cols["start"] + size + self._lateness - self._max_ts[sym]
+                due.append(float(np.min(self._anchor[sym] + wait_us / 1e6)))
+        return min(due) if due else None
 
-    def flush(self) -> pa.Table:
-        """Emit every open bar (the input is exhausted)."""
+    def flush(self) -> BarOutput:
+        """Emit every open bar and roll-up bucket (the input is exhausted)."""
         return self._emit(None)

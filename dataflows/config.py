@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from dataflows.errors import UserError
+from dataflows.gold import GoldConfig
+from indicators import IndicatorConfig, IndicatorConfigError, SignalConfig, SignalConfigError
 
+RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
 SINKS = ("parquet", "postgres", "snowflake", "kafka")
 AVAILABLE_SINKS = ("parquet",)
 SOURCES = ("synthetic", "file:PATH", "kafka", "finnhub")
@@ -132,11 +135,13 @@ class Settings:
     max_rows_per_file: int = 1_000_000
     max_file_age_s: float = 60.0
     lateness_s: float = 5.0
+    resolutions: tuple[str, ...] = RESOLUTIONS
     live: bool | None = None
     ts_unit: str | None = None
     synthetic_ticks: int = 1_000_000
     synthetic_seed: int = 7
     synthetic_symbols: tuple[str, ...] = ()
+    gold: GoldConfig = field(default_factory=GoldConfig)
     origin: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -166,10 +171,13 @@ class Settings:
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
         path = config_file or env.get("STOCKFLOW_CONFIG")
+        gold = GoldConfig()
         if path:
-            for opt, value in _toml_values(Path(path)).items():
+            data = _read_toml(Path(path))
+            for opt, value in _toml_values(Path(path), data).items():
                 values[opt] = value
                 origin[opt] = f"{path} [{_option(opt).toml}]"
+            gold = _gold_config(Path(path), data)
         for opt in OPTIONS:
             if opt.env in env and env[opt.env] != "":
                 values[opt.name] = env[opt.env]
@@ -180,11 +188,12 @@ class Settings:
                 origin[name] = f"--{name.replace('_', '-')}"
         settings = cls()
         kinds = {f.name: f.type for f in fields(cls)}
+        # "indicators"/"signals" come from their TOML tables, not from OPTIONS
         converted = {}
         for name, value in values.items():
             where = origin[name]
             converted[name] = _convert(name, str(kinds[name]), value, where)
-        settings = replace(settings, **converted, origin=origin)
+        settings = replace(settings, **converted, gold=gold, origin=origin)
         settings.validate()
         return settings
 
@@ -219,6 +228,11 @@ class Settings:
                 raise bad(name, "must be > 0")
         if not 0 <= self.lateness_s <= 3600:
             raise bad("lateness_s", "must be between 0 and 3600 seconds")
+        if "1m" not in self.resolutions or any(r not in RESOLUTIONS for r in self.resolutions):
+            raise bad(
+                "resolutions",
+                f"use 1m plus any of 5m, 15m, 1h, 1d (got {', '.join(self.resolutions)})",
+            )
         if self.ts_unit not in (None, "s", "ms", "us", "ns"):
             raise bad("ts_unit", "use one of s, ms, us, ns")
         if self.lake.startswith("s3://") and len(self.lake) <= len("s3://"):
@@ -229,13 +243,34 @@ def _option(name: str) -> Option:
     return next(o for o in OPTIONS if o.name == name)
 
 
-def _toml_values(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _gold_config(path: Path, data: Mapping[str, Any]) -> GoldConfig:
+    """The ``[indicators]`` and ``[signals]`` tables, validated."""
+    try:
+        indicators = IndicatorConfig.from_mapping(data.get("indicators", {}))
+        signals = SignalConfig.from_mapping(data.get("signals", {}))
+    except (IndicatorConfigError, SignalConfigError) as exc:
+        raise UserError(f"config file {path}: {exc}") from None
+    return GoldConfig(indicators, signals)
+
+
+def _toml_values(path: Path, data: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(
+        set(data) - {"run", "lake", "bars", "files", "synthetic", "indicators", "signals"}
+    )
+    if unknown:
+        raise UserError(
+            f"config file {path}: unknown section(s) {', '.join(unknown)}; known: run, lake, "
+            "bars, files, synthetic, indicators, signals"
+        )
     by_key = {o.toml: o.name for o in OPTIONS}
     out: dict[str, Any] = {}
     # Sections other stages own (indicators, signals, ...) are read elsewhere.

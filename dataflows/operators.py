@@ -23,7 +23,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from connectors.files import RawTickBatch
-from dataflows.bars import BarBuilder, BarConfig
+from dataflows.bars import BarBuilder, BarConfig, BarOutput
 from dataflows.schema import REJECT_SCHEMA, TICK_SCHEMA
 from dataflows.ticks import ParsedTicks, parse_columns, unreadable_rows
 
@@ -136,20 +136,17 @@ class BarLogic(StatefulBatchLogic[pa.Table, tuple[str, pa.Table], dict[str, Any]
         self._builder = BarBuilder(config, state)
 
     @staticmethod
-    def _out(bars: pa.Table, late: pa.Table | None = None) -> list[tuple[str, pa.Table]]:
-        out = []
-        if bars.num_rows:
-            out.append(("bars", bars))
-        if late is not None and late.num_rows:
-            out.append(("late", late))
+    def _out(result: BarOutput) -> list[tuple[str, pa.Table]]:
+        out = [(f"bars_{res}", table) for res, table in result.by_resolution().items()]
+        if result.late.num_rows:
+            out.append(("late", result.late))
         return out
 
     def on_batch(self, values: list[pa.Table]) -> tuple[list[tuple[str, pa.Table]], bool]:
         out: list[tuple[str, pa.Table]] = []
         # One table at a time: batching must not change any bar's value.
         for table in values:
-            result = self._builder.add_ticks(table)
-            out.extend(self._out(result.bars, result.late))
+            out.extend(self._out(self._builder.add_ticks(table)))
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[tuple[str, pa.Table]], bool]:
@@ -168,14 +165,22 @@ class BarLogic(StatefulBatchLogic[pa.Table, tuple[str, pa.Table], dict[str, Any]
 
 @dataclass(frozen=True)
 class BarStreams:
-    bars: KeyedStream[pa.Table]
+    """Bars of every resolution as ``(resolution, table)``, and late ticks."""
+
+    bars: KeyedStream[tuple[str, pa.Table]]
     late: KeyedStream[pa.Table]
+
+    def resolution(self, res: str) -> KeyedStream[pa.Table]:
+        """Only the bars of one resolution (``1m``, ``5m``, ...)."""
+        return op.filter_map_value(
+            f"bars_{res}_only", self.bars, lambda v: v[1] if v[0] == res else None
+        )
 
 
 def bar_stage(ticks: KeyedStream[pa.Table], config: BarConfig) -> BarStreams:
-    """Per-shard event-time 1-minute bars; late ticks split off."""
-    out = op.stateful_batch("bars_1m", ticks, lambda state: BarLogic(config, state))
-    branch = op.branch("bars_or_late", out, lambda kv: kv[1][0] == "bars")
-    bars = op.map_value("bars_table", branch.trues, lambda v: v[1])
+    """Per-shard event-time 1-minute bars and their roll-ups; late ticks split off."""
+    out = op.stateful_batch("bars", ticks, lambda state: BarLogic(config, state))
+    branch = op.branch("bars_or_late", out, lambda kv: kv[1][0] != "late")
+    bars = op.map_value("bars_by_res", branch.trues, lambda v: (v[0][len("bars_") :], v[1]))
     late = op.map_value("late_table", branch.falses, lambda v: v[1])
     return BarStreams(bars, late)

@@ -1,12 +1,14 @@
-"""Assemble the dataflow: source -> parse/validate -> bars -> sinks.
+"""Assemble the dataflow: source -> parse/validate -> bars -> gold -> sinks.
 
 Live streaming, replay and backfill build the same stages; they differ
 only in their source and sinks::
 
     source --> parse --+--> bronze/rejects
                        +--> shard by symbol --+--> bronze/ticks
-                                              +--> bars_1m (event time) --+--> silver/bars_1m
-                                                                          +--> bronze/late_ticks
+                                              +--> bars (event time) --+--> bronze/late_ticks
+                                                   1m + roll-ups       +--> silver/bars_<res>
+                                                                       +--> gold: indicators --> gold/indicators_<res>
+                                                                                  signals    --> gold/signals
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from connectors.lake import Lake, ParquetLakeSink
 from connectors.synthetic import SyntheticConfig, SyntheticTickSource
 from dataflows.bars import BarConfig
 from dataflows.config import Settings
+from dataflows.gold import gold_stage
 from dataflows.operators import bar_stage, parse_stage
 
 
@@ -37,18 +40,16 @@ def make_source(settings: Settings) -> Source[RawTickBatch]:
             ts_unit=settings.ts_unit,
         )
     if kind == "synthetic":
+        live = bool(settings.live)
         cfg = SyntheticConfig(
             seed=settings.synthetic_seed,
-            total_ticks=settings.synthetic_ticks,
-            live=bool(settings.live),
+            # Live synthetic ticks run until stopped unless --bounded.
+            total_ticks=settings.synthetic_ticks if settings.bounded or not live else None,
+            live=live,
+            # Live: a batch a second, paced; simulated: big batches, fast.
+            seconds_per_batch=1.0 if live else 600.0,
+            **({"symbols": settings.synthetic_symbols} if settings.synthetic_symbols else {}),
         )
-        if settings.synthetic_symbols:
-            cfg = SyntheticConfig(
-                seed=cfg.seed,
-                total_ticks=cfg.total_ticks,
-                live=cfg.live,
-                symbols=settings.synthetic_symbols,
-            )
         return SyntheticTickSource(cfg)
     raise AssertionError(f"unvalidated source {settings.source!r}")
 
@@ -61,6 +62,15 @@ class LakeTables:
     rejects: str = "bronze/rejects"
     late: str = "bronze/late_ticks"
     bars: str = "silver/bars_1m"
+    signals: str = "gold/signals"
+
+    @staticmethod
+    def bars_of(res: str) -> str:
+        return f"silver/bars_{res}"
+
+    @staticmethod
+    def indicators_of(res: str) -> str:
+        return f"gold/indicators_{res}"
 
 
 def build_flow(
@@ -72,7 +82,12 @@ def build_flow(
     flow = Dataflow(flow_id)
     raw = op.input("ticks_in", flow, source if source is not None else make_source(settings))
     ticks = parse_stage(raw, settings.shards)
-    bars = bar_stage(ticks.ticks, BarConfig(lateness_s=settings.lateness_s, live=settings.is_live))
+    rollups = tuple(r for r in settings.resolutions if r != "1m")
+    bars = bar_stage(
+        ticks.ticks,
+        BarConfig(lateness_s=settings.lateness_s, live=settings.is_live, rollups=rollups),
+    )
+    gold = gold_stage(bars.bars, settings.gold)
 
     if "parquet" in settings.sinks:
         lake = Lake(settings.lake, settings.s3_endpoint)
@@ -91,7 +106,14 @@ def build_flow(
         op.output("lake_rejects", ticks.rejects, lake_sink(tables.rejects))
         op.output("lake_ticks", ticks.ticks, lake_sink(tables.ticks))
         op.output("lake_late", bars.late, lake_sink(tables.late))
-        op.output("lake_bars", bars.bars, lake_sink(tables.bars))
+        for res in ("1m", *rollups):
+            op.output(f"lake_bars_{res}", bars.resolution(res), lake_sink(tables.bars_of(res)))
+            op.output(
+                f"lake_indicators_{res}",
+                gold.resolution(res),
+                lake_sink(tables.indicators_of(res)),
+            )
+        op.output("lake_signals", gold.signals, lake_sink(tables.signals))
     return flow
 
 

@@ -79,3 +79,23 @@ class RejectReason(StrEnum):
 
 def empty_table(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
+
+
+def indicator_schema(columns: tuple[str, ...]) -> pa.Schema:
+    """``gold/indicators_<res>``: the bar columns, then every indicator column
+    (null until the indicator is warmed up)."""
+    return pa.schema(list(BAR_SCHEMA) + [pa.field(c, pa.float64()) for c in columns])
+
+
+SIGNAL_SCHEMA = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("resolution", pa.string(), nullable=False),
+        pa.field("start", UTC_US, nullable=False),
+        pa.field("signal", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("reasons", pa.list_(pa.string()), nullable=False),
+        pa.field("summary", pa.string(), nullable=False),
+        pa.field("data_quality", pa.bool_(), nullable=False),
+    ]
+)

@@ -102,14 +102,14 @@ def test_watermarks_are_per_symbol_so_a_busy_symbol_does_not_close_a_slow_one():
 
 def test_live_mode_emits_a_quiet_symbols_bar_after_lateness_of_wall_time():
     now = [1000.0]
-    b = BarBuilder(BarConfig(lateness_s=5, live=True), clock=lambda: now[0])
+    b = BarBuilder(BarConfig(lateness_s=5, live=True, rollups=()), clock=lambda: now[0])
     b.add_ticks(ticks(("A", 58, 10, 1)))
 
     assert b.next_close_time() == 1000.0 + 2 + 5
     now[0] = 1006.9
-    assert b.advance_clock().num_rows == 0
+    assert b.advance_clock().bars.num_rows == 0
     now[0] = 1007.0
-    emitted = b.advance_clock()
+    emitted = b.advance_clock().bars
 
     assert emitted.column("close").to_pylist() == [10.0]
     assert b.add_ticks(ticks(("A", 59, 11, 1))).late.num_rows == 1

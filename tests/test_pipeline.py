@@ -205,7 +205,7 @@ def test_quiet_symbols_last_bar_is_emitted_after_lateness_in_wall_clock_time():
     flow = Dataflow("quiet")
     ticks = parse_stage(op.input("in", flow, source), shards=4)
     bars = bar_stage(ticks.ticks, BarConfig(lateness_s=0.5, live=True))
-    op.output("out", op.key_rm("unkey", bars.bars), TestingSink(seen))
+    op.output("out", op.key_rm("unkey", bars.resolution("1m")), TestingSink(seen))
 
     run_main(flow)
 

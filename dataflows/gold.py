@@ -1,0 +1,125 @@
+"""The gold stage: bars -> per-symbol indicators -> signals.
+
+One stateful step per symbol shard holds an :class:`~indicators.IndicatorSet`
+and a :class:`~indicators.SignalEngine` for every (symbol, resolution) it has
+seen. Bars arrive per symbol in start order (the bar stage guarantees it), so
+each indicator sees its series exactly once, in order. The indicator objects
+are plain Python; this module only moves rows between them and Arrow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import bytewax.operators as op
+import pyarrow as pa
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+
+from dataflows.schema import SIGNAL_SCHEMA, indicator_schema
+from indicators import COLUMNS, IndicatorConfig, IndicatorSet, SignalConfig, SignalEngine
+
+INDICATOR_SCHEMA = indicator_schema(COLUMNS)
+
+
+@dataclass(frozen=True)
+class GoldConfig:
+    """Indicator periods and signal rules (from the TOML ``[indicators]`` and
+    ``[signals]`` tables); the resolution is filled in per series."""
+
+    indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
+    signals: SignalConfig = field(default_factory=SignalConfig)
+
+    def for_resolution(self, res: str) -> IndicatorConfig:
+        return replace(self.indicators, resolution=res)
+
+
+class _Series:
+    """Indicator and signal state of one (symbol, resolution)."""
+
+    def __init__(self, config: GoldConfig, res: str, state: Mapping[str, Any] | None) -> None:
+        if state is None:
+            self.indicators = IndicatorSet(config.for_resolution(res))
+            self.signals = SignalEngine(config.signals, resolution=res)
+        else:
+            self.indicators = IndicatorSet.restore(state["indicators"])
+            self.signals = SignalEngine.restore(state["signals"])
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"indicators": self.indicators.snapshot(), "signals": self.signals.snapshot()}
+
+
+class GoldLogic(StatefulBatchLogic[tuple[str, pa.Table], tuple[str, pa.Table], dict[str, Any]]):
+    """Indicators and signals of one shard's symbols, every resolution.
+
+    Consumes ``(resolution, bars)`` and emits ``("indicators_<res>", table)``
+    and ``("signals", table)``.
+    """
+
+    def __init__(self, config: GoldConfig, state: dict[str, Any] | None) -> None:
+        self._config = config
+        self._series: dict[tuple[str, str], _Series] = {}
+        for key, series_state in (state or {}).items():
+            symbol, res = key.split("|", 1)
+            self._series[(symbol, res)] = _Series(config, res, series_state)
+
+    def _get(self, symbol: str, res: str) -> _Series:
+        series = self._series.get((symbol, res))
+        if series is None:
+            series = self._series[(symbol, res)] = _Series(self._config, res, None)
+        return series
+
+    def on_batch(
+        self, values: list[tuple[str, pa.Table]]
+    ) -> tuple[list[tuple[str, pa.Table]], bool]:
+        out: list[tuple[str, pa.Table]] = []
+        signals: list[dict[str, Any]] = []
+        for res, bars in values:
+            rows = bars.to_pylist()
+            for row in rows:
+                series = self._get(row["symbol"], res)
+                values_ = series.indicators.update(row)
+                row.update(values_)
+                sig = series.signals.evaluate(row, values_)
+                signals.append(
+                    {
+                        "symbol": row["symbol"],
+                        "resolution": res,
+                        "start": row["start"],
+                        "signal": sig["signal"],
+                        "score": float(sig["score"]),
+                        "reasons": list(sig["reasons"]),
+                        "summary": sig["summary"],
+                        "data_quality": bool(sig["data_quality"]),
+                    }
+                )
+            out.append((f"indicators_{res}", pa.Table.from_pylist(rows, schema=INDICATOR_SCHEMA)))
+        if signals:
+            out.append(("signals", pa.Table.from_pylist(signals, schema=SIGNAL_SCHEMA)))
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> dict[str, Any]:
+        return {f"{sym}|{res}": s.snapshot() for (sym, res), s in self._series.items()}
+
+
+@dataclass(frozen=True)
+class GoldStreams:
+    indicators: KeyedStream[tuple[str, pa.Table]]  # (resolution, table)
+    signals: KeyedStream[pa.Table]
+
+    def resolution(self, res: str) -> KeyedStream[pa.Table]:
+        return op.filter_map_value(
+            f"indicators_{res}_only", self.indicators, lambda v: v[1] if v[0] == res else None
+        )
+
+
+def gold_stage(bars: KeyedStream[tuple[str, pa.Table]], config: GoldConfig) -> GoldStreams:
+    """Bars of every resolution -> gold indicators and signals."""
+    out = op.stateful_batch("gold", bars, lambda state: GoldLogic(config, state))
+    branch = op.branch("indicators_or_signals", out, lambda kv: kv[1][0] != "signals")
+    indicators = op.map_value(
+        "indicators_by_res", branch.trues, lambda v: (v[0][len("indicators_") :], v[1])
+    )
+    signals = op.map_value("signals_table", branch.falses, lambda v: v[1])
+    return GoldStreams(indicators, signals)
