@@ -93,10 +93,27 @@ def run_cmd(config_file: str | None, **flags: Any) -> None:
 def show_config() -> None:
     """List every setting with its environment variable and TOML key."""
     for opt in OPTIONS:
-        click.echo(f"{opt.name:<22} {opt.env:<32} {opt.toml:<26} {opt.help}")
+        toml = opt.toml or "(environment only)"
+        click.echo(f"{opt.name:<26} {opt.env:<36} {toml:<28} {opt.help}")
+
+
+# Commands that live with their connectors register themselves on `cli`.
+_COMMAND_MODULES = ("dataflows.cli_kafka", "dataflows.cli_db", "dataflows.cli_backfill")
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real missing dependency: do not hide it
+                raise
 
 
 def main() -> None:
+    _register_commands()
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:

@@ -28,17 +28,18 @@ from indicators import IndicatorConfig, IndicatorConfigError, SignalConfig, Sign
 
 RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
 SINKS = ("parquet", "postgres", "snowflake", "kafka")
-AVAILABLE_SINKS = ("parquet",)
+AVAILABLE_SINKS = SINKS
 SOURCES = ("synthetic", "file:PATH", "kafka", "finnhub")
-AVAILABLE_SOURCES = ("synthetic", "file:PATH")
+AVAILABLE_SOURCES = SOURCES
 
 
 @dataclass(frozen=True)
 class Option:
     name: str
     env: str
-    toml: str
+    toml: str | None  # None: environment only (secrets)
     help: str
+    secret: bool = False
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -115,7 +116,93 @@ OPTIONS: tuple[Option, ...] = (
         "synthetic.symbols",
         "comma list of synthetic symbols",
     ),
+    # Kafka (librdkafka settings pass through; secrets from the environment only)
+    Option(
+        "kafka_brokers", "STOCKFLOW_KAFKA_BROKERS", "kafka.brokers", "bootstrap servers, comma list"
+    ),
+    Option("topic_ticks", "STOCKFLOW_TOPIC_TICKS", "kafka.topic_ticks", "input topic of raw ticks"),
+    Option("topic_dlq", "STOCKFLOW_TOPIC_DLQ", "kafka.topic_dlq", "dead-letter topic for rejects"),
+    Option(
+        "topic_bars", "STOCKFLOW_TOPIC_BARS", "kafka.topic_bars", "output topic of 1-minute bars"
+    ),
+    Option(
+        "topic_signals", "STOCKFLOW_TOPIC_SIGNALS", "kafka.topic_signals", "output topic of signals"
+    ),
+    Option(
+        "kafka_partitions",
+        "STOCKFLOW_KAFKA_PARTITIONS",
+        "kafka.partitions",
+        "partitions of topics stockflow creates",
+    ),
+    Option("kafka_client_id", "STOCKFLOW_KAFKA_CLIENT_ID", "kafka.client_id", "Kafka client id"),
+    Option(
+        "kafka_security_protocol",
+        "STOCKFLOW_KAFKA_SECURITY_PROTOCOL",
+        "kafka.security_protocol",
+        "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL",
+    ),
+    Option(
+        "kafka_sasl_mechanism",
+        "STOCKFLOW_KAFKA_SASL_MECHANISM",
+        "kafka.sasl_mechanism",
+        "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512",
+    ),
+    Option(
+        "kafka_sasl_username", "STOCKFLOW_KAFKA_SASL_USERNAME", "kafka.sasl_username", "SASL user"
+    ),
+    Option(
+        "kafka_sasl_password",
+        "STOCKFLOW_KAFKA_SASL_PASSWORD",
+        None,
+        "SASL password (environment only)",
+        secret=True,
+    ),
+    # Postgres
+    Option(
+        "pg_dsn",
+        "STOCKFLOW_PG_DSN",
+        "postgres.dsn",
+        "libpq connection string (password: PGPASSWORD or the env DSN)",
+    ),
+    Option("pg_schema", "STOCKFLOW_PG_SCHEMA", "postgres.schema", "schema of the serving tables"),
+    # Snowflake
+    Option(
+        "snowflake_account",
+        "STOCKFLOW_SNOWFLAKE_ACCOUNT",
+        "snowflake.account",
+        "account identifier",
+    ),
+    Option("snowflake_user", "STOCKFLOW_SNOWFLAKE_USER", "snowflake.user", "user"),
+    Option(
+        "snowflake_password",
+        "STOCKFLOW_SNOWFLAKE_PASSWORD",
+        None,
+        "password (environment only)",
+        secret=True,
+    ),
+    Option(
+        "snowflake_private_key_file",
+        "STOCKFLOW_SNOWFLAKE_PRIVATE_KEY_FILE",
+        "snowflake.private_key_file",
+        "key-pair auth: PEM private key file",
+    ),
+    Option("snowflake_role", "STOCKFLOW_SNOWFLAKE_ROLE", "snowflake.role", "role"),
+    Option(
+        "snowflake_warehouse", "STOCKFLOW_SNOWFLAKE_WAREHOUSE", "snowflake.warehouse", "warehouse"
+    ),
+    Option("snowflake_database", "STOCKFLOW_SNOWFLAKE_DATABASE", "snowflake.database", "database"),
+    Option("snowflake_schema", "STOCKFLOW_SNOWFLAKE_SCHEMA", "snowflake.schema", "schema"),
+    # Finnhub
+    Option(
+        "finnhub_api_key",
+        "FINNHUB_API_KEY",
+        None,
+        "Finnhub API key (environment only)",
+        secret=True,
+    ),
 )
+
+SECRETS = tuple(o.name for o in OPTIONS if o.secret)
 
 
 @dataclass(frozen=True)
@@ -141,6 +228,28 @@ class Settings:
     synthetic_ticks: int = 1_000_000
     synthetic_seed: int = 7
     synthetic_symbols: tuple[str, ...] = ()
+    kafka_brokers: str = "localhost:9092"
+    topic_ticks: str = "ticks.raw"
+    topic_dlq: str = "ticks.dlq"
+    topic_bars: str = "bars.1m"
+    topic_signals: str = "signals"
+    kafka_partitions: int = 4
+    kafka_client_id: str = "stockflow"
+    kafka_security_protocol: str | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    pg_dsn: str | None = field(default=None, repr=False)
+    pg_schema: str = "stockflow"
+    snowflake_account: str | None = None
+    snowflake_user: str | None = None
+    snowflake_password: str | None = field(default=None, repr=False)
+    snowflake_private_key_file: str | None = None
+    snowflake_role: str | None = None
+    snowflake_warehouse: str | None = None
+    snowflake_database: str | None = None
+    snowflake_schema: str | None = None
+    finnhub_api_key: str | None = field(default=None, repr=False)
     gold: GoldConfig = field(default_factory=GoldConfig)
     origin: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -207,12 +316,6 @@ class Settings:
             kind == "file" and not self.source_path
         ):
             raise bad("source", f"unknown source {self.source!r}; use {' | '.join(SOURCES)}")
-        if kind in ("kafka", "finnhub"):
-            raise bad(
-                "source",
-                f"source {kind!r} is not available in this version; use "
-                f"{' | '.join(AVAILABLE_SOURCES)}",
-            )
         for sink in self.sinks:
             if sink not in SINKS:
                 raise bad("sinks", f"unknown sink {sink!r}; use any of {', '.join(SINKS)}")
@@ -263,23 +366,31 @@ def _gold_config(path: Path, data: Mapping[str, Any]) -> GoldConfig:
 
 
 def _toml_values(path: Path, data: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(
-        set(data) - {"run", "lake", "bars", "files", "synthetic", "indicators", "signals"}
-    )
+    sections = ("run", "lake", "bars", "files", "synthetic", "kafka", "postgres", "snowflake")
+    unknown = sorted(set(data) - {*sections, "indicators", "signals"})
     if unknown:
         raise UserError(
-            f"config file {path}: unknown section(s) {', '.join(unknown)}; known: run, lake, "
-            "bars, files, synthetic, indicators, signals"
+            f"config file {path}: unknown section(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sections)}, indicators, signals"
         )
-    by_key = {o.toml: o.name for o in OPTIONS}
+    by_key = {o.toml: o.name for o in OPTIONS if o.toml}
     out: dict[str, Any] = {}
-    # Sections other stages own (indicators, signals, ...) are read elsewhere.
-    for section in ("run", "lake", "bars", "files", "synthetic"):
+    # [indicators] and [signals] are read by _gold_config.
+    for section in sections:
         table = data.get(section, {})
         if not isinstance(table, dict):
             raise UserError(f"config file {path}: [{section}] must be a table")
         for key, value in table.items():
             name = by_key.get(f"{section}.{key}")
+            secret = next(
+                (o for o in OPTIONS if o.secret and key in o.name and section[:5] in o.name),
+                None,
+            )
+            if name is None and secret is not None:
+                raise UserError(
+                    f"config file {path}: {section}.{key} is a secret; set ${secret.env} in "
+                    "the environment instead (secrets never live in config files)"
+                )
             if name is None:
                 known = sorted(k.split(".", 1)[1] for k in by_key if k.startswith(section + "."))
                 raise UserError(

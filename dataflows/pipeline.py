@@ -13,24 +13,29 @@ only in their source and sinks::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
+import pyarrow as pa
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
+from bytewax.operators import KeyedStream
 
-from connectors.files import RawTickBatch, TickFileSource, expand_paths
+from connectors.files import TickFileSource, expand_paths
 from connectors.lake import Lake, ParquetLakeSink
 from connectors.synthetic import SyntheticConfig, SyntheticTickSource
 from dataflows.bars import BarConfig
 from dataflows.config import Settings
-from dataflows.gold import gold_stage
-from dataflows.operators import bar_stage, parse_stage
+from dataflows.gold import GoldStreams, gold_stage
+from dataflows.operators import BarStreams, TickStreams, bar_stage, parse_stage
 
 
-def make_source(settings: Settings) -> Source[RawTickBatch]:
+def make_source(settings: Settings) -> Source[Any]:
     """The source a setting names (files are checked here, before running)."""
     kind = settings.source_kind
     if kind == "file":
@@ -51,6 +56,10 @@ def make_source(settings: Settings) -> Source[RawTickBatch]:
             **({"symbols": settings.synthetic_symbols} if settings.synthetic_symbols else {}),
         )
         return SyntheticTickSource(cfg)
+    if kind == "kafka":
+        return _load("connectors.kafka:make_source")(settings)
+    if kind == "finnhub":
+        return _load("connectors.finnhub:make_source")(settings)
     raise AssertionError(f"unvalidated source {settings.source!r}")
 
 
@@ -73,9 +82,94 @@ class LakeTables:
         return f"gold/indicators_{res}"
 
 
+@dataclass(frozen=True)
+class PipelineStreams:
+    """Every stream a sink may consume, each item ``(shard_key, pa.Table)``.
+
+    Schemas (dataflows/schema.py): `rejects` REJECT_SCHEMA, `ticks`
+    TICK_SCHEMA, `late` LATE_TICK_SCHEMA, `bars(res)` BAR_SCHEMA,
+    `indicators(res)` gold.INDICATOR_SCHEMA, `signals` SIGNAL_SCHEMA.
+    """
+
+    flow: Dataflow
+    settings: Settings
+    ticks: TickStreams
+    bar_streams: BarStreams
+    gold: GoldStreams
+    resolutions: tuple[str, ...]
+    # One filter step per resolution and flow, however many sinks use it.
+    memo: dict[str, KeyedStream[pa.Table]] = field(default_factory=dict, compare=False)
+
+    @property
+    def rejects(self) -> KeyedStream[pa.Table]:
+        return self.ticks.rejects
+
+    @property
+    def late(self) -> KeyedStream[pa.Table]:
+        return self.bar_streams.late
+
+    @property
+    def signals(self) -> KeyedStream[pa.Table]:
+        return self.gold.signals
+
+    def bars(self, res: str) -> KeyedStream[pa.Table]:
+        key = f"bars_{res}"
+        if key not in self.memo:
+            self.memo[key] = self.bar_streams.resolution(res)
+        return self.memo[key]
+
+    def indicators(self, res: str) -> KeyedStream[pa.Table]:
+        key = f"indicators_{res}"
+        if key not in self.memo:
+            self.memo[key] = self.gold.resolution(res)
+        return self.memo[key]
+
+
+def attach_parquet(streams: PipelineStreams) -> None:
+    """The lake sink: every table of every layer."""
+    settings = streams.settings
+    lake = Lake(settings.lake, settings.s3_endpoint)
+    tables = LakeTables()
+
+    def lake_sink(table: str) -> ParquetLakeSink:
+        return ParquetLakeSink(
+            lake,
+            table,
+            partitions=settings.shards,
+            max_rows_per_file=settings.max_rows_per_file,
+            max_file_age_s=settings.max_file_age_s,
+            exactly_once=settings.recovery_dir is not None,
+        )
+
+    op.output("lake_rejects", streams.rejects, lake_sink(tables.rejects))
+    op.output("lake_ticks", streams.ticks.ticks, lake_sink(tables.ticks))
+    op.output("lake_late", streams.late, lake_sink(tables.late))
+    for res in streams.resolutions:
+        op.output(f"lake_bars_{res}", streams.bars(res), lake_sink(tables.bars_of(res)))
+        op.output(
+            f"lake_indicators_{res}", streams.indicators(res), lake_sink(tables.indicators_of(res))
+        )
+    op.output("lake_signals", streams.signals, lake_sink(tables.signals))
+
+
+# Sink name -> "module:function" taking PipelineStreams; imported only when
+# chosen, so a flow without Snowflake never imports its connector.
+SINK_ATTACHERS = {
+    "parquet": "dataflows.pipeline:attach_parquet",
+    "postgres": "connectors.postgres:attach",
+    "snowflake": "connectors.snowflake:attach",
+    "kafka": "connectors.kafka:attach",
+}
+
+
+def _load(ref: str) -> Callable[..., Any]:
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def build_flow(
     settings: Settings,
-    source: Source[RawTickBatch] | None = None,
+    source: Source[Any] | None = None,
     flow_id: str = "stockflow",
 ) -> Dataflow:
     """The whole pipeline for `settings` (`source` overrides the setting)."""
@@ -88,32 +182,9 @@ def build_flow(
         BarConfig(lateness_s=settings.lateness_s, live=settings.is_live, rollups=rollups),
     )
     gold = gold_stage(bars.bars, settings.gold)
-
-    if "parquet" in settings.sinks:
-        lake = Lake(settings.lake, settings.s3_endpoint)
-        tables = LakeTables()
-
-        def lake_sink(table: str) -> ParquetLakeSink:
-            return ParquetLakeSink(
-                lake,
-                table,
-                partitions=settings.shards,
-                max_rows_per_file=settings.max_rows_per_file,
-                max_file_age_s=settings.max_file_age_s,
-                exactly_once=settings.recovery_dir is not None,
-            )
-
-        op.output("lake_rejects", ticks.rejects, lake_sink(tables.rejects))
-        op.output("lake_ticks", ticks.ticks, lake_sink(tables.ticks))
-        op.output("lake_late", bars.late, lake_sink(tables.late))
-        for res in ("1m", *rollups):
-            op.output(f"lake_bars_{res}", bars.resolution(res), lake_sink(tables.bars_of(res)))
-            op.output(
-                f"lake_indicators_{res}",
-                gold.resolution(res),
-                lake_sink(tables.indicators_of(res)),
-            )
-        op.output("lake_signals", gold.signals, lake_sink(tables.signals))
+    streams = PipelineStreams(flow, settings, ticks, bars, gold, ("1m", *rollups))
+    for sink in settings.sinks:
+        _load(SINK_ATTACHERS[sink])(streams)
     return flow
 
 
