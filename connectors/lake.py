@@ -206,6 +206,8 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
     def write_batch(self, values: list[pa.Table]) -> None:
         for table in values:
             if table.num_rows:
+                if self._sink.columns is not None:
+                    table = table.select(list(self._sink.columns))
                 if not self._buffer:
                     self._oldest = time.monotonic()
                 self._buffer.append(table)
@@ -268,6 +270,7 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
     :arg max_rows_per_file: roll a file at this many rows.
     :arg max_file_age_s: roll a file when its oldest row waited this long.
     :arg exactly_once: flush at every snapshot (use with recovery).
+    :arg columns: keep only these columns (e.g. drop transport-only ones).
     """
 
     def __init__(
@@ -280,8 +283,10 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
         max_file_age_s: float = 60.0,
         compression: str = "zstd",
         exactly_once: bool = False,
+        columns: tuple[str, ...] | None = None,
     ) -> None:
         self.lake = lake
+        self.columns = columns
         self.table = table
         self.time_column = time_column or TABLES[table]
         self.partitions = partitions

@@ -25,7 +25,13 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from connectors.files import RawTickBatch
 from dataflows.bars import BarBuilder, BarConfig, BarOutput
 from dataflows.schema import REJECT_SCHEMA, TICK_SCHEMA
-from dataflows.ticks import ParsedTicks, parse_columns, unreadable_rows
+from dataflows.ticks import (
+    ParsedTicks,
+    RawMessageBatch,
+    parse_columns,
+    parse_messages,
+    unreadable_rows,
+)
 
 REJECT_KEY = "0000"
 
@@ -47,8 +53,10 @@ class RejectCounter:
 REJECTS_BY_REASON = RejectCounter()
 
 
-def parse_raw(raw: RawTickBatch) -> ParsedTicks:
-    """Raw file/synthetic rows -> valid ticks + reject records."""
+def parse_raw(raw: RawTickBatch | RawMessageBatch) -> ParsedTicks:
+    """Raw file/synthetic rows or raw messages -> valid ticks + reject records."""
+    if isinstance(raw, RawMessageBatch):
+        return parse_messages(raw.payloads, raw.positions, source=raw.source)
     parts = []
     if raw.table.num_columns and raw.table.num_rows:
         parts.append(

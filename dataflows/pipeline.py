@@ -33,6 +33,7 @@ from dataflows.bars import BarConfig
 from dataflows.config import Settings
 from dataflows.gold import GoldStreams, gold_stage
 from dataflows.operators import BarStreams, TickStreams, bar_stage, parse_stage
+from dataflows.schema import REJECT_SCHEMA
 
 
 def make_source(settings: Settings) -> Source[Any]:
@@ -131,7 +132,7 @@ def attach_parquet(streams: PipelineStreams) -> None:
     lake = Lake(settings.lake, settings.s3_endpoint)
     tables = LakeTables()
 
-    def lake_sink(table: str) -> ParquetLakeSink:
+    def lake_sink(table: str, columns: tuple[str, ...] | None = None) -> ParquetLakeSink:
         return ParquetLakeSink(
             lake,
             table,
@@ -139,9 +140,11 @@ def attach_parquet(streams: PipelineStreams) -> None:
             max_rows_per_file=settings.max_rows_per_file,
             max_file_age_s=settings.max_file_age_s,
             exactly_once=settings.recovery_dir is not None,
+            columns=columns,
         )
 
-    op.output("lake_rejects", streams.rejects, lake_sink(tables.rejects))
+    reject_columns = tuple(REJECT_SCHEMA.names)
+    op.output("lake_rejects", streams.rejects, lake_sink(tables.rejects, reject_columns))
     op.output("lake_ticks", streams.ticks.ticks, lake_sink(tables.ticks))
     op.output("lake_late", streams.late, lake_sink(tables.late))
     for res in streams.resolutions:

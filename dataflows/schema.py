@@ -56,6 +56,11 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 
+# Rejects of message sources travel with the untruncated payload (`original`)
+# so a dead-letter topic can forward the original bytes; the lake keeps
+# REJECT_SCHEMA only.
+DLQ_SCHEMA = REJECT_SCHEMA.append(pa.field("original", pa.binary()))
+
 # Raw payloads kept in a reject record are cut to this many bytes;
 # `payload_size` keeps the original length.
 REJECT_PAYLOAD_LIMIT = 16 * 1024

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataflows.schema import (
+    DLQ_SCHEMA,
     REJECT_PAYLOAD_LIMIT,
     REJECT_SCHEMA,
     TICK_SCHEMA,
@@ -62,6 +63,21 @@ REASON_PRIORITY: tuple[RejectReason, ...] = (
     RejectReason.TIMESTAMP_OUT_OF_RANGE,
 )
 _CODE = {reason: i + 1 for i, reason in enumerate(REASON_PRIORITY)}
+
+
+@dataclass(frozen=True)
+class RawMessageBatch:
+    """Raw messages (Kafka records, websocket frames) before validation.
+
+    :arg payloads: the message bytes, untouched.
+    :arg positions: where each came from, e.g. ``ticks.raw/3/1042``
+        (topic/partition/offset), used in reject records and the DLQ.
+    :arg source: ``kafka``, ``finnhub``, ...
+    """
+
+    payloads: list[bytes]
+    positions: list[str]
+    source: str = "kafka"
 
 
 @dataclass(frozen=True)
@@ -268,6 +284,7 @@ def _assemble(
     payload: Callable[[int], bytes],
     raw_value: Callable[[int], dict[str, Any]],
     received_at: int,
+    keep_original: bool = False,
 ) -> ParsedTicks:
     ok = c.code == 0
     ticks_idx = None if ok.all() else pa.array(np.flatnonzero(ok))
@@ -299,7 +316,7 @@ def _assemble(
                 received_at,
             )
         )
-    return ParsedTicks(ticks, rejects_table(rejects))
+    return ParsedTicks(ticks, rejects_table(rejects, keep_original))
 
 
 def reject_record(
@@ -319,15 +336,19 @@ def reject_record(
         "reason": f"{reason.value}: {detail}"[:1024],
         "payload": payload[:REJECT_PAYLOAD_LIMIT],
         "payload_size": len(payload),
+        "original": payload,
     }
 
 
-def rejects_table(records: Sequence[dict[str, Any]]) -> pa.Table:
+def rejects_table(records: Sequence[dict[str, Any]], keep_original: bool = False) -> pa.Table:
+    """Reject records as a table; `keep_original` adds the untruncated
+    payload (DLQ_SCHEMA) for sinks that must forward it, e.g. a DLQ topic."""
+    schema = DLQ_SCHEMA if keep_original else REJECT_SCHEMA
     if not records:
-        return REJECT_SCHEMA.empty_table()
-    cols = {name: [r[name] for r in records] for name in REJECT_SCHEMA.names}
+        return schema.empty_table()
+    cols = {name: [r[name] for r in records] for name in schema.names}
     cols["received_at"] = pa.array(cols["received_at"], pa.int64()).cast(UTC_US)
-    return pa.Table.from_pydict(cols, schema=REJECT_SCHEMA)
+    return pa.Table.from_pydict(cols, schema=schema)
 
 
 # ---------------------------------------------------------------------------
@@ -635,8 +656,9 @@ def parse_messages(
         lambda i: rec_payload[i],
         lambda i: recs[i],
         now,
+        keep_original=True,
     )
     if early:
-        rejects = pa.concat_tables([rejects_table(early), parsed.rejects])
+        rejects = pa.concat_tables([rejects_table(early, keep_original=True), parsed.rejects])
         return ParsedTicks(parsed.ticks, rejects)
     return parsed
