@@ -224,9 +224,17 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
         self._buffer, self._rows = [], 0
         col = self._sink.time_column
         days = pc.cast(table.column(col), pa.int64()).to_numpy() // DAY_US
-        unique = np.unique(days)
-        for day in unique.tolist():
-            part = table if len(unique) == 1 else table.filter(pa.array(days == day))
+        if len(days) and days.min() == days.max():
+            groups = [(int(days[0]), table)]
+        else:  # one sort, then slices: not one filter pass per day
+            order = np.argsort(days, kind="stable")
+            table, days = table.take(pa.array(order)), days[order]
+            starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
+            ends = np.r_[starts[1:], len(days)]
+            groups = [
+                (int(days[a]), table.slice(a, b - a)) for a, b in zip(starts, ends, strict=True)
+            ]
+        for day, part in groups:
             date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
             for off in range(0, part.num_rows, self._sink.max_rows_per_file):
                 self._write_file(date, part.slice(off, self._sink.max_rows_per_file))
@@ -305,3 +313,210 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
         self, step_id: str, for_part: str, resume_state: dict[str, Any] | None
     ) -> _LakePartition:
         return _LakePartition(self, int(for_part), resume_state)
+
+
+# ---------------------------------------------------------------------------
+# Backfills: replace a key range of a table
+# ---------------------------------------------------------------------------
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange_dirs(a: str, b: str) -> None:
+    """Atomically swap two directories (Linux renameat2); readers see either
+    the old or the new partition, never a mix. Falls back to two renames."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        at_fdcwd = -100
+        if fn(at_fdcwd, a.encode(), at_fdcwd, b.encode(), _RENAME_EXCHANGE) == 0:
+            return
+    old = f"{b}.old"
+    os.rename(b, old)
+    os.rename(a, b)
+    os.rename(old, a)
+
+
+@dataclass(frozen=True)
+class ReplaceSpec:
+    """Which rows a backfill owns in a table: these symbols (None = every
+    symbol it wrote), times in ``[start, end)`` (None = the span it wrote),
+    and for ``gold/signals`` these resolutions."""
+
+    symbols: frozenset[str] | None
+    start: datetime | None
+    end: datetime | None
+    resolutions: frozenset[str] | None = None
+
+
+def commit_backfill(lake: Lake, staging: Lake, spec: ReplaceSpec) -> dict[str, int]:
+    """Replace `spec`'s range in every table with the staged backfill output.
+
+    Per table and date partition: a partition the lake does not have yet is
+    moved in whole (one directory rename); an existing one keeps its rows
+    outside the range, takes the staged rows for the range, and the merged
+    partition is swapped in atomically (local disk: renameat2 exchange). On
+    S3 the new objects are written before the old ones are deleted: a reader
+    in that moment may see both (S3 has no multi-object transaction).
+    Returns the partitions replaced per table; ``bronze/rejects`` is appended.
+    """
+    written: dict[str, int] = {}
+    run = _run_id()
+    for table in sorted(TABLES):
+        if not staging.fs.exists(staging.path(table)) and spec.start is None:
+            continue
+        staged_parts = _partitions(staging, table)
+        if table == "bronze/rejects":
+            for date, path in staged_parts.items():
+                _move_partition(staging, path, lake, table, date, append=True)
+                written[table] = written.get(table, 0) + 1
+            continue
+        existing = _partitions(lake, table)
+        if not existing and not lake.is_s3 and staged_parts:
+            # First load of this table: move the whole staged table at once.
+            os.makedirs(os.path.dirname(lake.path(table)), exist_ok=True)
+            if os.path.exists(lake.path(table)):
+                os.rmdir(lake.path(table))  # empty: _partitions found nothing
+            os.rename(staging.path(table), lake.path(table))
+            written[table] = len(staged_parts)
+            continue
+        symbols = spec.symbols
+        col = TABLES[table]
+        staged: pa.Table | None = None
+        if symbols is None or spec.start is None or spec.end is None:
+            staged = staging.read(table)
+            if staged.num_rows == 0:
+                continue
+            if symbols is None:
+                symbols = frozenset(pc.unique(staged.column("symbol")).to_pylist())
+        lo = spec.start or pc.min(staged.column(col)).as_py()  # type: ignore[union-attr]
+        hi = spec.end or pc.max(staged.column(col)).as_py()  # type: ignore[union-attr]
+        inclusive_hi = spec.end is None
+        dates = set(staged_parts)
+        first, last = int(lo.timestamp() // 86_400), int(hi.timestamp() // 86_400)
+        in_range = {
+            datetime.fromtimestamp(d * 86_400, UTC).strftime("%Y-%m-%d")
+            for d in range(first, last + 1)
+        }
+        dates |= in_range & set(existing)
+        for date in sorted(dates):
+            written[table] = written.get(table, 0) + 1
+            if date not in existing:
+                _move_partition(staging, staged_parts[date], lake, table, date)
+                continue
+            old = _read_dir(lake, existing[date])
+            t = old.column(col)
+            owned = pc.and_(
+                pc.is_in(old.column("symbol"), pa.array(sorted(symbols))),
+                pc.and_(
+                    pc.greater_equal(t, pa.scalar(lo, t.type)),
+                    pc.less_equal(t, pa.scalar(hi, t.type))
+                    if inclusive_hi
+                    else pc.less(t, pa.scalar(hi, t.type)),
+                ),
+            )
+            if table == "gold/signals" and spec.resolutions is not None:
+                owned = pc.and_(
+                    owned, pc.is_in(old.column("resolution"), pa.array(sorted(spec.resolutions)))
+                )
+            parts = [old.filter(pc.invert(owned))]
+            if date in staged_parts:
+                parts.append(_read_dir(staging, staged_parts[date]))
+            merged = pa.concat_tables(
+                [p for p in parts if p.num_rows] or parts[:1], promote_options="default"
+            )
+            _swap_partition(lake, existing[date], merged, run)
+    return written
+
+
+def _partitions(lake: Lake, table: str) -> dict[str, str]:
+    """date -> partition directory, listed once."""
+    base = lake.path(table)
+    if not lake.fs.exists(base):
+        return {}
+    out = {}
+    for path in lake.fs.ls(base, detail=False):
+        leaf = path.rstrip("/").rsplit("/", 1)[-1]
+        if leaf.startswith("date="):
+            out[leaf[len("date=") :]] = path if lake.is_s3 else os.path.join(base, leaf)
+    return out
+
+
+def _read_dir(lake: Lake, path: str) -> pa.Table:
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(
+        path, filesystem=lake.fs if lake.is_s3 else None, format="parquet"
+    ).to_table()
+    return table.drop_columns(["date"]) if "date" in table.column_names else table
+
+
+def _move_partition(
+    staging: Lake, src: str, lake: Lake, table: str, date: str, append: bool = False
+) -> None:
+    """Move a staged partition's files into the lake."""
+    fs = lake.fs
+    dest = f"{lake.path(table)}/date={date}"
+    if lake.is_s3:
+        for f in staging.fs.glob(f"{src}/*.parquet"):
+            fs.mv(f, f"{dest}/{f.rsplit('/', 1)[-1]}")
+        return
+    if not append and not os.path.exists(dest):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.rename(src, dest)  # atomic: the partition appears whole
+        return
+    os.makedirs(dest, exist_ok=True)
+    for f in os.listdir(src):
+        if f.endswith(".parquet"):
+            os.replace(f"{src}/{f}", f"{dest}/{f}")
+
+
+def _dates(col: pa.ChunkedArray | pa.Array) -> list[str]:
+    days = pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False) // DAY_US
+    return [datetime.fromtimestamp(int(d) * 86_400, UTC).strftime("%Y-%m-%d") for d in days]
+
+
+def _swap_partition(lake: Lake, part_dir: str, table: pa.Table | None, run: str) -> None:
+    fs = lake.fs
+    name = f"part-{run}-9999-00000000.parquet"
+    if lake.is_s3:
+        before = fs.glob(f"{part_dir}/*.parquet") if fs.exists(part_dir) else []
+        if table is not None and table.num_rows:
+            with fs.open(f"{part_dir}/{name}", "wb") as fh:
+                pq.write_table(table, fh, compression="zstd")
+        for path in before:
+            fs.rm(path)
+        return
+    parent, leaf = part_dir.rsplit("/", 1)
+    swap = f"{parent}/.swap-{run}-{leaf}"
+    os.makedirs(swap, exist_ok=True)
+    if table is not None and table.num_rows:
+        pq.write_table(table, f"{swap}/{name}", compression="zstd")
+    if os.path.exists(part_dir):
+        _exchange_dirs(swap, part_dir)
+        import shutil
+
+        shutil.rmtree(swap)
+    else:
+        os.rename(swap, part_dir)
+
+
+def _append_partitions(lake: Lake, table: str, rows: pa.Table, run: str) -> None:
+    if "date" in rows.column_names:
+        rows = rows.drop_columns(["date"])
+    col = TABLES[table]
+    dates = _dates(rows.column(col))
+    for date in sorted(set(dates)):
+        part = rows.filter(pc.equal(pa.array(dates), date))
+        directory = f"{lake.path(table)}/date={date}"
+        name = f"part-{run}-9998-00000000.parquet"
+        if lake.is_s3:
+            with lake.fs.open(f"{directory}/{name}", "wb") as fh:
+                pq.write_table(part, fh, compression="zstd")
+        else:
+            os.makedirs(directory, exist_ok=True)
+            tmp = f"{directory}/.{name}.tmp"
+            pq.write_table(part, tmp, compression="zstd")
+            os.replace(tmp, f"{directory}/{name}")

@@ -186,6 +186,13 @@ OPTIONS: tuple[Option, ...] = (
         "snowflake.private_key_file",
         "key-pair auth: PEM private key file",
     ),
+    Option(
+        "snowflake_private_key_passphrase",
+        "STOCKFLOW_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
+        None,
+        "passphrase of an encrypted private key file (environment only)",
+        secret=True,
+    ),
     Option("snowflake_role", "STOCKFLOW_SNOWFLAKE_ROLE", "snowflake.role", "role"),
     Option(
         "snowflake_warehouse", "STOCKFLOW_SNOWFLAKE_WAREHOUSE", "snowflake.warehouse", "warehouse"
@@ -220,6 +227,7 @@ class Settings:
     lake: str = "./lake"
     s3_endpoint: str | None = None
     max_rows_per_file: int = 1_000_000
+    lake_partitions: int | None = None  # writers per lake table (None: one per shard)
     max_file_age_s: float = 60.0
     lateness_s: float = 5.0
     resolutions: tuple[str, ...] = RESOLUTIONS
@@ -245,6 +253,7 @@ class Settings:
     snowflake_user: str | None = None
     snowflake_password: str | None = field(default=None, repr=False)
     snowflake_private_key_file: str | None = None
+    snowflake_private_key_passphrase: str | None = field(default=None, repr=False)
     snowflake_role: str | None = None
     snowflake_warehouse: str | None = None
     snowflake_database: str | None = None

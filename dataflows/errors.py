@@ -7,6 +7,12 @@ code 2 and no traceback. Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """A mistake the user can fix; the message names the problem and the fix."""
@@ -26,3 +32,59 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+_PANIC_NOISE = (
+    "thread '",  # thread '<unnamed>' panicked at src/...
+    "Box<dyn Any>",
+    "stack backtrace:",
+    "note: run with `RUST_BACKTRACE",
+    "note: Some details are omitted",
+)
+
+
+def _is_panic_noise(line: str, in_backtrace: bool) -> bool:
+    if line.startswith(_PANIC_NOISE):
+        return True
+    # backtrace frames: "  12: symbol" and "             at path:line"
+    stripped = line.lstrip()
+    return in_backtrace and (stripped[:1].isdigit() or stripped.startswith("at ") or not stripped)
+
+
+@contextmanager
+def quiet_worker_panics() -> Iterator[None]:
+    """Hide the Rust panic report Bytewax prints when a worker raises.
+
+    The exception itself still reaches Python (and the CLI turns a
+    UserError into one line); everything else written to stderr meanwhile is
+    passed through as it comes.
+    """
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(stderr_fd)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, stderr_fd)
+    os.close(write_fd)
+
+    def pump() -> None:
+        in_backtrace = False
+        with os.fdopen(read_fd, "r", errors="replace") as pipe:
+            for line in pipe:
+                noise = _is_panic_noise(line, in_backtrace)
+                in_backtrace = noise and (in_backtrace or line.startswith("stack backtrace:"))
+                if not noise:
+                    os.write(saved, line.encode())
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, stderr_fd)  # closes the pipe's last writer: pump ends
+        thread.join(timeout=5)
+        os.close(saved)

@@ -30,6 +30,8 @@ class GoldConfig:
 
     indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
     signals: SignalConfig = field(default_factory=SignalConfig)
+    # Seeds a new series from earlier bars (dataflows.warmup.LakeWarmup).
+    warmup: Any = None
 
     def for_resolution(self, res: str) -> IndicatorConfig:
         return replace(self.indicators, resolution=res)
@@ -64,10 +66,13 @@ class GoldLogic(StatefulBatchLogic[tuple[str, pa.Table], tuple[str, pa.Table], d
             symbol, res = key.split("|", 1)
             self._series[(symbol, res)] = _Series(config, res, series_state)
 
-    def _get(self, symbol: str, res: str) -> _Series:
+    def _get(self, symbol: str, res: str, first_start: Any) -> _Series:
         series = self._series.get((symbol, res))
         if series is None:
             series = self._series[(symbol, res)] = _Series(self._config, res, None)
+            if self._config.warmup is not None:
+                for bar in self._config.warmup.bars_before(symbol, res, first_start):
+                    series.signals.evaluate(bar, series.indicators.update(bar))
         return series
 
     def on_batch(
@@ -78,7 +83,7 @@ class GoldLogic(StatefulBatchLogic[tuple[str, pa.Table], tuple[str, pa.Table], d
         for res, bars in values:
             rows = bars.to_pylist()
             for row in rows:
-                series = self._get(row["symbol"], res)
+                series = self._get(row["symbol"], res, row["start"])
                 values_ = series.indicators.update(row)
                 row.update(values_)
                 sig = series.signals.evaluate(row, values_)

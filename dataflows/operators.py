@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from threading import Lock
@@ -51,6 +52,21 @@ class RejectCounter:
 
 
 REJECTS_BY_REASON = RejectCounter()
+
+
+class Counter64:
+    """A thread-safe counter (workers are threads of one process)."""
+
+    def __init__(self) -> None:
+        self._lock = Lock()
+        self.value = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
+
+
+SKIPPED = Counter64()  # valid ticks a backfill's selection left out
 
 
 def parse_raw(raw: RawTickBatch | RawMessageBatch) -> ParsedTicks:
@@ -120,9 +136,25 @@ class TickStreams:
     rejects: KeyedStream[pa.Table]
 
 
-def parse_stage(raw: Stream[RawTickBatch], shards: int) -> TickStreams:
-    """Validate raw batches and key the valid ticks by symbol shard."""
+def parse_stage(
+    raw: Stream[RawTickBatch],
+    shards: int,
+    select: Callable[[pa.Table], pa.Table] | None = None,
+) -> TickStreams:
+    """Validate raw batches and key the valid ticks by symbol shard.
+
+    `select` (backfills) keeps only the wanted valid ticks (symbols, range);
+    the others are counted in SKIPPED, not rejected: they are not bad.
+    """
     parsed = op.map("parse", raw, parse_raw)
+    if select is not None:
+
+        def keep(p: ParsedTicks) -> ParsedTicks:
+            kept = select(p.ticks)
+            SKIPPED.add(p.ticks.num_rows - kept.num_rows)
+            return ParsedTicks(kept, p.rejects)
+
+        parsed = op.map("select", parsed, keep)
 
     def rejects_of(p: ParsedTicks) -> list[tuple[str, pa.Table]]:
         REJECTS_BY_REASON.add(p.rejects)

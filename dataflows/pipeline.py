@@ -32,7 +32,7 @@ from connectors.synthetic import SyntheticConfig, SyntheticTickSource
 from dataflows.bars import BarConfig
 from dataflows.config import Settings
 from dataflows.gold import GoldStreams, gold_stage
-from dataflows.operators import BarStreams, TickStreams, bar_stage, parse_stage
+from dataflows.operators import bar_stage, parse_stage
 from dataflows.schema import REJECT_SCHEMA
 
 
@@ -87,27 +87,23 @@ class LakeTables:
 class PipelineStreams:
     """Every stream a sink may consume, each item ``(shard_key, pa.Table)``.
 
-    Schemas (dataflows/schema.py): `rejects` REJECT_SCHEMA, `ticks`
-    TICK_SCHEMA, `late` LATE_TICK_SCHEMA, `bars(res)` BAR_SCHEMA,
-    `indicators(res)` gold.INDICATOR_SCHEMA, `signals` SIGNAL_SCHEMA.
+    Schemas (dataflows/schema.py): `rejects` REJECT_SCHEMA (DLQ_SCHEMA for
+    message sources), `ticks` TICK_SCHEMA, `late` LATE_TICK_SCHEMA,
+    `bars(res)` BAR_SCHEMA, `indicators(res)` gold.INDICATOR_SCHEMA,
+    `signals` SIGNAL_SCHEMA. A flow that enters at the bar stage (bar-file
+    backfills) has no `ticks` or `late` stream (None).
     """
 
     flow: Dataflow
     settings: Settings
-    ticks: TickStreams
-    bar_streams: BarStreams
+    rejects: KeyedStream[pa.Table]
+    ticks: KeyedStream[pa.Table] | None
+    late: KeyedStream[pa.Table] | None
+    bars_by_res: KeyedStream[tuple[str, pa.Table]]
     gold: GoldStreams
     resolutions: tuple[str, ...]
     # One filter step per resolution and flow, however many sinks use it.
     memo: dict[str, KeyedStream[pa.Table]] = field(default_factory=dict, compare=False)
-
-    @property
-    def rejects(self) -> KeyedStream[pa.Table]:
-        return self.ticks.rejects
-
-    @property
-    def late(self) -> KeyedStream[pa.Table]:
-        return self.bar_streams.late
 
     @property
     def signals(self) -> KeyedStream[pa.Table]:
@@ -116,7 +112,9 @@ class PipelineStreams:
     def bars(self, res: str) -> KeyedStream[pa.Table]:
         key = f"bars_{res}"
         if key not in self.memo:
-            self.memo[key] = self.bar_streams.resolution(res)
+            self.memo[key] = op.filter_map_value(
+                f"bars_{res}_only", self.bars_by_res, lambda v: v[1] if v[0] == res else None
+            )
         return self.memo[key]
 
     def indicators(self, res: str) -> KeyedStream[pa.Table]:
@@ -136,7 +134,7 @@ def attach_parquet(streams: PipelineStreams) -> None:
         return ParquetLakeSink(
             lake,
             table,
-            partitions=settings.shards,
+            partitions=settings.lake_partitions or settings.shards,
             max_rows_per_file=settings.max_rows_per_file,
             max_file_age_s=settings.max_file_age_s,
             exactly_once=settings.recovery_dir is not None,
@@ -145,8 +143,10 @@ def attach_parquet(streams: PipelineStreams) -> None:
 
     reject_columns = tuple(REJECT_SCHEMA.names)
     op.output("lake_rejects", streams.rejects, lake_sink(tables.rejects, reject_columns))
-    op.output("lake_ticks", streams.ticks.ticks, lake_sink(tables.ticks))
-    op.output("lake_late", streams.late, lake_sink(tables.late))
+    if streams.ticks is not None:
+        op.output("lake_ticks", streams.ticks, lake_sink(tables.ticks))
+    if streams.late is not None:
+        op.output("lake_late", streams.late, lake_sink(tables.late))
     for res in streams.resolutions:
         op.output(f"lake_bars_{res}", streams.bars(res), lake_sink(tables.bars_of(res)))
         op.output(
@@ -174,21 +174,32 @@ def build_flow(
     settings: Settings,
     source: Source[Any] | None = None,
     flow_id: str = "stockflow",
+    select: Callable[[pa.Table], pa.Table] | None = None,
 ) -> Dataflow:
-    """The whole pipeline for `settings` (`source` overrides the setting)."""
+    """The whole pipeline for `settings`.
+
+    :arg source: overrides the source the settings name.
+    :arg select: keeps only some valid ticks (backfills: symbols and range).
+    """
     flow = Dataflow(flow_id)
     raw = op.input("ticks_in", flow, source if source is not None else make_source(settings))
-    ticks = parse_stage(raw, settings.shards)
+    ticks = parse_stage(raw, settings.shards, select)
     rollups = tuple(r for r in settings.resolutions if r != "1m")
     bars = bar_stage(
         ticks.ticks,
         BarConfig(lateness_s=settings.lateness_s, live=settings.is_live, rollups=rollups),
     )
     gold = gold_stage(bars.bars, settings.gold)
-    streams = PipelineStreams(flow, settings, ticks, bars, gold, ("1m", *rollups))
-    for sink in settings.sinks:
-        _load(SINK_ATTACHERS[sink])(streams)
+    streams = PipelineStreams(
+        flow, settings, ticks.rejects, ticks.ticks, bars.late, bars.bars, gold, ("1m", *rollups)
+    )
+    attach_sinks(streams)
     return flow
+
+
+def attach_sinks(streams: PipelineStreams) -> None:
+    for sink in streams.settings.sinks:
+        _load(SINK_ATTACHERS[sink])(streams)
 
 
 def epoch_interval(settings: Settings) -> timedelta:

@@ -11,7 +11,7 @@ from bytewax.run import cli_main
 from connectors.files import RawTickBatch
 from connectors.lake import WRITE_STATS, Lake
 from dataflows.config import Settings
-from dataflows.errors import UserError, find_user_error
+from dataflows.errors import UserError, find_user_error, quiet_worker_panics
 from dataflows.operators import REJECTS_BY_REASON
 from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
 
@@ -74,12 +74,13 @@ def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSu
     before_reasons = dict(REJECTS_BY_REASON.counts)
     start = time.perf_counter()
     try:
-        cli_main(
-            flow,
-            workers_per_process=settings.workers,
-            epoch_interval=epoch_interval(settings),
-            recovery_config=recovery_config(settings),
-        )
+        with quiet_worker_panics():
+            cli_main(
+                flow,
+                workers_per_process=settings.workers,
+                epoch_interval=epoch_interval(settings),
+                recovery_config=recovery_config(settings),
+            )
     except Exception as exc:
         user_error = find_user_error(exc)
         if user_error is not None:

@@ -40,7 +40,7 @@ BAR_SCHEMA = pa.schema(
         pa.field("close", pa.float64(), nullable=False),
         pa.field("volume", pa.float64(), nullable=False),
         pa.field("vwap", pa.float64()),
-        pa.field("trades", pa.int64(), nullable=False),
+        pa.field("trades", pa.int64()),  # null for bars from bar files
     ]
 )
 
@@ -80,6 +80,7 @@ class RejectReason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     TOO_LARGE = "too_large"
+    DUPLICATE = "duplicate"
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

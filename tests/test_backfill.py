@@ -1,0 +1,271 @@
+"""Backfills: same operators as live, ranges replace, warm-up, Finnhub candles."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pandas as pd
+import pytest
+import ta
+
+from connectors.candles import RateLimiter
+from dataflows.backfill import BackfillRequest, run_backfill
+from dataflows.config import Settings
+from tests.conftest import cli, read_table, sort_bars
+
+
+def _settings(lake, **flags) -> Settings:
+    return Settings.load(env={}, lake=str(lake), **flags)
+
+
+def _day(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _daily(real_data, symbol: str) -> pd.DataFrame:
+    df = pd.read_csv(real_data / "daily" / f"{symbol}.csv.gz")
+    df["start"] = pd.to_datetime(df["date"]).dt.tz_localize("UTC")
+    return df
+
+
+def test_daily_bar_backfill_gives_indicators_equal_to_ta(real_data, tmp_path):
+    lake = tmp_path / "lake"
+
+    summary = run_backfill(_settings(lake), BackfillRequest(str(real_data / "daily" / "*.csv.gz")))
+
+    gold = read_table(lake, "gold/indicators_1d").to_pandas()
+    rows = sum(len(_daily(real_data, s)) for s in ("SPY", "AAPL", "IBM", "QQQ"))
+    assert summary.bars == len(gold) == rows
+    for symbol in ("SPY", "AAPL", "IBM", "QQQ"):
+        df = _daily(real_data, symbol)
+        g = gold[gold["symbol"] == symbol].sort_values("start").reset_index(drop=True)
+        assert list(g["start"].astype(df["start"].dtype)) == list(df["start"])
+        close, high, low = df["close"], df["high"], df["low"]
+        expected = {
+            "sma_50": ta.trend.SMAIndicator(close, 50).sma_indicator(),
+            "sma_200": ta.trend.SMAIndicator(close, 200).sma_indicator(),
+            "ema_26": ta.trend.EMAIndicator(close, 26).ema_indicator(),
+            "rsi_14": ta.momentum.RSIIndicator(close, 14).rsi(),
+            "macd_hist": ta.trend.MACD(close).macd_diff(),
+            "bb_lower": ta.volatility.BollingerBands(close, 20, 2).bollinger_lband(),
+        }
+        for col, want in expected.items():
+            mask = want.notna()
+            np.testing.assert_allclose(
+                g.loc[mask, col].astype(float), want[mask], rtol=1e-9, atol=1e-9, err_msg=f"{symbol} {col}"
+            )
+        # 52-week high/low: trailing 364 days of bars, independent pandas window
+        # (null until a full 52 weeks of history exist: docs/indicators.md)
+        rolled = df.set_index("start")["high"].rolling("364D").max().to_numpy()
+        ours = g["high_52w"].astype(float).to_numpy()
+        warm = ~np.isnan(ours)
+        assert warm.sum() > len(df) - 260
+        np.testing.assert_allclose(ours[warm], rolled[warm], rtol=0)
+
+
+def test_ftx_minute_bar_backfill_matches_ta(real_data, tmp_path):
+    lake = tmp_path / "lake"
+    path = real_data / "crypto" / "ftx_btc-perp_20211231-20220201_1m.csv.gz"
+
+    summary = run_backfill(
+        _settings(lake), BackfillRequest(str(path), symbols=frozenset({"BTC-PERP"}), resolution="1m")
+    )
+
+    df = pd.read_csv(path)
+    g = read_table(lake, "gold/indicators_1m").to_pandas().sort_values("start").reset_index(drop=True)
+    assert summary.bars == len(df) == len(g)
+    want = ta.trend.EMAIndicator(df["close"], 12).ema_indicator()
+    np.testing.assert_allclose(g["ema_12"].astype(float)[want.notna()], want.dropna(), rtol=1e-9)
+    assert (g["symbol"] == "BTC-PERP").all()
+
+
+def test_tick_backfill_gives_the_same_lake_as_run(real_data, tmp_path, run_pipeline):
+    pattern = str(real_data / "ticks" / "[AI]*_20131007.csv.gz")
+    run_lake, _ = run_pipeline(f"file:{pattern}")
+    lake = tmp_path / "lake"
+
+    run_backfill(_settings(lake), BackfillRequest(pattern))
+
+    for table in ("bronze/ticks", "silver/bars_1m", "silver/bars_1h", "gold/indicators_1m", "gold/signals"):
+        key = ["symbol", "ts"] if table == "bronze/ticks" else ["symbol", "start"]
+        if table == "gold/signals":
+            key = ["symbol", "resolution", "start"]
+        a = read_table(run_lake, table).to_pandas().sort_values(key, kind="stable").reset_index(drop=True)
+        b = read_table(lake, table).to_pandas().sort_values(key, kind="stable").reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b, check_like=True)
+
+
+def test_rerun_and_overlapping_ranges_leave_one_row_per_key(real_data, tmp_path):
+    lake = tmp_path / "lake"
+    spy = str(real_data / "daily" / "SPY.csv.gz")
+    settings = _settings(lake)
+
+    run_backfill(settings, BackfillRequest(spy, start=_day("2005-01-01"), end=_day("2008-01-01")))
+    run_backfill(settings, BackfillRequest(spy, start=_day("2005-01-01"), end=_day("2008-01-01")))
+    run_backfill(settings, BackfillRequest(spy, start=_day("2006-06-01"), end=_day("2010-01-01")))
+
+    df = _daily(real_data, "SPY")
+    expected = df[(df["start"] >= "2005-01-01") & (df["start"] < "2010-01-01")]
+    for table in ("silver/bars_1d", "gold/indicators_1d"):
+        got = read_table(lake, table).to_pandas()
+        assert not got.duplicated(["symbol", "start"]).any(), table
+        assert len(got) == len(expected), table
+    signals = read_table(lake, "gold/signals").to_pandas()
+    assert not signals.duplicated(["symbol", "resolution", "start"]).any()
+    assert len(signals) == len(expected)
+
+
+def test_split_backfill_warms_up_from_the_lake_and_equals_one_backfill(real_data, tmp_path):
+    spy = str(real_data / "daily" / "SPY.csv.gz")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    t0, t1, t2 = _day("1998-01-01"), _day("2005-01-01"), _day("2010-01-01")
+
+    run_backfill(_settings(whole), BackfillRequest(spy, start=t0, end=t2))
+    run_backfill(_settings(split), BackfillRequest(spy, start=t0, end=t1))
+    run_backfill(_settings(split), BackfillRequest(spy, start=t1, end=t2))
+
+    a = sort_bars(read_table(whole, "gold/indicators_1d")).to_pandas()
+    b = sort_bars(read_table(split, "gold/indicators_1d")).to_pandas()
+    a, b = a[a["start"] >= t1].reset_index(drop=True), b[b["start"] >= t1].reset_index(drop=True)
+    assert len(a) == len(b) > 1000
+    pd.testing.assert_frame_equal(a, b)
+    sa = read_table(whole, "gold/signals").to_pandas().sort_values("start")
+    sb = read_table(split, "gold/signals").to_pandas().sort_values("start")
+    assert list(sa[sa["start"] >= t1]["reasons"].map(list)) == list(sb[sb["start"] >= t1]["reasons"].map(list))
+
+
+# -- Finnhub candles against a local fake REST server -------------------------
+
+
+class FakeFinnhub:
+    """Serves /api/v1/stock/candle from real daily bars, with failures."""
+
+    def __init__(self, real_data) -> None:
+        self.bars = {s: _daily(real_data, s) for s in ("SPY", "AAPL")}
+        self.requests: list[tuple[float, str, int, int]] = []
+        self.fail_first = {429: 0, 500: 0}
+        self.token = "good-key"
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                with fake.lock:
+                    fake.requests.append((time.monotonic(), q.get("symbol", ""), int(q.get("from", 0)), int(q.get("to", 0))))
+                    status = next((s for s, n in fake.fail_first.items() if n > 0), None)
+                    if status:
+                        fake.fail_first[status] -= 1
+                if q.get("token") != fake.token:
+                    return self._send(401, {"error": "Invalid API key"})
+                if status:
+                    return self._send(status, {"error": "try later"})
+                df = fake.bars.get(q.get("symbol"))
+                if df is None:
+                    return self._send(200, {"s": "no_data"})
+                epoch = pd.Timestamp(0, tz="UTC")
+                t = (df["start"] - epoch) // pd.Timedelta(seconds=1)
+                sel = df[(t >= int(q["from"])) & (t <= int(q["to"]))]
+                if sel.empty:
+                    return self._send(200, {"s": "no_data"})
+                ts = ((sel["start"] - epoch) // pd.Timedelta(seconds=1)).tolist()
+                body = {"s": "ok", "t": ts, **{k[0]: sel[k].tolist() for k in ("open", "high", "low", "close")}, "v": sel["volume"].tolist()}
+                return self._send(200, body)
+
+            def _send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture()
+def fake_finnhub(real_data, monkeypatch):
+    fake = FakeFinnhub(real_data)
+    monkeypatch.setenv("STOCKFLOW_FINNHUB_API_URL", fake.url)
+    yield fake
+    fake.close()
+
+
+def test_finnhub_candles_are_chunked_retried_and_equal_the_served_bars(fake_finnhub, tmp_path):
+    fake_finnhub.fail_first = {429: 2, 500: 1}
+    lake = tmp_path / "lake"
+    settings = Settings.load(env={"FINNHUB_API_KEY": "good-key"}, lake=str(lake))
+    req = BackfillRequest("finnhub", frozenset({"SPY", "AAPL"}), _day("2015-01-01"), _day("2017-07-01"), "1d")
+
+    summary = run_backfill(settings, req)
+
+    ok = [r for r in fake_finnhub.requests]
+    chunks_per_symbol = 3  # 2.5 years in 365-day chunks
+    assert len(ok) == 2 * chunks_per_symbol + 3  # three failed attempts retried
+    spans = sorted((r[1], r[2], r[3]) for r in ok[3:])
+    for sym in ("AAPL", "SPY"):
+        mine = [s for s in spans if s[0] == sym]
+        assert mine[0][1] == int(_day("2015-01-01").timestamp())
+        assert all(b[1] == a[2] + 1 for a, b in zip(mine, mine[1:]))  # contiguous, no overlap
+    got = sort_bars(read_table(lake, "silver/bars_1d")).to_pandas()
+    for sym in ("AAPL", "SPY"):
+        served = fake_finnhub.bars[sym]
+        served = served[(served["start"] >= "2015-01-01") & (served["start"] < "2017-07-01")]
+        mine = got[got["symbol"] == sym]
+        assert list(mine["close"]) == list(served["close"])
+    assert summary.bars == len(got)
+
+
+def test_rate_limiter_never_exceeds_its_windows():
+    now = [0.0]
+    limiter = RateLimiter(((60, 60.0), (30, 1.0)), clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    stamps = []
+
+    for _ in range(200):
+        limiter.acquire()
+        stamps.append(now[0])
+        now[0] += 0.001
+
+    stamps = np.array(stamps)
+    for t in stamps:
+        assert ((stamps >= t) & (stamps < t + 60)).sum() <= 60
+        assert ((stamps >= t) & (stamps < t + 1)).sum() <= 30
+    assert stamps[-1] >= 3 * 60  # 200 calls at 60/min need over 3 minutes
+
+
+def test_finnhub_bad_key_ends_in_one_line(fake_finnhub, tmp_path):
+    result = cli(
+        "backfill", "--source", "finnhub", "--symbols", "SPY", "--start", "2015-01-01", "--end", "2015-03-01",
+        "--lake", str(tmp_path / "lake"),
+        env={"FINNHUB_API_KEY": "bad-key", "STOCKFLOW_FINNHUB_API_URL": fake_finnhub.url},
+    )
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "rejected the API key" in result.stderr and "bad-key" not in result.stderr
+
+
+def test_finnhub_unknown_symbol_ends_in_one_line(fake_finnhub, tmp_path):
+    result = cli(
+        "backfill", "--source", "finnhub", "--symbols", "NOSUCH", "--start", "2015-01-01", "--end", "2015-03-01",
+        "--lake", str(tmp_path / "lake"),
+        env={"FINNHUB_API_KEY": "good-key", "STOCKFLOW_FINNHUB_API_URL": fake_finnhub.url},
+    )
+
+    assert result.returncode == 2 and "unknown symbol" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
