@@ -1,0 +1,162 @@
+-- market_summary: one row per trading day (UTC calendar date) for the market
+-- overview. A symbol's day change is its last 1-minute close of the day
+-- against its last close of its previous trading day; a symbol's first day
+-- in the tables has no change and counts in `symbols` only.
+--
+--   trade_date              the day
+--   symbols                 symbols that traded that day
+--   advancers               symbols whose day change is > 0
+--   decliners               symbols whose day change is < 0
+--   unchanged               symbols whose day change is 0
+--   top_gainer              symbol with the largest % gain (ties: first
+--   top_gainer_change_pct     symbol alphabetically), and that gain;
+--                             null when nothing advanced
+--   top_loser               symbol with the largest % loss, and that loss;
+--   top_loser_change_pct      null when nothing declined
+--   golden_crosses          1-minute signals that day whose reasons include
+--                             golden_cross (SMA 50 crossed above SMA 200)
+--   death_crosses           1-minute signals that day whose reasons include
+--                             death_cross (SMA 50 crossed below SMA 200)
+create or replace view {{schema}}.market_summary as
+
+with
+
+bars as (
+
+    select
+        symbol,
+        start,
+        close,
+        (start at time zone 'UTC')::date as trade_date
+
+    from {{schema}}.bars_1m
+
+),
+
+bars_ranked_in_day as (
+
+    select
+        symbol,
+        trade_date,
+        close,
+        row_number() over (
+            partition by symbol, trade_date
+            order by start desc
+        ) as bars_before_close
+
+    from bars
+
+),
+
+daily_closes as (
+
+    select
+        symbol,
+        trade_date,
+        close,
+        lag(close) over (partition by symbol order by trade_date) as previous_close
+
+    from bars_ranked_in_day
+    where bars_before_close = 1
+
+),
+
+day_changes as (
+
+    select
+        symbol,
+        trade_date,
+        close - previous_close as change,
+        100 * (close - previous_close) / nullif(previous_close, 0) as change_pct
+
+    from daily_closes
+
+),
+
+breadth as (
+
+    select
+        trade_date,
+        count(*) as symbols,
+        sum(case when change > 0 then 1 else 0 end) as advancers,
+        sum(case when change < 0 then 1 else 0 end) as decliners,
+        sum(case when change = 0 then 1 else 0 end) as unchanged
+
+    from day_changes
+    group by trade_date
+
+),
+
+gainers_ranked as (
+
+    select
+        trade_date,
+        symbol,
+        change_pct,
+        row_number() over (
+            partition by trade_date
+            order by change_pct desc, symbol
+        ) as gainer_rank
+
+    from day_changes
+    where change > 0
+
+),
+
+losers_ranked as (
+
+    select
+        trade_date,
+        symbol,
+        change_pct,
+        row_number() over (
+            partition by trade_date
+            order by change_pct asc, symbol
+        ) as loser_rank
+
+    from day_changes
+    where change < 0
+
+),
+
+crosses as (
+
+    select
+        (start at time zone 'UTC')::date as trade_date,
+        sum(case when 'golden_cross' = any(reasons) then 1 else 0 end) as golden_crosses,
+        sum(case when 'death_cross' = any(reasons) then 1 else 0 end) as death_crosses
+
+    from {{schema}}.signals
+    where resolution = '1m'
+    group by 1
+
+),
+
+final as (
+
+    select
+        breadth.trade_date,
+        breadth.symbols,
+        breadth.advancers,
+        breadth.decliners,
+        breadth.unchanged,
+        gainers_ranked.symbol as top_gainer,
+        gainers_ranked.change_pct as top_gainer_change_pct,
+        losers_ranked.symbol as top_loser,
+        losers_ranked.change_pct as top_loser_change_pct,
+        coalesce(crosses.golden_crosses, 0) as golden_crosses,
+        coalesce(crosses.death_crosses, 0) as death_crosses
+
+    from breadth
+    left join gainers_ranked
+        on breadth.trade_date = gainers_ranked.trade_date
+        and gainers_ranked.gainer_rank = 1
+    left join losers_ranked
+        on breadth.trade_date = losers_ranked.trade_date
+        and losers_ranked.loser_rank = 1
+    left join crosses
+        on breadth.trade_date = crosses.trade_date
+
+)
+
+select * from final;

@@ -1,0 +1,72 @@
+-- volatility: one row per symbol for the volatility treemap, over the
+-- symbol's latest trading day (the UTC calendar date of its latest 1-minute
+-- bar), from the closes of that day's 1-minute bars.
+--
+--   symbol         the symbol
+--   trade_date     the day the figures cover
+--   bars           1-minute bars in that day
+--   volume         traded volume that day (a natural tile size)
+--   avg_price      mean close
+--   price_std      sample standard deviation of the close (absolute, in
+--                  price units; null with a single bar)
+--   price_std_pct  price_std relative to avg_price, in percent
+-- START (a reserved word) and END are quoted: write them "START" and "END".
+create or replace view {{schema}}.volatility as
+
+with
+
+bars as (
+
+    select
+        symbol,
+        close,
+        volume,
+        to_date(convert_timezone('UTC', "START")) as trade_date
+
+    from {{schema}}.bars_1m
+
+),
+
+latest_days as (
+
+    select
+        symbol,
+        max(trade_date) as trade_date
+
+    from bars
+    group by symbol
+
+),
+
+latest_day_bars as (
+
+    select
+        bars.symbol,
+        bars.trade_date,
+        bars.close,
+        bars.volume
+
+    from bars
+    inner join latest_days
+        on bars.symbol = latest_days.symbol
+        and bars.trade_date = latest_days.trade_date
+
+),
+
+final as (
+
+    select
+        symbol,
+        trade_date,
+        count(*) as bars,
+        sum(volume) as volume,
+        avg(close) as avg_price,
+        stddev_samp(close) as price_std,
+        100 * stddev_samp(close) / nullif(avg(close), 0) as price_std_pct
+
+    from latest_day_bars
+    group by symbol, trade_date
+
+)
+
+select * from final;
