@@ -18,6 +18,7 @@ from connectors.candles import RateLimiter
 from dataflows.backfill import BackfillRequest, run_backfill
 from dataflows.config import Settings
 from tests.conftest import cli, read_table, sort_bars
+from tests.fixtures_postgres import pg_server  # noqa: F401
 
 
 def _settings(lake, **flags) -> Settings:
@@ -58,7 +59,11 @@ def test_daily_bar_backfill_gives_indicators_equal_to_ta(real_data, tmp_path):
         for col, want in expected.items():
             mask = want.notna()
             np.testing.assert_allclose(
-                g.loc[mask, col].astype(float), want[mask], rtol=1e-9, atol=1e-9, err_msg=f"{symbol} {col}"
+                g.loc[mask, col].astype(float),
+                want[mask],
+                rtol=1e-9,
+                atol=1e-9,
+                err_msg=f"{symbol} {col}",
             )
         # 52-week high/low: trailing 364 days of bars, independent pandas window
         # (null until a full 52 weeks of history exist: docs/indicators.md)
@@ -74,11 +79,17 @@ def test_ftx_minute_bar_backfill_matches_ta(real_data, tmp_path):
     path = real_data / "crypto" / "ftx_btc-perp_20211231-20220201_1m.csv.gz"
 
     summary = run_backfill(
-        _settings(lake), BackfillRequest(str(path), symbols=frozenset({"BTC-PERP"}), resolution="1m")
+        _settings(lake),
+        BackfillRequest(str(path), symbols=frozenset({"BTC-PERP"}), resolution="1m"),
     )
 
     df = pd.read_csv(path)
-    g = read_table(lake, "gold/indicators_1m").to_pandas().sort_values("start").reset_index(drop=True)
+    g = (
+        read_table(lake, "gold/indicators_1m")
+        .to_pandas()
+        .sort_values("start")
+        .reset_index(drop=True)
+    )
     assert summary.bars == len(df) == len(g)
     want = ta.trend.EMAIndicator(df["close"], 12).ema_indicator()
     np.testing.assert_allclose(g["ema_12"].astype(float)[want.notna()], want.dropna(), rtol=1e-9)
@@ -92,12 +103,28 @@ def test_tick_backfill_gives_the_same_lake_as_run(real_data, tmp_path, run_pipel
 
     run_backfill(_settings(lake), BackfillRequest(pattern))
 
-    for table in ("bronze/ticks", "silver/bars_1m", "silver/bars_1h", "gold/indicators_1m", "gold/signals"):
+    for table in (
+        "bronze/ticks",
+        "silver/bars_1m",
+        "silver/bars_1h",
+        "gold/indicators_1m",
+        "gold/signals",
+    ):
         key = ["symbol", "ts"] if table == "bronze/ticks" else ["symbol", "start"]
         if table == "gold/signals":
             key = ["symbol", "resolution", "start"]
-        a = read_table(run_lake, table).to_pandas().sort_values(key, kind="stable").reset_index(drop=True)
-        b = read_table(lake, table).to_pandas().sort_values(key, kind="stable").reset_index(drop=True)
+        a = (
+            read_table(run_lake, table)
+            .to_pandas()
+            .sort_values(key, kind="stable")
+            .reset_index(drop=True)
+        )
+        b = (
+            read_table(lake, table)
+            .to_pandas()
+            .sort_values(key, kind="stable")
+            .reset_index(drop=True)
+        )
         pd.testing.assert_frame_equal(a, b, check_like=True)
 
 
@@ -137,7 +164,9 @@ def test_split_backfill_warms_up_from_the_lake_and_equals_one_backfill(real_data
     pd.testing.assert_frame_equal(a, b)
     sa = read_table(whole, "gold/signals").to_pandas().sort_values("start")
     sb = read_table(split, "gold/signals").to_pandas().sort_values("start")
-    assert list(sa[sa["start"] >= t1]["reasons"].map(list)) == list(sb[sb["start"] >= t1]["reasons"].map(list))
+    assert list(sa[sa["start"] >= t1]["reasons"].map(list)) == list(
+        sb[sb["start"] >= t1]["reasons"].map(list)
+    )
 
 
 # -- Finnhub candles against a local fake REST server -------------------------
@@ -162,7 +191,14 @@ class FakeFinnhub:
                 url = urlparse(self.path)
                 q = {k: v[0] for k, v in parse_qs(url.query).items()}
                 with fake.lock:
-                    fake.requests.append((time.monotonic(), q.get("symbol", ""), int(q.get("from", 0)), int(q.get("to", 0))))
+                    fake.requests.append(
+                        (
+                            time.monotonic(),
+                            q.get("symbol", ""),
+                            int(q.get("from", 0)),
+                            int(q.get("to", 0)),
+                        )
+                    )
                     status = next((s for s, n in fake.fail_first.items() if n > 0), None)
                     if status:
                         fake.fail_first[status] -= 1
@@ -179,7 +215,12 @@ class FakeFinnhub:
                 if sel.empty:
                     return self._send(200, {"s": "no_data"})
                 ts = ((sel["start"] - epoch) // pd.Timedelta(seconds=1)).tolist()
-                body = {"s": "ok", "t": ts, **{k[0]: sel[k].tolist() for k in ("open", "high", "low", "close")}, "v": sel["volume"].tolist()}
+                body = {
+                    "s": "ok",
+                    "t": ts,
+                    **{k[0]: sel[k].tolist() for k in ("open", "high", "low", "close")},
+                    "v": sel["volume"].tolist(),
+                }
                 return self._send(200, body)
 
             def _send(self, status: int, body: dict) -> None:
@@ -211,7 +252,9 @@ def test_finnhub_candles_are_chunked_retried_and_equal_the_served_bars(fake_finn
     fake_finnhub.fail_first = {429: 2, 500: 1}
     lake = tmp_path / "lake"
     settings = Settings.load(env={"FINNHUB_API_KEY": "good-key"}, lake=str(lake))
-    req = BackfillRequest("finnhub", frozenset({"SPY", "AAPL"}), _day("2015-01-01"), _day("2017-07-01"), "1d")
+    req = BackfillRequest(
+        "finnhub", frozenset({"SPY", "AAPL"}), _day("2015-01-01"), _day("2017-07-01"), "1d"
+    )
 
     summary = run_backfill(settings, req)
 
@@ -234,7 +277,11 @@ def test_finnhub_candles_are_chunked_retried_and_equal_the_served_bars(fake_finn
 
 def test_rate_limiter_never_exceeds_its_windows():
     now = [0.0]
-    limiter = RateLimiter(((60, 60.0), (30, 1.0)), clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    limiter = RateLimiter(
+        ((60, 60.0), (30, 1.0)),
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    )
     stamps = []
 
     for _ in range(200):
@@ -251,8 +298,17 @@ def test_rate_limiter_never_exceeds_its_windows():
 
 def test_finnhub_bad_key_ends_in_one_line(fake_finnhub, tmp_path):
     result = cli(
-        "backfill", "--source", "finnhub", "--symbols", "SPY", "--start", "2015-01-01", "--end", "2015-03-01",
-        "--lake", str(tmp_path / "lake"),
+        "backfill",
+        "--source",
+        "finnhub",
+        "--symbols",
+        "SPY",
+        "--start",
+        "2015-01-01",
+        "--end",
+        "2015-03-01",
+        "--lake",
+        str(tmp_path / "lake"),
         env={"FINNHUB_API_KEY": "bad-key", "STOCKFLOW_FINNHUB_API_URL": fake_finnhub.url},
     )
 
@@ -262,10 +318,60 @@ def test_finnhub_bad_key_ends_in_one_line(fake_finnhub, tmp_path):
 
 def test_finnhub_unknown_symbol_ends_in_one_line(fake_finnhub, tmp_path):
     result = cli(
-        "backfill", "--source", "finnhub", "--symbols", "NOSUCH", "--start", "2015-01-01", "--end", "2015-03-01",
-        "--lake", str(tmp_path / "lake"),
+        "backfill",
+        "--source",
+        "finnhub",
+        "--symbols",
+        "NOSUCH",
+        "--start",
+        "2015-01-01",
+        "--end",
+        "2015-03-01",
+        "--lake",
+        str(tmp_path / "lake"),
         env={"FINNHUB_API_KEY": "good-key", "STOCKFLOW_FINNHUB_API_URL": fake_finnhub.url},
     )
 
     assert result.returncode == 2 and "unknown symbol" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_backfill_reruns_and_overlaps_leave_one_row_per_key_in_postgres(
+    real_data, tmp_path, pg_server
+):
+    from dataflows.db import init_database
+    from tests.fixtures_postgres import pg_connect
+
+    schema = pg_server.new_schema("backfill")
+    settings = Settings.load(
+        env={},
+        lake=str(tmp_path / "lake"),
+        sinks="parquet,postgres",
+        pg_dsn=pg_server.dsn,
+        pg_schema=schema,
+    )
+    init_database("postgres", settings)
+    spy = str(real_data / "daily" / "SPY.csv.gz")
+
+    run_backfill(settings, BackfillRequest(spy, start=_day("2005-01-01"), end=_day("2008-01-01")))
+    run_backfill(settings, BackfillRequest(spy, start=_day("2005-01-01"), end=_day("2008-01-01")))
+    run_backfill(settings, BackfillRequest(spy, start=_day("2006-06-01"), end=_day("2010-01-01")))
+
+    df = _daily(real_data, "SPY")
+    expected = int(((df["start"] >= "2005-01-01") & (df["start"] < "2010-01-01")).sum())
+    with pg_connect(pg_server.dsn) as conn:
+        for table, key in (
+            ("bars_1d", "symbol, start"),
+            ("indicators_1d", "symbol, start"),
+            ("signals", "symbol, resolution, start"),
+        ):
+            total, distinct = conn.execute(
+                f'select count(*), count(distinct ({key})) from "{schema}".{table}'
+            ).fetchone()
+            assert total == distinct == expected, table
+        # the lake and the database agree on the last values
+        lake = read_table(tmp_path / "lake", "gold/indicators_1d").to_pandas().sort_values("start")
+        db_close = conn.execute(
+            f'select close, sma_50 from "{schema}".indicators_1d order by start desc limit 1'
+        ).fetchone()
+    assert db_close == (lake["close"].iloc[-1], lake["sma_50"].iloc[-1])
