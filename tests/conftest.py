@@ -22,6 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Server fixtures that live with their connectors' tests.
+pytest_plugins = ["tests.fixtures_postgres"]
+
 
 def real_data_dir() -> Path | None:
     path = Path(os.environ.get("STOCKFLOW_REAL_DATA", ROOT.parent / "shared" / "data"))
