@@ -89,6 +89,50 @@ def run_cmd(config_file: str | None, **flags: Any) -> None:
     click.echo(summary.render())
 
 
+@cli.command()
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(["file", "gold", "backfill"]),
+    help="Scenario(s) to run (default: all).",
+)
+@click.option("--repeats", default=3, show_default=True, help="Interleaved repeats per side.")
+@click.option("--path", help="Tick file for the file scenario (default: SPY_20131008).")
+@click.option("--workers", default=1, show_default=True, help="Bytewax workers (file scenario).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench(
+    scenarios: tuple[str, ...], repeats: int, path: str | None, workers: int, as_json: bool
+) -> None:
+    """Measure stockflow against baselines run in the same invocation."""
+    import json
+
+    from dataflows.bench import machine, real_data_dir, run_scenario
+
+    data = real_data_dir()
+    results = []
+    for scenario in scenarios or ("file", "gold", "backfill"):
+        if not as_json:
+            click.echo(
+                f"running {scenario} ({repeats} x stockflow, {repeats} x baseline) ...", err=True
+            )
+        results.append(run_scenario(scenario, repeats, data, workers, path).as_dict())
+    report = {"machine": machine(), "results": results}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for r in results:
+        line = (
+            f"{r['scenario']:<9} stockflow {r['stockflow']:>12,.0f} {r['unit']}  "
+            f"baseline {r['baseline']:>12,.0f} {r['unit']}  ratio {r['ratio']:.2f}x"
+        )
+        if "stockflow_peak_rss_mb" in r:
+            line += (
+                f"  peak RSS {r['stockflow_peak_rss_mb']:.0f} / {r['baseline_peak_rss_mb']:.0f} MB"
+            )
+        click.echo(line)
+
+
 @cli.command("config")
 def show_config() -> None:
     """List every setting with its environment variable and TOML key."""
