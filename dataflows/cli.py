@@ -66,7 +66,7 @@ def demo(lake: str, ticks: int, seed: int, workers: int) -> None:
 
 @cli.command("run")
 @click.option("--source", help="synthetic | file:PATH (a file, directory or glob).")
-@click.option("--sink", "sinks", help="Comma list of sinks: parquet.")
+@click.option("--sink", "sinks", help="Comma list of sinks: parquet,postgres,snowflake,kafka.")
 @click.option("--lake", help="Lake root: local path or s3://bucket/prefix.")
 @click.option("--s3-endpoint", help="S3/MinIO endpoint URL.")
 @click.option("--config", "config_file", type=click.Path(), help="TOML config file.")
@@ -80,6 +80,9 @@ def demo(lake: str, ticks: int, seed: int, workers: int) -> None:
     help="Unit of numeric ts in tick files.",
 )
 @click.option("--live/--no-live", default=None, help="Watermarks follow the wall clock too.")
+@click.option(
+    "--warmup/--no-warmup", default=None, help="Seed indicators from the lake's earlier bars."
+)
 def run_cmd(config_file: str | None, **flags: Any) -> None:
     """Run the streaming dataflow (file sources are bounded by nature)."""
     from dataflows.runner import run

@@ -87,6 +87,18 @@ OPTIONS: tuple[Option, ...] = (
         "allowed lateness of out-of-order ticks",
     ),
     Option(
+        "resolutions",
+        "STOCKFLOW_RESOLUTIONS",
+        "bars.resolutions",
+        "bar resolutions: 1m plus roll-ups among 5m, 15m, 1h, 1d",
+    ),
+    Option(
+        "warmup",
+        "STOCKFLOW_WARMUP",
+        "bars.warmup",
+        "seed each series' indicators from the lake's earlier bars (live handover)",
+    ),
+    Option(
         "live",
         "STOCKFLOW_LIVE",
         "bars.live",
@@ -231,6 +243,7 @@ class Settings:
     max_file_age_s: float = 60.0
     lateness_s: float = 5.0
     resolutions: tuple[str, ...] = RESOLUTIONS
+    warmup: bool = False
     live: bool | None = None
     ts_unit: str | None = None
     synthetic_ticks: int = 1_000_000

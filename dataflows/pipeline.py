@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -189,7 +189,14 @@ def build_flow(
         ticks.ticks,
         BarConfig(lateness_s=settings.lateness_s, live=settings.is_live, rollups=rollups),
     )
-    gold = gold_stage(bars.bars, settings.gold)
+    gold_config = settings.gold
+    if settings.warmup:
+        from dataflows.warmup import LakeWarmup
+
+        gold_config = replace(
+            gold_config, warmup=LakeWarmup(settings.lake, settings.s3_endpoint, None)
+        )
+    gold = gold_stage(bars.bars, gold_config)
     streams = PipelineStreams(
         flow, settings, ticks.rejects, ticks.ticks, bars.late, bars.bars, gold, ("1m", *rollups)
     )

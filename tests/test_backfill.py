@@ -376,3 +376,19 @@ def test_backfill_reruns_and_overlaps_leave_one_row_per_key_in_postgres(
             f'select close, sma_50 from "{schema}".indicators_1d order by start desc limit 1'
         ).fetchone()
     assert db_close == (lake["close"].iloc[-1], lake["sma_50"].iloc[-1])
+
+
+def test_live_run_with_warmup_picks_up_where_the_backfill_ended(real_data, tmp_path, run_pipeline):
+    ticks = real_data / "ticks"
+    whole, handover = tmp_path / "whole", tmp_path / "handover"
+    run_backfill(_settings(whole), BackfillRequest(str(ticks / "SPY_2013100[789].csv.gz")))
+    run_backfill(_settings(handover), BackfillRequest(str(ticks / "SPY_2013100[78].csv.gz")))
+
+    run_pipeline(f"file:{ticks / 'SPY_20131009.csv.gz'}", lake=str(handover), warmup=True)
+
+    a = sort_bars(read_table(whole, "gold/indicators_1m")).to_pandas()
+    b = sort_bars(read_table(handover, "gold/indicators_1m")).to_pandas()
+    day = _day("2013-10-09")
+    a, b = a[a["start"] >= day].reset_index(drop=True), b[b["start"] >= day].reset_index(drop=True)
+    assert len(a) == len(b) > 500
+    pd.testing.assert_frame_equal(a, b)
