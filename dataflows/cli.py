@@ -145,7 +145,12 @@ def show_config() -> None:
 
 
 # Commands that live with their connectors register themselves on `cli`.
-_COMMAND_MODULES = ("dataflows.cli_kafka", "dataflows.cli_db", "dataflows.cli_backfill")
+_COMMAND_MODULES = (
+    "dataflows.cli_kafka",
+    "dataflows.cli_db",
+    "dataflows.cli_backfill",
+    "dataflows.cli_report",
+)
 
 
 def _register_commands() -> None:
