@@ -1,0 +1,392 @@
+"""Kafka in and out against a real Kafka-protocol broker (Tansu, started by the tests)."""
+
+# Fixtures imported by name are "redefined" as test arguments:
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from connectors.finnhub import trade_messages
+from connectors.kafka import (
+    CheckedProducer,
+    KafkaDeliveryError,
+    TickTopicSource,
+    kafka_config,
+    redacted,
+)
+from dataflows.cli_kafka import bench_kafka, replay_ticks
+from dataflows.config import Settings
+from dataflows.operators import parse_raw
+from tests.conftest import cli, free_port, read_table, sort_bars
+from tests.fixtures_kafka import kafka_broker  # noqa: F401
+
+RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
+
+
+def kafka_settings(broker, **flags) -> Settings:
+    return Settings.load(env={}, kafka_brokers=broker.brokers, **flags)
+
+
+def rows(table: pa.Table, drop: tuple[str, ...] = ()) -> Counter:
+    """A table's rows as a multiset (order-free, ties and all)."""
+    keep = [c for c in table.column_names if c not in (*drop, "date")]
+    return Counter(
+        tuple(tuple(v) if isinstance(v, list) else v for v in row.values())
+        for row in table.select(keep).to_pylist()
+    )
+
+
+def assert_same_lake(kafka_lake: str, file_lake: str) -> None:
+    ticks = read_table(kafka_lake, "bronze/ticks")
+    assert set(ticks.column("source").to_pylist()) == {"kafka"}
+    assert rows(ticks, drop=("source",)) == rows(read_table(file_lake, "bronze/ticks"), ("source",))
+    for table in (
+        *(f"silver/bars_{r}" for r in RESOLUTIONS),
+        *(f"gold/indicators_{r}" for r in RESOLUTIONS),
+    ):
+        ours, theirs = read_table(kafka_lake, table), read_table(file_lake, table)
+        assert ours.num_rows == theirs.num_rows > 0, table
+        assert sort_bars(ours).equals(sort_bars(theirs)), table
+    signals = read_table(kafka_lake, "gold/signals")
+    assert signals.num_rows > 0
+    assert rows(signals) == rows(read_table(file_lake, "gold/signals"))
+
+
+def test_replayed_tick_file_through_kafka_builds_the_same_lake_as_the_file_source(
+    kafka_broker, real_data, run_pipeline
+):
+    path = real_data / "ticks" / "IBM_20131007.csv.gz"
+    topic = f"ticks-{time.time_ns()}"
+
+    replay = cli("replay", str(path), "--brokers", kafka_broker.brokers, "--topic", topic)
+    kafka_lake, summary = run_pipeline(
+        "kafka", kafka_brokers=kafka_broker.brokers, topic_ticks=topic
+    )
+    file_lake, _ = run_pipeline(f"file:{path}")
+
+    assert replay.returncode == 0, replay.stderr
+    assert f"replayed 24,293 ticks from 1 file(s) to {topic} (4 partitions)" in replay.stdout
+    assert "msgs/s" in replay.stdout
+    assert summary.ticks_accepted == 24_293 and summary.ticks_rejected == 0
+    assert_same_lake(kafka_lake, file_lake)
+
+
+def test_four_partitions_and_two_workers_give_the_same_bars_as_one_partition_and_one_worker(
+    kafka_broker, real_data, run_pipeline
+):
+    files = str(real_data / "ticks" / "[AI]*_20131007.csv.gz")  # AIG and IBM
+    four, one = kafka_broker.topic("ticks4", 4), kafka_broker.topic("ticks1", 1)
+    settings = kafka_settings(kafka_broker)
+    replay_ticks(settings, files, topic=four)
+    replay_ticks(settings, files, topic=one)
+
+    lake4, s4 = run_pipeline(
+        "kafka", kafka_brokers=kafka_broker.brokers, topic_ticks=four, workers=2
+    )
+    lake1, s1 = run_pipeline(
+        "kafka", kafka_brokers=kafka_broker.brokers, topic_ticks=one, workers=1
+    )
+
+    used = {m.partition() for m in kafka_broker.consume_all(four)}
+    assert len(used) >= 2  # the symbols really are spread over partitions
+    assert s4.ticks_accepted == s1.ticks_accepted == 24_293 + 25_351
+    for res in RESOLUTIONS:
+        bars4 = sort_bars(read_table(lake4, f"silver/bars_{res}"))
+        assert bars4.num_rows > 0 and bars4.equals(
+            sort_bars(read_table(lake1, f"silver/bars_{res}"))
+        )
+    assert rows(read_table(lake4, "gold/signals")) == rows(read_table(lake1, "gold/signals"))
+
+
+MALFORMED: list[tuple[bytes, str]] = [
+    (b"{this is not json", "not_json"),
+    (b"\x00\xff\xfe\x80binary\x01junk", "not_json"),
+    (bytes(range(256)) * 8, "not_json"),
+    (b'{"type":"trade","data":[{"s":"IBM","p":"abc","t":1381152600000,"v":100}]}', "wrong_type"),
+    (b'{"type":"trade","data":[{"s":"IBM","p":180.5,"t":"soon","v":100}]}', "bad_timestamp"),
+    (b'{"type":"trade","data":[{"s":"IBM","p":180.5,"v":100}]}', "missing_field"),
+    (b'{"type":"trade"}', "missing_field"),
+    (b'{"symbol":"IBM","ts":1381152600000,"price":-3,"size":1}', "bad_price"),
+    (b'{"type":"news","headline":"IBM"}', "unknown_message"),
+    (b"[1,2,3]", "unknown_message"),
+    (b'{"pad":"' + b"x" * 1_000_000 + b'"}', "too_large"),
+    (b"", "not_json"),
+]
+
+
+def test_malformed_messages_land_in_the_dlq_and_rejects_and_no_valid_tick_is_lost(
+    kafka_broker, real_data, run_pipeline
+):
+    path = real_data / "ticks" / "IBM_20131007.csv.gz"
+    valid = replay_messages(path)
+    messages = list(valid)
+    for i, (payload, _) in enumerate(MALFORMED):  # spread among the real ticks
+        messages.insert(1 + i * (len(valid) // len(MALFORMED)), (payload, b"IBM"))
+    src, dlq = kafka_broker.topic("ticks", 2), kafka_broker.topic("dlq")
+    bars, signals = kafka_broker.topic("bars"), kafka_broker.topic("signals")
+    kafka_broker.produce(src, [(key, value) for value, key in messages])
+
+    lake, summary = run_pipeline(
+        "kafka",
+        sinks="parquet,kafka",
+        kafka_brokers=kafka_broker.brokers,
+        topic_ticks=src,
+        topic_dlq=dlq,
+        topic_bars=bars,
+        topic_signals=signals,
+    )
+
+    by_position = {
+        f"{m.topic()}/{m.partition()}/{m.offset()}": m.value()
+        for m in kafka_broker.consume_all(src)
+    }
+    expected = {payload: reason for payload, reason in MALFORMED}
+    dead = kafka_broker.consume_all(dlq)
+    assert len(dead) == len(MALFORMED)
+    for msg in dead:
+        headers = dict(msg.headers())
+        position = headers["source_position"].decode()
+        assert msg.value() == by_position[position]  # the original bytes, 1 MB included
+        assert headers["reason_code"].decode() == expected[msg.value()]
+        assert headers["reason"].decode().startswith(expected[msg.value()] + ": ")
+        assert headers["received_at"].endswith(b"Z") and headers["source"] == b"kafka"
+    rejects = read_table(lake, "bronze/rejects")
+    assert sorted(rejects.column("position").to_pylist()) == sorted(
+        dict(m.headers())["source_position"].decode() for m in dead
+    )
+    assert summary.ticks_accepted == len(valid) == read_table(lake, "bronze/ticks").num_rows
+    assert summary.ticks_in == len(valid) + len(MALFORMED)
+    assert_kafka_holds_the_lake_rows(kafka_broker, lake, bars, signals)
+
+
+def replay_messages(path) -> list[tuple[bytes, bytes]]:
+    from connectors.files import TickFileSource
+
+    source = TickFileSource([path])
+    part = source.build_part("t", source.list_parts()[0], None)
+    out = []
+    while True:
+        try:
+            for raw in part.next_batch():
+                out.extend(trade_messages(parse_raw(raw).ticks))
+        except StopIteration:
+            return out
+
+
+def assert_kafka_holds_the_lake_rows(broker, lake: str, bars: str, signals: str) -> None:
+    bar_msgs = broker.consume_all(bars)
+    lake_bars = read_table(lake, "silver/bars_1m")
+    assert len(bar_msgs) == lake_bars.num_rows
+    ids = [dict(m.headers())["stockflow-id"].decode() for m in bar_msgs]
+    assert len(set(ids)) == len(ids)
+    first = json.loads(bar_msgs[0].value())
+    assert bar_msgs[0].key() == first["symbol"].encode() == b"IBM"
+    assert ids[0] == f"IBM|{first['start']}" and first["start"].endswith("Z")
+    assert (
+        sum(json.loads(m.value())["trades"] for m in bar_msgs)
+        == pc.sum(lake_bars.column("trades")).as_py()
+    )
+    signal_msgs = broker.consume_all(signals)
+    assert len(signal_msgs) == read_table(lake, "gold/signals").num_rows
+    assert {json.loads(m.value())["signal"] for m in signal_msgs} <= {"buy", "sell", "hold"}
+    sig_ids = [dict(m.headers())["stockflow-id"] for m in signal_msgs]
+    assert len(set(sig_ids)) == len(sig_ids)
+
+
+def drain(partition) -> list[int]:
+    offsets = []
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline
+        try:
+            batches = partition.next_batch()
+        except StopIteration:
+            return offsets
+        for batch in batches:
+            offsets.extend(int(p.rsplit("/", 1)[1]) for p in batch.positions)
+
+
+def test_bounded_source_stops_at_the_end_offsets_as_they_were_at_start(kafka_broker):
+    topic = kafka_broker.topic("ticks", 1)
+    # One producer batch: Tansu's ListOffsets then reports the batch's base
+    # offset + 1 instead of 5000, the fetch response the right end.
+    kafka_broker.produce(topic, [(b"K", b"%d" % i) for i in range(5_000)])
+    source = TickTopicSource(kafka_settings(kafka_broker, bounded=True), topic)
+    (part_name,) = source.list_parts()
+
+    partition = source.build_part("in", part_name, None)
+    kafka_broker.produce(topic, [(b"K", b"late") for _ in range(1_000)])
+    offsets = drain(partition)
+    partition.close()
+
+    assert offsets == list(range(5_000))
+    assert partition.end == 5_000
+
+
+def test_bounded_source_resumes_from_its_snapshot_offset(kafka_broker):
+    topic = kafka_broker.topic("ticks", 1)
+    kafka_broker.produce(topic, [(b"K", b"%d" % i) for i in range(3_000)])
+    source = TickTopicSource(kafka_settings(kafka_broker, bounded=True, batch_size=1_000), topic)
+    (part_name,) = source.list_parts()
+    first = source.build_part("in", part_name, None)
+    head = [int(p.rsplit("/", 1)[1]) for b in first.next_batch() for p in b.positions]
+    state = first.snapshot()
+    first.close()
+
+    rest = drain(source.build_part("in", part_name, state))
+
+    assert head + rest == list(range(3_000))
+    assert state == head[-1] + 1
+
+
+def test_unbounded_source_tails_messages_published_after_it_started(kafka_broker):
+    topic = kafka_broker.topic("ticks", 1)
+    kafka_broker.produce(topic, [(b"K", b"early")])
+    source = TickTopicSource(kafka_settings(kafka_broker, bounded=False), topic)
+    partition = source.build_part("in", source.list_parts()[0], None)
+    seen: list[bytes] = []
+
+    deadline = time.monotonic() + 20
+    while len(seen) < 2 and time.monotonic() < deadline:
+        for batch in partition.next_batch():
+            seen.extend(batch.payloads)
+        if seen == [b"early"]:
+            kafka_broker.produce(topic, [(b"K", b"late")])
+    partition.close()
+
+    assert seen == [b"early", b"late"]
+
+
+def test_a_failed_delivery_raises_instead_of_being_dropped():
+    settings = Settings.load(env={}, kafka_brokers=f"127.0.0.1:{free_port()}")
+    producer = CheckedProducer(kafka_config(settings, **{"message.timeout.ms": 300}))
+
+    producer.produce("ticks.raw", b"{}", b"IBM")
+
+    with pytest.raises(KafkaDeliveryError, match="1 Kafka message"):
+        producer.flush(timeout=10)
+
+
+def test_kafka_config_passes_security_settings_through_and_redacts_the_password():
+    settings = Settings.load(
+        env={
+            "STOCKFLOW_KAFKA_BROKERS": "b1:9093,b2:9093",
+            "STOCKFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "STOCKFLOW_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "STOCKFLOW_KAFKA_SASL_USERNAME": "stock",
+            "STOCKFLOW_KAFKA_SASL_PASSWORD": "s3cret-pw",
+            "STOCKFLOW_KAFKA_CLIENT_ID": "desk-7",
+        }
+    )
+
+    config = kafka_config(settings, **{"acks": "all"})
+
+    assert {k: config[k] for k in config if k != "logger"} == {
+        "bootstrap.servers": "b1:9093,b2:9093",
+        "client.id": "desk-7",
+        "log.connection.close": False,
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "stock",
+        "sasl.password": "s3cret-pw",
+        "acks": "all",
+    }
+    assert "s3cret-pw" not in repr(redacted(config)) and "s3cret-pw" not in repr(settings)
+
+
+@pytest.mark.parametrize("command", ["run", "replay"])
+def test_an_unreachable_broker_ends_in_one_clear_line(command, real_data, tmp_path):
+    brokers = f"127.0.0.1:{free_port()}"  # nothing listens here
+    args = (
+        ["run", "--source", "kafka", "--bounded", "--lake", str(tmp_path / "lake")]
+        if command == "run"
+        else ["replay", str(real_data / "ticks" / "IBM_20131007.csv.gz")]
+    )
+
+    result = cli(*args, env={"STOCKFLOW_KAFKA_BROKERS": brokers}, timeout=60)
+
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"cannot reach Kafka at {brokers}" in lines[0], result.stderr
+
+
+def test_paced_replay_follows_event_time(kafka_broker, real_data, tmp_path):
+    src = real_data / "ticks" / "IBM_20131007.csv.gz"
+    lines = gzip.decompress(src.read_bytes()).decode().splitlines()
+    header, body = lines[0], [line for line in lines[1:] if "T17:38:2" in line]  # 10 s, 160 ticks
+    path = tmp_path / "IBM_open.csv"
+    path.write_text("\n".join([header, *body]) + "\n")
+    topic = kafka_broker.topic("paced")
+
+    start = time.perf_counter()
+    stats = replay_ticks(kafka_settings(kafka_broker), str(path), topic=topic, speed=20)
+    elapsed = time.perf_counter() - start
+
+    assert stats.published == len(body) > 20
+    assert 0.4 <= elapsed < 5  # 10 s of event time at 20x is 0.5 s
+    published = [json.loads(m.value())["data"][0]["t"] for m in kafka_broker.consume_all(topic)]
+    assert len(published) == len(body)
+
+
+def test_replay_publishes_valid_rows_only_and_reports_the_others(kafka_broker, tmp_path):
+    path = tmp_path / "few.csv"
+    path.write_text(
+        "ts,symbol,price,size\n"
+        "2013-10-07T13:30:00.000Z,IBM,180.5,100\n"
+        "2013-10-07T13:30:00.001Z,IBM,abc,100\n"
+        "2013-10-07T13:30:00.002Z,IBM,180.6,5\n"
+        "2013-10-07T13:30:00.003Z,IBM,-1,5\n"
+    )
+    topic = kafka_broker.topic("few")
+
+    stats = replay_ticks(kafka_settings(kafka_broker), str(path), topic=topic)
+
+    assert stats.published == 2 and kafka_broker.count(topic) == 2
+    assert stats.rejects == {"wrong_type": 1, "bad_price": 1}
+    assert "few.csv:3: wrong_type" in stats.render()
+
+
+def test_kafka_bench_measures_producer_ceiling_and_pipeline_on_one_topic(kafka_broker, real_data):
+    path = real_data / "ticks" / "IBM_20131007.csv.gz"
+
+    bench = bench_kafka(kafka_settings(kafka_broker), str(path))
+
+    assert bench.produce.published == bench.raw_consume.messages == bench.pipeline_ticks == 24_293
+    assert bench.produce.per_second > 0 and bench.raw_consume.per_second > 0
+    assert "end to end (--source kafka --bounded)" in bench.render()
+
+
+def test_published_ticks_parse_back_to_exactly_the_same_ticks():
+    from dataflows.schema import TICK_SCHEMA
+    from dataflows.ticks import parse_messages
+
+    us = pa.timestamp("us", tz="UTC")
+    ticks = pa.table(
+        {
+            "symbol": ["IBM", "BRK.B", "IBM"],
+            "ts": pa.array([1381152600123000, 1381152600123456, 1381152601000000], us),
+            "price": [181.9, 0.1 + 0.2, 1e-7],
+            "size": [100.0, 0.5, 0.0],
+            "exchange": ["P", None, 'Q"x'],
+            "conditions": [["2000"], [], ["1", "12"]],
+            "source": ["file"] * 3,
+        },
+        schema=TICK_SCHEMA,
+    )
+
+    messages = list(trade_messages(ticks))
+    parsed = parse_messages([v for v, _ in messages], ["p"] * 3, source="file")
+
+    assert [k for _, k in messages] == [b"IBM", b"BRK.B", b"IBM"]
+    assert json.loads(messages[0][0])["data"][0]["t"] == 1381152600123  # Finnhub format
+    assert json.loads(messages[1][0])["ts"].endswith(".123456Z")  # finer than ms: canonical
+    assert parsed.rejects.num_rows == 0
+    assert parsed.ticks.equals(ticks)
