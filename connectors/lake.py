@@ -25,11 +25,13 @@ with ``pyarrow.dataset.dataset(path, partitioning="hive")``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +43,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from dataflows import faults
 from dataflows.errors import UserError
+from dataflows.metrics import timed_sink_write
+
+log = logging.getLogger(__name__)
 
 DAY_US = 86_400_000_000
 RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
@@ -170,6 +176,32 @@ class WriteStats:
 WRITE_STATS = WriteStats()
 
 
+def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
+    """Run `action`, retrying transient failures (endpoint down, timeouts)
+    with exponential backoff for up to `budget_s`; then stop with one line.
+
+    While this waits the sink does not return, so Bytewax stops feeding it:
+    back-pressure instead of unbounded buffering, and nothing is dropped.
+    """
+    deadline = time.monotonic() + budget_s
+    delay = 0.25
+    while True:
+        try:
+            action()
+            return
+        except (PermissionError, FileNotFoundError) as exc:
+            raise UserError(f"cannot {what}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - botocore/aiohttp raise many kinds
+            if time.monotonic() + delay > deadline:
+                raise UserError(
+                    f"cannot {what} for {budget_s:.0f} s ({type(exc).__name__}); stopping. "
+                    "Nothing was lost: restart with the same --recovery-dir to resume"
+                ) from None
+            log.warning("lake write failed (%s); retrying in %.1f s", type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
+
 def _run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
@@ -183,8 +215,12 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
         self._rows = 0
         self._oldest = 0.0
         if resume is None:
-            self._run = _run_id()
+            # With recovery the run id comes from the recovery store, so a
+            # run killed before its first snapshot is cleaned up here too.
+            self._run = sink.run_id or _run_id()
             self._seq = 0
+            if sink.run_id:
+                self._discard_after_snapshot()
         else:
             self._run = resume["run"]
             self._seq = resume["seq"]
@@ -245,15 +281,22 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
         name = f"part-{self._run}-{self._pid:04d}-{self._seq:08d}.parquet"
         self._seq += 1
         final = f"{directory}/{name}"
-        if lake.is_s3:
-            # An S3 object becomes visible only once its upload completes.
-            with fs.open(final, "wb") as fh:
-                pq.write_table(table, fh, compression=self._sink.compression)
-        else:
-            os.makedirs(directory, exist_ok=True)
-            tmp = f"{directory}/.{name}.tmp"
-            pq.write_table(table, tmp, compression=self._sink.compression)
-            os.replace(tmp, final)
+
+        @timed_sink_write("parquet")
+        def write() -> None:
+            if lake.is_s3:
+                # An S3 object becomes visible only once its upload completes.
+                with fs.open(final, "wb") as fh:
+                    pq.write_table(table, fh, compression=self._sink.compression)
+                    faults.point("lake_write")
+            else:
+                os.makedirs(directory, exist_ok=True)
+                tmp = f"{directory}/.{name}.tmp"
+                pq.write_table(table, tmp, compression=self._sink.compression)
+                faults.point("lake_write")  # a kill here leaves only a hidden temp file
+                os.replace(tmp, final)
+
+        _retrying(write, self._sink.retry_s, f"write {self._sink.table} to {lake.url}")
         WRITE_STATS.add(self._sink.table, table.num_rows)
 
     def snapshot(self) -> dict[str, Any]:
@@ -279,6 +322,10 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
     :arg max_file_age_s: roll a file when its oldest row waited this long.
     :arg exactly_once: flush at every snapshot (use with recovery).
     :arg columns: keep only these columns (e.g. drop transport-only ones).
+    :arg run_id: file-name run id that survives restarts (recovery).
+    :arg retry_s: keep retrying a failing write (S3 down) this long, with
+        backoff, before stopping the flow with a clear error; the data
+        stays in the dataflow meanwhile (back-pressure), none is dropped.
     """
 
     def __init__(
@@ -292,9 +339,13 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
         compression: str = "zstd",
         exactly_once: bool = False,
         columns: tuple[str, ...] | None = None,
+        run_id: str | None = None,
+        retry_s: float = 60.0,
     ) -> None:
         self.lake = lake
         self.columns = columns
+        self.run_id = run_id
+        self.retry_s = retry_s
         self.table = table
         self.time_column = time_column or TABLES[table]
         self.partitions = partitions

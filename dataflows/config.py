@@ -60,12 +60,24 @@ OPTIONS: tuple[Option, ...] = (
         "seconds between snapshots (Bytewax epoch length)",
     ),
     Option(
+        "backup_interval_s",
+        "STOCKFLOW_BACKUP_INTERVAL_S",
+        "run.backup_interval_s",
+        "keep superseded snapshots this long (set to how often you back up the store)",
+    ),
+    Option(
         "shards",
         "STOCKFLOW_SHARDS",
         "run.shards",
         "symbol shards (units of parallelism for bar state)",
     ),
     Option("batch_size", "STOCKFLOW_BATCH_SIZE", "run.batch_size", "rows per source batch"),
+    Option(
+        "metrics_port",
+        "STOCKFLOW_METRICS_PORT",
+        "run.metrics_port",
+        "serve Prometheus metrics on this port during a run (ours and Bytewax's)",
+    ),
     Option("lake", "STOCKFLOW_LAKE", "lake.url", "lake root: local path or s3://bucket/prefix"),
     Option("s3_endpoint", "STOCKFLOW_S3_ENDPOINT", "lake.s3_endpoint", "S3/MinIO endpoint URL"),
     Option(
@@ -234,8 +246,10 @@ class Settings:
     bounded: bool = False
     recovery_dir: str | None = None
     snapshot_interval_s: float = 10.0
+    backup_interval_s: float = 0.0
     shards: int = 16
     batch_size: int = 65_536
+    metrics_port: int | None = None
     lake: str = "./lake"
     s3_endpoint: str | None = None
     max_rows_per_file: int = 1_000_000

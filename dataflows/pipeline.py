@@ -129,6 +129,7 @@ def attach_parquet(streams: PipelineStreams) -> None:
     settings = streams.settings
     lake = Lake(settings.lake, settings.s3_endpoint)
     tables = LakeTables()
+    run_id = recovery_run_id(settings)
 
     def lake_sink(table: str, columns: tuple[str, ...] | None = None) -> ParquetLakeSink:
         return ParquetLakeSink(
@@ -139,6 +140,7 @@ def attach_parquet(streams: PipelineStreams) -> None:
             max_file_age_s=settings.max_file_age_s,
             exactly_once=settings.recovery_dir is not None,
             columns=columns,
+            run_id=run_id,
         )
 
     reject_columns = tuple(REJECT_SCHEMA.names)
@@ -223,4 +225,22 @@ def recovery_config(settings: Settings):  # noqa: ANN201 - bytewax type
     path.mkdir(parents=True, exist_ok=True)
     if not any(path.glob("part-*.sqlite3")):
         init_db_dir(path, 1)
-    return RecoveryConfig(path)
+    return RecoveryConfig(path, timedelta(seconds=settings.backup_interval_s))
+
+
+def recovery_run_id(settings: Settings) -> str | None:
+    """A run id that lives with the recovery store (lake file names): a
+    restart with the same store finds and replaces its own files."""
+    if settings.recovery_dir is None:
+        return None
+    from connectors.lake import _run_id
+
+    path = Path(settings.recovery_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / "stockflow-run-id"
+    try:
+        with marker.open("x") as fh:  # exclusive create: one id even with races
+            fh.write(_run_id())
+    except FileExistsError:
+        pass
+    return marker.read_text().strip()
