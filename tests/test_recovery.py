@@ -248,3 +248,68 @@ def test_s3_outage_mid_run_is_retried_and_loses_nothing(
     )
     ticks = read_table(lake, "bronze/ticks", s3_server.endpoint)
     assert ticks.num_rows == 451_545
+
+
+DOWNTIME_S = 120  # the "2 minutes of downtime", really waited
+
+
+def test_restart_after_two_minutes_of_downtime_builds_the_same_bars(
+    kafka_broker, real_data, tmp_path
+):
+    # Live watermarks advance with the wall clock since a symbol's newest
+    # tick. A restored snapshot must not count the downtime as quiet time, or
+    # the replayed ticks of the next minutes would all land on the late stream.
+    topic = kafka_broker.topic("downtime")
+    replay_ticks(
+        Settings.load(env={}, kafka_brokers=kafka_broker.brokers),
+        str(real_data / "ticks" / "SPY_20131008.csv.gz"),
+        topic=topic,
+    )
+    reference = tmp_path / "reference"
+    run(
+        Settings.load(
+            env={},
+            kafka_brokers=kafka_broker.brokers,
+            topic_ticks=topic,
+            source="kafka",
+            bounded=True,
+            lake=str(reference),
+        )
+    )
+    lake = tmp_path / "lake"
+    env = {
+        "STOCKFLOW_KAFKA_BROKERS": kafka_broker.brokers,
+        "STOCKFLOW_TOPIC_TICKS": topic,
+        "STOCKFLOW_SNAPSHOT_INTERVAL_S": "0.3",
+    }
+    args = [
+        "run",
+        "--source",
+        "kafka",
+        "--bounded",
+        "--live",
+        "--lake",
+        str(lake),
+        "--recovery-dir",
+        str(tmp_path / "recovery"),
+    ]
+
+    first = _stockflow(args, env)
+    deadline = time.monotonic() + 60
+    while not list((lake / "silver" / "bars_1m").rglob("part-*.parquet")):  # a snapshot is out
+        assert first.poll() is None, "finished before it could be stopped"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)  # a few more snapshot intervals: state with an anchor is committed
+    assert first.poll() is None, "finished before it could be stopped"
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    time.sleep(DOWNTIME_S)
+    second = _stockflow(args, env)
+    out, _ = second.communicate(timeout=300)
+
+    assert second.returncode == 0, out[-2000:]
+    assert read_table(lake, "bronze/late_ticks").num_rows == 0
+    _assert_bars_equal(
+        read_table(lake, "silver/bars_1m"), read_table(reference, "silver/bars_1m"), "bars"
+    )
