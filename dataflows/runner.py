@@ -12,6 +12,7 @@ from connectors.files import RawTickBatch
 from connectors.lake import WRITE_STATS, Lake
 from dataflows.config import Settings
 from dataflows.errors import UserError, find_user_error, quiet_worker_panics
+from dataflows.metrics import run_metrics
 from dataflows.operators import REJECTS_BY_REASON
 from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
 
@@ -74,7 +75,7 @@ def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSu
     before_reasons = dict(REJECTS_BY_REASON.counts)
     start = time.perf_counter()
     try:
-        with quiet_worker_panics():
+        with quiet_worker_panics(), run_metrics(settings):
             cli_main(
                 flow,
                 workers_per_process=settings.workers,
@@ -85,6 +86,9 @@ def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSu
         user_error = find_user_error(exc)
         if user_error is not None:
             raise user_error from None
+        if "signal received" in str(exc).lower():  # Ctrl-C / SIGTERM inside Bytewax
+            hint = " (resume with the same --recovery-dir)" if settings.recovery_dir else ""
+            raise UserError(f"interrupted{hint}") from None
         raise
     seconds = time.perf_counter() - start
     rows = {t: n - before_rows.get(t, 0) for t, n in WRITE_STATS.rows.items()}
