@@ -78,6 +78,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from dataflows.config import Settings
 from dataflows.errors import UserError
+from dataflows.metrics import timed_sink_write
 from dataflows.ticks import RawMessageBatch
 
 if TYPE_CHECKING:
@@ -644,6 +645,7 @@ class _KafkaTopicSinkPartition(StatefulSinkPartition[pa.Table, None]):
         self._producer = SHARED_PRODUCERS.acquire(sink.producer_config)
         self._closed = False
 
+    @timed_sink_write("kafka")
     def write_batch(self, values: list[pa.Table]) -> None:
         produce = self._producer.produce
         topic = self._sink.topic
@@ -652,6 +654,7 @@ class _KafkaTopicSinkPartition(StatefulSinkPartition[pa.Table, None]):
                 produce(topic, value, key, headers)
         self._producer.poll(0)
 
+    @timed_sink_write("kafka")
     def snapshot(self) -> None:
         # The epoch may be recorded as done only once its messages are acked.
         self._producer.flush(self._sink.flush_timeout_s)

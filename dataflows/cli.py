@@ -83,6 +83,9 @@ def demo(lake: str, ticks: int, seed: int, workers: int) -> None:
 @click.option(
     "--warmup/--no-warmup", default=None, help="Seed indicators from the lake's earlier bars."
 )
+@click.option(
+    "--metrics-port", type=int, help="Serve Prometheus metrics on this port during the run."
+)
 def run_cmd(config_file: str | None, **flags: Any) -> None:
     """Run the streaming dataflow (file sources are bounded by nature)."""
     from dataflows.runner import run

@@ -58,6 +58,7 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 import dataflows
+from dataflows import metrics
 from dataflows.config import RESOLUTIONS, Settings
 from dataflows.errors import UserError
 from dataflows.gold import INDICATOR_SCHEMA
@@ -339,6 +340,7 @@ class _ServingPartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
                     self._connected = True
                 writer.upsert(batch)
             except Exception as exc:
+                metrics.count_sink_error(sink.name)
                 kind, reason = writer.classify(exc)
                 if kind == PERMANENT:
                     raise UserError(f"{sink.name} sink: {reason}") from None
@@ -364,7 +366,9 @@ class _ServingPartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
                 stats.retried()
                 time.sleep(delay)
                 continue
-            stats.add(rows, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            stats.add(rows, seconds)
+            metrics.observe_sink_write(sink.name, seconds)
             return
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from dataflows.config import Settings
 from dataflows.errors import UserError
+from dataflows.metrics import process_metrics
 from dataflows.pipeline import build_flow
 
 try:
     settings = Settings.load()
     flow = build_flow(settings)
+    process_metrics(settings)  # STOCKFLOW_METRICS_PORT: /metrics while the flow runs
 except UserError as exc:  # one clear line, as from the CLI
     raise SystemExit(f"stockflow: error: {exc}") from None

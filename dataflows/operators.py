@@ -24,6 +24,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from connectors.files import RawTickBatch
+from dataflows import metrics
 from dataflows.bars import BarBuilder, BarConfig, BarOutput
 from dataflows.schema import REJECT_SCHEMA, TICK_SCHEMA
 from dataflows.ticks import (
@@ -158,6 +159,7 @@ def parse_stage(
 
     def rejects_of(p: ParsedTicks) -> list[tuple[str, pa.Table]]:
         REJECTS_BY_REASON.add(p.rejects)
+        metrics.count_parsed(p.ticks, p.rejects)
         return [(REJECT_KEY, p.rejects)] if p.rejects.num_rows else []
 
     rejects = op.flat_map("rejects", parsed, rejects_of)
@@ -180,6 +182,7 @@ class BarLogic(StatefulBatchLogic[pa.Table, tuple[str, pa.Table], dict[str, Any]
         out = [(f"bars_{res}", table) for res, table in result.by_resolution().items()]
         if result.late.num_rows:
             out.append(("late", result.late))
+        metrics.count_bar_output(out)
         return out
 
     def on_batch(self, values: list[pa.Table]) -> tuple[list[tuple[str, pa.Table]], bool]:
