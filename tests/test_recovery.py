@@ -116,16 +116,19 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
     rng = random.Random(20131007)
     kills = []
 
-    # Kill 1: inside a Parquet write (between writing the bytes and the rename).
-    proc = _stockflow(args, {**env, "STOCKFLOW_FAULT": "lake_write:6"})
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == -signal.SIGKILL, out[-2000:]
-    kills.append("during a lake write")
-    # Kills 2..: at random moments while it works.
+    # Three kills inside Parquet writes (between writing the bytes and the
+    # rename), at random write counts: these land however loaded the machine is.
+    for _ in range(3):
+        nth = rng.randint(2, 9)
+        proc = _stockflow(args, {**env, "STOCKFLOW_FAULT": f"lake_write:{nth}"})
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, out[-2000:]
+        kills.append(f"during lake write #{nth}")
+    # More at random moments while it works, then a run to the end.
     finished = False
-    for _ in range(6):
+    for _ in range(3):
         proc = _stockflow(args, env)
-        delay = rng.uniform(1.5, 4.0)
+        delay = rng.uniform(1.0, 3.0)
         try:
             out, _ = proc.communicate(timeout=delay)
             assert proc.returncode == 0, out[-2000:]
@@ -140,6 +143,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-2000:]
     assert len(kills) >= 3, kills
+    print("kills:", kills)
 
     want = read_table(reference, "silver/bars_1m")
     assert want.num_rows > 1500
