@@ -270,7 +270,7 @@ def run_backfill(
         stop.set()
         if ticker is not None:
             ticker.join()
-            sys.stderr.write("\n")
+            sys.stderr.write("\r" + progress.line().ljust(90) + "\n")  # the final state
     seconds = time.perf_counter() - progress.started
 
     written: dict[str, int] = {}

@@ -392,3 +392,17 @@ def test_live_run_with_warmup_picks_up_where_the_backfill_ended(real_data, tmp_p
     a, b = a[a["start"] >= day].reset_index(drop=True), b[b["start"] >= day].reset_index(drop=True)
     assert len(a) == len(b) > 500
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_progress_shows_on_request_and_stays_quiet_off_a_terminal(real_data, tmp_path):
+    spy = str(real_data / "daily" / "SPY.csv.gz")
+    args = ("backfill", "--source", spy, "--start", "2010-01-01", "--end", "2011-01-01")
+
+    quiet = cli(*args, "--lake", str(tmp_path / "a"))
+    shown = cli(*args, "--lake", str(tmp_path / "b"), "--progress")
+
+    assert quiet.returncode == shown.returncode == 0
+    assert quiet.stderr.strip() == ""  # not a terminal: no progress line
+    assert "bars/s" in shown.stderr and "files done" in shown.stderr
+    for result in (quiet, shown):  # the summary at the end
+        assert "252 bars" in result.stdout and "silver/bars_1d" in result.stdout
