@@ -262,9 +262,11 @@ class BarBuilder:
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
         self._seq += n
 
-        # Group by symbol, keeping arrival order inside each symbol.
-        order = np.argsort(codes, kind="stable")
-        sc, st = codes[order], ts[order]
+        # Group by symbol, keeping arrival order inside each symbol (a batch
+        # already grouped, e.g. one symbol's, needs no sort and no copies).
+        grouped = bool((codes[1:] >= codes[:-1]).all())
+        order = np.arange(n) if grouped else np.argsort(codes, kind="stable")
+        sc, st = (codes, ts) if grouped else (codes[order], ts[order])
         seg_start = _group_starts(sc)
         running = _segment_cummax(sc, st, seg_start)
         prev = np.empty_like(running)
@@ -305,9 +307,9 @@ class BarBuilder:
                     sc[keep],
                     st[keep],
                     start[keep],
-                    seq[order][keep],
-                    price[order][keep],
-                    size[order][keep],
+                    (seq if grouped else seq[order])[keep],
+                    (price if grouped else price[order])[keep],
+                    (size if grouped else size[order])[keep],
                 )
             )
         return self._emit(self._watermarks(self._clock()), late_table)
@@ -322,8 +324,10 @@ class BarBuilder:
         size: np.ndarray,
     ) -> dict[str, np.ndarray]:
         """Aggregate ticks into one partial bar per (symbol, minute)."""
-        o = np.lexsort((seq, ts, sym))  # event time, then arrival order
-        sym, ts, start, seq, price, size = sym[o], ts[o], start[o], seq[o], price[o], size[o]
+        if ((sym[1:] < sym[:-1]) | ((sym[1:] == sym[:-1]) & (ts[1:] < ts[:-1]))).any():
+            o = np.lexsort((seq, ts, sym))  # event time, then arrival order
+            sym, ts, start, seq, price, size = sym[o], ts[o], start[o], seq[o], price[o], size[o]
+        # else: already in that order (ticks in time order, the usual case)
         gs = np.flatnonzero(_group_starts(sym, start))
         ge = np.append(gs[1:] - 1, len(sym) - 1)
         return {

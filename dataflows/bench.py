@@ -3,7 +3,7 @@
 Every scenario runs stockflow and a baseline doing the same work, interleaved
 (ours, baseline, ours, baseline, ...), each measurement in a fresh child
 process so that its peak RSS is its own. Figures are medians over the
-repeats. Scenarios:
+repeats; seeds are fixed and sizes come from flags. Scenarios:
 
 ``file``
     a tick file through the whole pipeline (parse, 1-minute bars and
@@ -17,25 +17,91 @@ repeats. Scenarios:
     ``stockflow backfill`` of the daily files plus the FTX 1-minute bars into
     a Parquet lake (bars/s) vs pandas + ``ta`` computing the same indicator
     set on the same bars.
+``kafka``
+    the tick file replayed (unpaced) into a fresh topic, then
+    ``--source kafka --bounded`` through the whole pipeline vs the ceiling: a
+    plain confluent-kafka consumer reading the same topic with the source's
+    own fetch settings (``raw_default_*`` is the same consumer with
+    librdkafka's default ``fetch.wait.max.ms``, which waits up to 0.5 s at
+    the end of each empty partition). The broker is started by the bench
+    (Tansu, :mod:`dataflows.testservers`) unless ``--brokers`` names one.
+``processes``
+    one process vs ``--processes`` processes (one worker each, joined with
+    Bytewax's ``-i/-a`` addresses, as ``python -m bytewax.run
+    dataflows.market:flow -i I -a ...`` does) on the same tick files: the
+    real SPY days cut into ``--files`` time slices, each relabelled as its
+    own symbol, because one series (one symbol's files) is one partition
+    and one symbol is one shard. The clock runs from the first process
+    starting its dataflow to the last one finishing.
+``symbols10k``
+    ``--symbols`` synthetic symbols through the whole pipeline for
+    ``--soak-seconds`` while the child samples its RSS. A warm-up first
+    fast-forwards three minutes of event time across a day boundary (every
+    symbol trades every minute), so that every (symbol, resolution) series
+    exists; the soak then runs paced in real time at ``--soak-rate``
+    ticks/s. Reports peak RSS and the RSS trend after the warm-up (flat =
+    grows less than 5 % over the soak), and what the indicator state grows
+    to once every window is full (measured per series, times the series).
+``latency``
+    a live pipeline (``--source kafka --live``, recovery on, snapshots
+    every ``--snapshot-interval`` seconds so that the lake's buffers are
+    flushed at each) fed by a producer paced at ``--rate`` ticks/s over
+    ``--latency-symbols`` symbols, ticks stamped with their produce time.
+    A watcher notes when each 1-minute bar appears in ``silver/bars_1m``;
+    the figure is how long after its window closed plus the allowed
+    lateness (p50/p99 over ticks, i.e. bars weighted by their trades).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from dataflows.errors import UserError
+
+SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency")
+# What `stockflow bench` runs without --scenario: the soak and the paced
+# latency run take minutes by design, so they run only when asked for.
+DEFAULT_SCENARIOS = ("file", "gold", "backfill", "kafka", "processes")
+SPY_DAY = "SPY_20131008.csv.gz"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Sizes and knobs of a bench run (the CLI's flags)."""
+
+    repeats: int = 3
+    path: str | None = None
+    workers: int = 1
+    seed: int = 7
+    brokers: str | None = None
+    kafka_partitions: int = 1
+    processes: int = 2
+    files: int = 16
+    symbols: int = 10_000
+    soak_seconds: float = 600.0
+    soak_rate: float = 20_000.0
+    sample_seconds: float | None = None  # RSS sampling period (default: soak / 120, <= 5 s)
+    rate: float = 50_000.0
+    latency_seconds: float = 150.0
+    latency_symbols: int = 200
+    snapshot_interval: float = 0.5
+    soak_snapshot_interval: float | None = None  # default: the product's (snapshot_interval_s)
+    lateness: float = 5.0
 
 
 def real_data_dir() -> Path | None:
@@ -275,22 +341,724 @@ def _child_backfill_ours(data: str) -> dict[str, Any]:
     return {"seconds": elapsed, "bars": bars}
 
 
-CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
-    "file_ours": _child_file_ours,
-    "file_naive": _child_file_naive,
-    "gold_ours": _child_gold_ours,
-    "gold_baseline": _child_gold_baseline,
-    "backfill_ours": _child_backfill_ours,
-    "backfill_baseline": _child_gold_baseline,
-}
+# ---------------------------------------------------------------------------
+# Kafka: end to end vs the raw consume ceiling
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def kafka_brokers(brokers: str | None) -> Iterator[str]:
+    """The given brokers, or a Tansu broker started for the bench."""
+    if brokers:
+        yield brokers
+        return
+    from dataflows.testservers import tansu_broker
+
+    with tansu_broker() as started:
+        yield started
+
+
+def _child_kafka_ours(args: dict[str, Any]) -> dict[str, Any]:
+    from dataflows.config import Settings
+    from dataflows.runner import run
+
+    with tempfile.TemporaryDirectory() as lake:
+        settings = Settings.load(
+            env={},
+            source="kafka",
+            kafka_brokers=args["brokers"],
+            topic_ticks=args["topic"],
+            bounded=True,
+            lake=lake,
+            workers=args.get("workers", 1),
+        )
+        start = time.perf_counter()
+        summary = run(settings)
+        elapsed = time.perf_counter() - start
+    return {
+        "seconds": elapsed,
+        "ticks": summary.ticks_in,
+        "bars": summary.rows.get("silver/bars_1m", 0),
+    }
+
+
+def _child_kafka_raw(args: dict[str, Any]) -> dict[str, Any]:
+    from connectors.kafka import measure_raw_consume, source_fetch_config
+    from dataflows.config import Settings
+
+    settings = Settings.load(env={}, kafka_brokers=args["brokers"], bounded=True)
+    like_source = measure_raw_consume(settings, args["topic"], source_fetch_config(settings))
+    default = measure_raw_consume(settings, args["topic"])
+    return {
+        "seconds": like_source.seconds,
+        "ticks": like_source.messages,
+        "default_seconds": default.seconds,
+        "default_ticks": default.messages,
+    }
+
+
+def _kafka_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
+    from dataflows.cli_kafka import replay_ticks
+    from dataflows.config import Settings
+
+    path = _tick_path(opts, data, "kafka")
+    with kafka_brokers(opts.brokers) as brokers:
+        settings = Settings.load(
+            env={}, kafka_brokers=brokers, kafka_partitions=opts.kafka_partitions
+        )
+        topic = f"stockflow-bench-{opts.seed}-{int(time.time() * 1000)}"
+        produced = replay_ticks(settings, path, topic=topic)
+        args = {"brokers": brokers, "topic": topic, "workers": opts.workers}
+        try:
+            ours, raw = [], []
+            for _ in range(opts.repeats):
+                ours.append(_peak_rss_from_child("kafka_ours", args))
+                raw.append(_peak_rss_from_child("kafka_raw", args))
+        finally:
+            if opts.brokers:
+                _delete_topic(settings, topic)
+    result = Comparison("kafka", "ticks", ours, raw, baseline_name="raw consume")
+    default = statistics.median(r["default_ticks"] / r["default_seconds"] for r in raw)
+    result.extra.update(
+        {
+            "path": path,
+            "partitions": opts.kafka_partitions,
+            "produced": produced.published,
+            "produce_per_s": round(produced.per_second, 1),
+            "raw_default_per_s": round(default, 1),
+            "ratio_to_raw_default": round(result.rate(ours) / default, 3) if default else None,
+        }
+    )
+    return result
+
+
+def _delete_topic(settings: Any, topic: str) -> None:
+    from connectors.kafka import admin_client
+
+    with contextlib.suppress(Exception):  # best effort: the bench's own topic
+        for future in admin_client(settings).delete_topics([topic]).values():
+            future.result(timeout=10)
+
+
+# ---------------------------------------------------------------------------
+# Processes: scale-out on one machine
+# ---------------------------------------------------------------------------
+
+
+def split_series(data: Path, out: Path, files: int) -> list[Path]:
+    """The real SPY days (arrival order) cut into `files` time slices, each
+    written as the tick file of its own symbol (``S00``, ``S01``, ...): as
+    many series and symbols as slices, so partitions and shards spread."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    days = sorted((data / "ticks").glob("SPY_*.csv.gz"))
+    if not days:
+        raise UserError(f"the processes scenario needs {data}/ticks/SPY_*.csv.gz or --path")
+    as_text = pcsv.ConvertOptions(
+        column_types={c: pa.string() for c in _csv_columns(days[0])}, strings_can_be_null=False
+    )
+    whole = pa.concat_tables([pcsv.read_csv(d, convert_options=as_text) for d in days])
+    bounds = [round(whole.num_rows * k / files) for k in range(files + 1)]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        part = whole.slice(a, b - a)
+        symbol = pa.array([f"S{k:02d}"] * part.num_rows, pa.string())
+        part = part.set_column(part.column_names.index("symbol"), "symbol", symbol)
+        path = out / f"S{k:02d}.csv.gz"
+        with gzip.open(path, "wb", compresslevel=1) as fh:
+            pcsv.write_csv(part, fh)
+        paths.append(path)
+    return paths
+
+
+def _csv_columns(path: Path) -> list[str]:
+    with gzip.open(path, "rt") as fh:
+        return fh.readline().strip().split(",")
+
+
+def _child_process_of_cluster(args: dict[str, Any]) -> dict[str, Any]:
+    """One process of a cluster: the market flow as ``python -m bytewax.run
+    dataflows.market:flow -i <process_id> -a <addresses>`` runs it."""
+    from bytewax.run import cli_main
+
+    from connectors.lake import WRITE_STATS
+    from dataflows.config import Settings
+    from dataflows.pipeline import build_flow, epoch_interval
+
+    settings = Settings.load(
+        env={}, source=f"file:{args['dir']}", lake=args["lake"], bounded=True, workers=1
+    )
+    flow = build_flow(settings)
+    start = time.time()
+    cli_main(
+        flow,
+        workers_per_process=1,
+        process_id=args.get("process_id"),
+        addresses=args.get("addresses"),
+        epoch_interval=epoch_interval(settings),
+    )
+    end = time.time()
+    rows = WRITE_STATS.rows
+    return {
+        "start": start,
+        "end": end,
+        "ticks": rows.get("bronze/ticks", 0) + rows.get("bronze/rejects", 0),
+    }
+
+
+def _cluster_run(tick_dir: str, processes: int) -> dict[str, Any]:
+    """Run the flow on `processes` processes; the clock runs from the last
+    process entering the dataflow (the cluster cannot start before) to the
+    last one leaving it."""
+    from dataflows.testservers import free_port
+
+    with tempfile.TemporaryDirectory() as lake:
+        if processes == 1:
+            specs = [{"dir": tick_dir, "lake": lake}]
+        else:
+            addresses = [f"127.0.0.1:{free_port()}" for _ in range(processes)]
+            specs = [
+                {"dir": tick_dir, "lake": lake, "process_id": i, "addresses": addresses}
+                for i in range(processes)
+            ]
+        results = _children_in_parallel("process_of_cluster", specs)
+    return {
+        "seconds": max(r["end"] for r in results) - max(r["start"] for r in results),
+        "ticks": sum(r["ticks"] for r in results),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+    }
+
+
+def _processes_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
+    with tempfile.TemporaryDirectory(prefix="stockflow-bench-series-") as tmp:
+        if opts.path:
+            tick_dir = opts.path
+        else:
+            if data is None:
+                raise UserError(
+                    "the processes scenario needs --path (several series) or the real data "
+                    "(STOCKFLOW_REAL_DATA)"
+                )
+            split_series(data, Path(tmp), opts.files)
+            tick_dir = tmp
+        many, one = [], []
+        for _ in range(opts.repeats):
+            one.append(_cluster_run(tick_dir, 1))
+            many.append(_cluster_run(tick_dir, opts.processes))
+    result = Comparison(
+        "processes",
+        "ticks",
+        many,
+        one,
+        baseline_name="1 process",
+        ours_name=f"{opts.processes} processes",
+    )
+    result.extra.update(
+        {"processes": opts.processes, "files": opts.files if not opts.path else None}
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------
+# symbols10k: the state of a whole market, RSS over time
+# ---------------------------------------------------------------------------
+
+# The warm-up's event time: 23:58 to 00:01 UTC crosses a day (so also an hour,
+# 15- and 5-minute) boundary: every resolution (1m ... 1d) emits a bar for
+# every symbol, so every (symbol, resolution) series exists after it.
+SOAK_START = datetime(2024, 1, 2, 23, 58, tzinfo=UTC)
+WARMUP_MINUTES = 3
+
+
+@dataclass
+class SoakProgress:
+    """Shared between the soak source and the RSS sampler (one process)."""
+
+    phase: str = "warm-up"
+    ticks: int = 0
+    warmup_end_s: float | None = None
+
+
+def soak_source(
+    symbols: int, rate: float, seconds: float, seed: int, progress: SoakProgress
+) -> Any:
+    """A seeded source of `symbols` symbols: a fast-forwarded warm-up (one
+    tick per symbol per event minute for WARMUP_MINUTES), then ticks at
+    `rate` per second of wall clock, event time = wall time since the end
+    of the warm-up, until `seconds` after the start."""
+    import numpy as np
+    import pyarrow as pa
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+    from connectors.files import RawTickBatch
+
+    names = pa.array([f"X{i:04d}" for i in range(symbols)], pa.string())
+    t0_us = int(SOAK_START.timestamp() * 1_000_000)
+
+    class Partition(StatefulSourcePartition[RawTickBatch, None]):
+        def __init__(self) -> None:
+            self._rng = np.random.default_rng(seed)
+            self._prices = self._rng.uniform(5, 500, symbols)
+            self._minute = 0
+            self._event_us = t0_us
+            self._started = time.monotonic()
+            self._paced_from: float | None = None
+            self._emitted = 0
+
+        def _batch(self, sym: np.ndarray, ts: np.ndarray) -> list[RawTickBatch]:
+            n = len(sym)
+            order = np.argsort(ts, kind="stable")
+            sym, ts = sym[order], ts[order]
+            self._prices *= np.exp(self._rng.normal(0, 0.001, symbols))
+            price = np.round(self._prices[sym] * (1 + self._rng.normal(0, 0.0002, n)), 2)
+            size = self._rng.choice([1.0, 50.0, 100.0, 100.0, 200.0, 500.0], n)
+            table = pa.table(
+                {
+                    "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                    "symbol": names.take(pa.array(sym)),
+                    "price": pa.array(np.maximum(price, 0.01)),
+                    "size": pa.array(size),
+                }
+            )
+            lines = np.arange(self._emitted, self._emitted + n, dtype=np.int64)
+            self._emitted += n
+            progress.ticks = self._emitted
+            return [RawTickBatch(table=table, lines=lines, origin="soak", source="synthetic")]
+
+        def next_batch(self) -> list[RawTickBatch]:
+            now = time.monotonic()
+            if now - self._started >= seconds:
+                progress.phase = "shutdown"
+                raise StopIteration
+            if self._minute < WARMUP_MINUTES:  # fast-forward, a minute per batch
+                sym = np.arange(symbols)
+                ts = self._event_us + self._rng.integers(0, 60_000_000, symbols)
+                self._minute += 1
+                self._event_us += 60_000_000
+                return self._batch(sym, ts)
+            if self._paced_from is None:
+                self._paced_from = now
+                progress.phase, progress.warmup_end_s = "soak", now - self._started
+            # Paced: the event time since the last batch, at `rate` ticks/s.
+            span_us = int((now - self._paced_from) * 1e6) - (self._event_us - self._paced_start)
+            if span_us < 200_000:
+                return []
+            n = int(self._rng.poisson(rate * span_us / 1e6))
+            sym = self._rng.integers(0, symbols, n)
+            ts = self._event_us + self._rng.integers(0, span_us, n)
+            self._event_us += span_us
+            return self._batch(sym, ts)
+
+        @property
+        def _paced_start(self) -> int:
+            return t0_us + WARMUP_MINUTES * 60_000_000
+
+        def next_awake(self) -> datetime | None:
+            if self._paced_from is None:
+                return None
+            return datetime.now(UTC) + timedelta(seconds=0.2)
+
+        def snapshot(self) -> None:
+            return None
+
+    class Source(FixedPartitionedSource[RawTickBatch, None]):
+        def list_parts(self) -> list[str]:
+            return ["soak"]
+
+        def build_part(self, step_id: str, for_part: str, resume_state: None) -> Partition:
+            return Partition()
+
+    return Source()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _child_symbols10k(args: dict[str, Any]) -> dict[str, Any]:
+    from dataflows.config import Settings
+    from dataflows.runner import run
+
+    progress = SoakProgress()
+    samples: list[tuple[float, float, int, str]] = []  # seconds, RSS MB, ticks, phase
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def sample() -> None:
+        while not stop.is_set():
+            t, rss = round(time.monotonic() - started, 2), round(_rss_mb(), 1)
+            samples.append((t, rss, progress.ticks, progress.phase))
+            stop.wait(args["sample_seconds"])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    source = soak_source(args["symbols"], args["rate"], args["seconds"], args["seed"], progress)
+    with tempfile.TemporaryDirectory() as lake:
+        settings = Settings.load(
+            env={},
+            lake=lake,
+            bounded=True,
+            live=False,
+            snapshot_interval_s=args.get("snapshot_interval"),
+        )
+        summary = run(settings, source)
+    stop.set()
+    sampler.join()
+    samples.append(
+        (round(time.monotonic() - started, 2), round(_rss_mb(), 1), progress.ticks, "end")
+    )
+    return {
+        "seconds": summary.seconds,
+        "ticks": summary.ticks_in,
+        "bars_1m": summary.rows.get("silver/bars_1m", 0),
+        "indicator_rows": sum(v for k, v in summary.rows.items() if k.startswith("gold/indic")),
+        "warmup_end_s": progress.warmup_end_s,
+        "samples": samples,
+        "full_series_kib": _full_series_kib(),
+    }
+
+
+def _full_series_kib() -> dict[str, float]:
+    """Memory of one (symbol, resolution) series whose windows are all
+    full (every indicator warmed up), by resolution: what the state grows
+    to per series in a long run."""
+    import math
+    import tracemalloc
+
+    from dataflows.gold import GoldConfig
+    from indicators import IndicatorSet, SignalEngine
+
+    step = {"1m": 60, "1h": 3600, "1d": 86400}
+    out = {}
+    for res, seconds in step.items():
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        kept = []
+        for k in range(20):
+            ind = IndicatorSet(GoldConfig().for_resolution(res))
+            sig = SignalEngine(resolution=res)
+            for i in range(400):
+                p = 100 * math.exp(0.01 * math.sin(i * (k + 1)))
+                start = SOAK_START + timedelta(seconds=seconds * i)
+                row = {
+                    "symbol": "X",
+                    "start": start,
+                    "open": p,
+                    "high": p * 1.001,
+                    "low": p * 0.999,
+                    "close": p,
+                    "volume": 100.0 + i,
+                    "vwap": p,
+                    "trades": 3,
+                }
+                sig.evaluate(row, ind.update(row))
+            kept.append((ind, sig))
+        out[res] = round((tracemalloc.get_traced_memory()[0] - before) / 20 / 1024, 1)
+        tracemalloc.stop()
+        del kept
+    return out
+
+
+def soak_stats(
+    samples: list[list[Any]], warmup_end_s: float | None, margin_s: float, window_s: float = 60.0
+) -> dict[str, Any]:
+    """Peak RSS (during the soak and at shutdown) and the trend after the
+    warm-up. The lake's buffers make RSS a sawtooth (files roll every
+    ``max_file_age_s``), so the trend compares the troughs: the lowest
+    RSS of each `window_s` window after the warm-up."""
+    running = [r for _, r, _, phase in samples if phase in ("warm-up", "soak")]
+    out: dict[str, Any] = {
+        "peak_rss_mb": max(running) if running else None,
+        "peak_rss_incl_shutdown_mb": max(r for _, r, _, _ in samples),
+    }
+    if warmup_end_s is None:
+        return out
+    after = [
+        (t, r) for t, r, _, phase in samples if phase == "soak" and t >= warmup_end_s + margin_s
+    ]
+    if len(after) < 3:
+        return out
+    t0 = after[0][0]
+    troughs: dict[int, float] = {}
+    for t, r in after:
+        k = int((t - t0) // window_s)
+        troughs[k] = min(r, troughs.get(k, r))
+    # the last window may be cut short; use it only if it is at least half full
+    if len(troughs) > 2 and after[-1][0] - t0 - max(troughs) * window_s < window_s / 2:
+        troughs.pop(max(troughs))
+    lows = [troughs[k] for k in sorted(troughs)]
+    ts, rs = [t for t, _ in after], [r for _, r in after]
+    slope = statistics.linear_regression(ts, rs).slope if len(set(ts)) > 1 else 0.0
+    growth = lows[-1] - lows[0]
+    out.update(
+        {
+            "rss_median_after_warmup_mb": round(statistics.median(rs), 1),
+            "rss_max_after_warmup_mb": max(rs),
+            "rss_troughs_mb": lows,
+            "trough_growth_mb": round(growth, 1),
+            "trend_mb_per_min": round(slope * 60, 2),
+            "flat": len(lows) >= 2 and growth <= 0.05 * lows[0],
+        }
+    )
+    return out
+
+
+def _symbols10k_scenario(opts: BenchOptions, data: Path | None) -> Result:
+    args = {
+        "symbols": opts.symbols,
+        "rate": opts.soak_rate,
+        "seconds": opts.soak_seconds,
+        "seed": opts.seed,
+        "sample_seconds": opts.sample_seconds or max(0.25, min(5.0, opts.soak_seconds / 120)),
+        "snapshot_interval": opts.soak_snapshot_interval,
+    }
+    run = _peak_rss_from_child("symbols10k", args)
+    # The first minute of the paced phase still emits the warm-up's last bars.
+    stats = soak_stats(run["samples"], run["warmup_end_s"], margin_s=60.0)
+    full = run["full_series_kib"]
+    # 1m, 5m and 15m series hold the same indicators as 1h; 1d adds 52-week windows
+    per_symbol_kib = 3 * full["1m"] + full["1h"] + full["1d"]
+    return Result(
+        "symbols10k",
+        {
+            "symbols": opts.symbols,
+            "soak_seconds": opts.soak_seconds,
+            "soak_rate": opts.soak_rate,
+            "ticks": run["ticks"],
+            "ticks_per_s": round(run["ticks"] / run["seconds"], 1) if run["seconds"] else None,
+            "bars_1m": run["bars_1m"],
+            "warmup_end_s": run["warmup_end_s"],
+            **stats,
+            "child_peak_rss_mb": round(run["peak_rss_mb"], 1),
+            "full_series_kib": full,
+            # the gold state once every window of every series is full
+            "gold_state_full_windows_mb": round(opts.symbols * per_symbol_kib / 1024, 1),
+            "samples": run["samples"],
+        },
+    )
+
+
+# ---------------------------------------------------------------------------
+# Latency: paced Kafka, tick produce time -> bar in the lake
+# ---------------------------------------------------------------------------
+
+
+def _child_latency_pipeline(args: dict[str, Any]) -> dict[str, Any]:
+    """A live pipeline reading the topic until SIGINT."""
+    from dataflows.config import Settings
+    from dataflows.runner import run
+
+    settings = Settings.load(
+        env={},
+        source="kafka",
+        kafka_brokers=args["brokers"],
+        topic_ticks=args["topic"],
+        live=True,
+        bounded=False,
+        lake=args["lake"],
+        recovery_dir=args["recovery"],
+        snapshot_interval_s=args["snapshot_interval"],
+        lateness_s=args["lateness"],
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        run(settings)
+    return {"stopped": True}
+
+
+class LakeWatcher:
+    """Notes when each row of a lake table first becomes readable (polls
+    the table's directory; files appear atomically)."""
+
+    def __init__(self, table_dir: Path, poll_s: float = 0.02) -> None:
+        self._dir = table_dir
+        self._poll_s = poll_s
+        self._seen_files: set[str] = set()
+        self.rows: list[tuple[str, int, int, float]] = []  # symbol, start_us, trades, seen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LakeWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        while not self._stop.is_set():
+            found = (
+                [] if not self._dir.exists() else sorted(self._dir.glob("date=*/part-*.parquet"))
+            )
+            now = time.time()
+            for path in found:
+                if path.name in self._seen_files:
+                    continue
+                self._seen_files.add(path.name)
+                table = pq.read_table(path, columns=["symbol", "start", "trades"])
+                starts = pc.cast(table.column("start"), "int64").to_pylist()
+                for sym, start, trades in zip(
+                    table.column("symbol").to_pylist(),
+                    starts,
+                    table.column("trades").to_pylist(),
+                    strict=True,
+                ):
+                    self.rows.append((sym, start, trades or 0, now))
+            self._stop.wait(self._poll_s)
+
+
+def paced_produce(
+    settings: Any, topic: str, rate: float, seconds: float, symbols: int, seed: int
+) -> dict[str, Any]:
+    """Finnhub trade messages at `rate` per second for `seconds`, each
+    stamped with the wall-clock millisecond it is produced in."""
+    import numpy as np
+
+    from connectors.kafka import CheckedProducer, kafka_config
+
+    rng = np.random.default_rng(seed)
+    names = [f"L{i:03d}" for i in range(symbols)]
+    keys = [n.encode() for n in names]
+    prices = rng.uniform(10, 500, symbols)
+    producer = CheckedProducer(
+        kafka_config(settings, **{"client.id": "stockflow-bench-paced", "linger.ms": 2})
+    )
+    start = time.time()
+    produced = 0
+    late_steps = 0
+    while (now := time.time()) - start < seconds:
+        due = int((now - start) * rate) - produced
+        if due > 0:
+            ms = int(now * 1000)
+            sym = rng.integers(0, symbols, due)
+            prices[sym] *= np.exp(rng.normal(0, 0.0002, due))
+            values = [
+                (
+                    f'{{"type":"trade","data":[{{"s":"{names[k]}","p":{p:.2f},"t":{ms},"v":100}}]}}'.encode(),
+                    keys[k],
+                )
+                for k, p in zip(sym.tolist(), prices[sym].tolist(), strict=True)
+            ]
+            produced += producer.produce_values(topic, values)
+            late_steps += due > rate * 0.05  # fell more than 50 ms behind
+        producer.poll(0)
+        time.sleep(max(0.0, 0.005 - (time.time() - now)))
+    producer.flush()
+    elapsed = time.time() - start
+    return {"produced": produced, "seconds": elapsed, "start": start, "late_steps": late_steps}
+
+
+def _percentile(values: list[float], weights: list[int], q: float) -> float | None:
+    pairs = sorted(zip(values, weights, strict=True))
+    total = sum(w for _, w in pairs)
+    if not total:
+        return None
+    acc = 0
+    for v, w in pairs:
+        acc += w
+        if acc >= q * total:
+            return v
+    return pairs[-1][0]
+
+
+def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
+    from connectors.kafka import ensure_topics
+    from dataflows.config import Settings
+
+    with kafka_brokers(opts.brokers) as brokers, tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.load(
+            env={}, kafka_brokers=brokers, kafka_partitions=opts.kafka_partitions
+        )
+        topic = f"stockflow-bench-latency-{opts.seed}-{int(time.time() * 1000)}"
+        ensure_topics(settings, [topic])
+        lake = Path(tmp) / "lake"
+        args = {
+            "brokers": brokers,
+            "topic": topic,
+            "lake": str(lake),
+            "recovery": str(Path(tmp) / "recovery"),
+            "snapshot_interval": opts.snapshot_interval,
+            "lateness": opts.lateness,
+        }
+        child = _start_child("latency_pipeline", args)
+        try:
+            time.sleep(3.0)  # the pipeline connects and assigns its partitions
+            if child.poll() is not None:
+                raise RuntimeError(f"latency pipeline failed:\n{child.stderr.read()[-2000:]}")
+            with LakeWatcher(lake / "silver" / "bars_1m") as watcher:
+                produced = paced_produce(
+                    settings,
+                    topic,
+                    opts.rate,
+                    opts.latency_seconds,
+                    opts.latency_symbols,
+                    opts.seed,
+                )
+                # the last complete windows close after the lateness, then a snapshot
+                time.sleep(opts.lateness + 2 * opts.snapshot_interval + 3.0)
+        finally:
+            child.send_signal(signal.SIGINT)
+            try:
+                _, status, usage = os.wait4(child.pid, 0)
+            except ChildProcessError:
+                usage = None
+            if opts.brokers:
+                _delete_topic(settings, topic)
+    end_s = produced["start"] + produced["seconds"]
+    excess, weights = [], []
+    for _sym, start_us, trades, seen in watcher.rows:
+        window_end = start_us / 1e6 + 60.0
+        if window_end > end_s:  # the window outlived the producer: closed by the idle clock
+            continue
+        excess.append(seen - (window_end + opts.lateness))
+        weights.append(trades)
+    return Result(
+        "latency",
+        {
+            "rate": opts.rate,
+            "achieved_rate": round(produced["produced"] / produced["seconds"], 1),
+            "symbols": opts.latency_symbols,
+            "seconds": round(produced["seconds"], 1),
+            "snapshot_interval_s": opts.snapshot_interval,
+            "lateness_s": opts.lateness,
+            "bars": len(excess),
+            "ticks_in_bars": sum(weights),
+            "p50_s": _round(_percentile(excess, weights, 0.50)),
+            "p99_s": _round(_percentile(excess, weights, 0.99)),
+            "max_s": _round(max(excess) if excess else None),
+            "p99_bars_s": _round(_percentile(excess, [1] * len(excess), 0.99)),
+            "producer_fell_behind_steps": produced["late_steps"],
+            "pipeline_peak_rss_mb": round(usage.ru_maxrss / 1024, 1) if usage else None,
+        },
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
 
 
 @dataclass
 class Comparison:
+    """Ours vs a baseline, each a list of child measurements."""
+
     scenario: str
     unit: str
     ours: list[dict[str, Any]]
     baseline: list[dict[str, Any]]
+    baseline_name: str = "baseline"
+    ours_name: str = "stockflow"
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def rate(self, runs: list[dict[str, Any]]) -> float:
         return statistics.median(r[self.unit] / r["seconds"] for r in runs)
@@ -304,6 +1072,13 @@ class Comparison:
             "baseline": round(base, 1),
             "ratio": round(ours / base, 3) if base else None,
             "repeats": len(self.ours),
+            "stockflow_is": self.ours_name,
+            "baseline_is": self.baseline_name,
+            # both sides must have done the same work
+            f"stockflow_{self.unit}": sorted({r[self.unit] for r in self.ours}),
+            f"baseline_{self.unit}": sorted({r[self.unit] for r in self.baseline}),
+            "stockflow_runs": [round(r[self.unit] / r["seconds"], 1) for r in self.ours],
+            "baseline_runs": [round(r[self.unit] / r["seconds"], 1) for r in self.baseline],
         }
         for side, runs in (("stockflow", self.ours), ("baseline", self.baseline)):
             rss = [r.get("peak_rss_mb") for r in runs if r.get("peak_rss_mb")]
@@ -311,12 +1086,92 @@ class Comparison:
                 out[f"{side}_peak_rss_mb"] = round(max(rss), 1)
         if self.unit == "bars" and self.scenario == "gold":
             out["stockflow_ns_per_bar"] = round(1e9 / ours, 0)
+        out.update(self.extra)
         return out
 
 
-def _peak_rss_from_child(name: str, *args: Any) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "dataflows.bench", name, *map(str, args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@dataclass
+class Result:
+    """A scenario without a same-run baseline (its figures are absolute)."""
+
+    scenario: str
+    figures: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, **self.figures}
+
+
+def render(r: dict[str, Any]) -> str:
+    """One scenario's result as a line (or a few) of text."""
+    s = r["scenario"]
+    if "ratio" in r:
+        line = (
+            f"{s:<10} {r['stockflow_is']} {r['stockflow']:>12,.0f} {r['unit']}  "
+            f"{r['baseline_is']} {r['baseline']:>12,.0f} {r['unit']}  ratio {r['ratio']:.2f}x"
+        )
+        if "stockflow_peak_rss_mb" in r and "baseline_peak_rss_mb" in r:
+            line += (
+                f"  peak RSS {r['stockflow_peak_rss_mb']:.0f} / {r['baseline_peak_rss_mb']:.0f} MB"
+            )
+        if s == "kafka":
+            line += (
+                f"\n{'':<10} (raw consume with librdkafka's default fetch.wait.max.ms: "
+                f"{r['raw_default_per_s']:,.0f} ticks/s, ratio {r['ratio_to_raw_default']:.2f}x)"
+            )
+        return line
+    if s == "symbols10k":
+        trend = (
+            f"RSS troughs after warm-up {r['rss_troughs_mb'][0]:,.0f} -> "
+            f"{r['rss_troughs_mb'][-1]:,.0f} MB (flat: {r['flat']})"
+            if "rss_troughs_mb" in r
+            else "soak too short for a trend"
+        )
+        return (
+            f"{s:<10} {r['symbols']:,} symbols, {r['soak_seconds']:.0f} s: peak RSS "
+            f"{r['peak_rss_mb']:,.0f} MB ({r['peak_rss_incl_shutdown_mb']:,.0f} MB incl. shutdown), "
+            f"{trend}; {r['ticks']:,} ticks, {r['bars_1m']:,} 1m bars"
+        )
+    if s == "latency":
+        return (
+            f"{s:<10} {r['achieved_rate']:,.0f} ticks/s over {r['symbols']} symbols: bar in the "
+            f"lake p50 {r['p50_s']} s, p99 {r['p99_s']} s after window end + "
+            f"{r['lateness_s']:g} s lateness ({r['bars']} bars)"
+        )
+    return json.dumps(r)
+
+
+# ---------------------------------------------------------------------------
+# Child processes
+# ---------------------------------------------------------------------------
+
+CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
+    "file_ours": _child_file_ours,
+    "file_naive": _child_file_naive,
+    "gold_ours": _child_gold_ours,
+    "gold_baseline": _child_gold_baseline,
+    "backfill_ours": _child_backfill_ours,
+    "backfill_baseline": _child_gold_baseline,
+    "kafka_ours": _child_kafka_ours,
+    "kafka_raw": _child_kafka_raw,
+    "process_of_cluster": _child_process_of_cluster,
+    "symbols10k": _child_symbols10k,
+    "latency_pipeline": _child_latency_pipeline,
+}
+
+
+def _child_command(name: str, *args: Any) -> list[str]:
+    if len(args) == 1 and isinstance(args[0], dict):
+        return [sys.executable, "-m", "dataflows.bench", name, json.dumps(args[0])]
+    return [sys.executable, "-m", "dataflows.bench", name, *map(str, args)]
+
+
+def _start_child(name: str, *args: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        _child_command(name, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finish_child(name: str, proc: subprocess.Popen[str]) -> dict[str, Any]:
     # wait4 reaps the child and returns its own resource usage
     _, status, usage = os.wait4(proc.pid, 0)
     out = proc.stdout.read() if proc.stdout else ""
@@ -328,48 +1183,116 @@ def _peak_rss_from_child(name: str, *args: Any) -> dict[str, Any]:
     return result
 
 
-def run_scenario(
-    scenario: str, repeats: int, data: Path | None, workers: int = 1, path: str | None = None
-) -> Comparison:
-    if scenario == "file":
-        if path is None:
-            if data is None:
-                raise UserError(
-                    "the file scenario needs --path or the real data (STOCKFLOW_REAL_DATA)"
-                )
-            path = str(data / "ticks" / "SPY_20131008.csv.gz")
-        pairs = ("file_ours", "file_naive", (path, workers), "ticks")
-    elif scenario in ("gold", "backfill"):
-        if data is None:
-            raise UserError(f"the {scenario} scenario needs the real data (STOCKFLOW_REAL_DATA)")
-        pairs = (f"{scenario}_ours", f"{scenario}_baseline", (str(data),), "bars")
-    else:
-        raise UserError(f"unknown scenario {scenario!r}; use file, gold, backfill")
-    ours_name, base_name, args, unit = pairs
+def _peak_rss_from_child(name: str, *args: Any) -> dict[str, Any]:
+    return _finish_child(name, _start_child(name, *args))
+
+
+def _children_in_parallel(name: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    procs = [_start_child(name, spec) for spec in specs]
+    try:
+        return [_finish_child(name, p) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+# ---------------------------------------------------------------------------
+# Scenarios
+# ---------------------------------------------------------------------------
+
+
+def _tick_path(opts: BenchOptions, data: Path | None, scenario: str) -> str:
+    if opts.path is not None:
+        return opts.path
+    if data is None:
+        raise UserError(
+            f"the {scenario} scenario needs --path or the real data (STOCKFLOW_REAL_DATA)"
+        )
+    return str(data / "ticks" / SPY_DAY)
+
+
+def _interleaved(
+    opts: BenchOptions, ours_name: str, base_name: str, args: tuple[Any, ...]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     ours, base = [], []
-    for _ in range(repeats):
+    for _ in range(opts.repeats):
         ours.append(_peak_rss_from_child(ours_name, *args))
         base.append(_peak_rss_from_child(base_name, *args))
-    return Comparison(scenario, unit, ours, base)
+    return ours, base
+
+
+def run_scenario(
+    scenario: str, options: BenchOptions | int, data: Path | None, *legacy: Any
+) -> Comparison | Result:
+    """Run one scenario. (`options` may still be the repeat count, followed
+    by workers and path, as before the options existed.)"""
+    if isinstance(options, int):
+        workers, path = (list(legacy) + [1, None])[:2]
+        options = BenchOptions(repeats=options, workers=workers, path=path)
+    opts = options
+    if scenario == "file":
+        path = _tick_path(opts, data, "file")
+        ours, base = _interleaved(opts, "file_ours", "file_naive", (path, opts.workers))
+        return Comparison("file", "ticks", ours, base, baseline_name="naive")
+    if scenario in ("gold", "backfill"):
+        if data is None:
+            raise UserError(f"the {scenario} scenario needs the real data (STOCKFLOW_REAL_DATA)")
+        ours, base = _interleaved(opts, f"{scenario}_ours", f"{scenario}_baseline", (str(data),))
+        return Comparison(scenario, "bars", ours, base, baseline_name="pandas+ta")
+    runners: dict[str, Callable[[BenchOptions, Path | None], Comparison | Result]] = {
+        "kafka": _kafka_scenario,
+        "processes": _processes_scenario,
+        "symbols10k": _symbols10k_scenario,
+        "latency": _latency_scenario,
+    }
+    if scenario not in runners:
+        raise UserError(f"unknown scenario {scenario!r}; use {', '.join(SCENARIOS)}")
+    return runners[scenario](opts, data)
 
 
 def machine() -> dict[str, Any]:
+    """What the figures were measured on (load: how busy the box was)."""
     import platform
 
-    import bytewax  # noqa: F401
     import pyarrow
 
+    def first(path: str, prefix: str) -> str | None:
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+        return None
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": first("/proc/cpuinfo", "model name"),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average": [round(x, 2) for x in load] if load else None,
         "python": platform.python_version(),
         "pyarrow": pyarrow.__version__,
+        "bytewax": _version("bytewax"),
         "platform": platform.platform(),
     }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def main_child(argv: list[str]) -> None:
     name, *args = argv
     fn = CHILDREN[name]
+    if len(args) == 1 and args[0].startswith("{"):
+        print(json.dumps(fn(json.loads(args[0]))))
+        return
     converted = [int(a) if a.isdigit() else a for a in args]
     print(json.dumps(fn(*converted)))
 
