@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import csv
 import glob
-import queue
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,60 +199,16 @@ class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
         self._rows_done = 0 if resume is None else resume["rows"]
         self._skip_invalid_before = 0 if resume is None else resume["line"]
         self._last_line = 1
-        # The next blocks are read (decompressed, split) by a thread while
-        # the dataflow works on this one: Arrow releases the GIL meanwhile.
-        # What the invalid-row handler notes while a block is read travels
-        # with that block, so this partition sees what it would see reading
-        # inline.
-        self._noted: tuple[list[int], list[tuple[int, str]]] = ([], [])
-        self._invalid_seen = 0
-        self._ahead: queue.Queue[tuple[Any, Any, BaseException | None]] = queue.Queue(2)
-        self._stop = threading.Event()
         self._reader = _csv_stream(path, self._on_invalid)
         self._rename = _rename(self._reader.schema.names)
-        threading.Thread(target=self._read_ahead, name="csv-read-ahead", daemon=True).start()
         self._batches = self._rebatch(batch_size)
 
-    def _on_invalid(self, row: Any) -> str:  # runs on the read-ahead thread
+    def _on_invalid(self, row: Any) -> str:
         line = int(row.number) if row.number is not None else -1
-        self._noted[0].append(line - self._invalid_seen - 2)
-        self._invalid_seen += 1
+        self._invalid_before.append(line - len(self._invalid_before) - 2)
         if line >= self._skip_invalid_before:
-            self._noted[1].append((line, row.text))
+            self._pending.append((line, row.text))
         return "skip"
-
-    def _read_ahead(self) -> None:
-        error: BaseException | None = None
-        while not self._stop.is_set():
-            try:
-                batch = self._reader.read_next_batch()
-            except StopIteration:
-                batch = None
-            except BaseException as exc:  # handed to the dataflow's thread
-                batch, error = None, exc
-            noted, self._noted = self._noted, ([], [])
-            while not self._stop.is_set():
-                try:
-                    self._ahead.put((batch, noted, error), timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if batch is None:
-                return
-
-    def _read(self) -> Iterator[pa.RecordBatch]:
-        while True:
-            batch, (before, pending), error = self._ahead.get()
-            self._invalid_before.extend(before)
-            self._pending.extend(pending)
-            if error is not None:
-                raise error
-            if batch is None:
-                return
-            yield batch
-
-    def close(self) -> None:
-        self._stop.set()
 
     def _lines(self, first_row: int, n: int) -> np.ndarray:
         k = np.arange(first_row, first_row + n, dtype=np.int64)
@@ -263,7 +217,7 @@ class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
 
     def _rebatch(self, batch_size: int) -> Iterator[pa.Table]:
         seen = 0
-        for batch in self._read():
+        for batch in self._reader:
             table = pa.Table.from_batches([batch])
             if seen + table.num_rows <= self._rows_done:
                 seen += table.num_rows

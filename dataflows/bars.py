@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataflows.schema import BAR_SCHEMA, LATE_TICK_SCHEMA, UTC_US
+from dataflows.ticks import single_symbol
 
 MINUTE_US = 60_000_000
 NEVER = -(2**62)  # "no tick yet": far below any valid time, safe from overflow
@@ -226,6 +227,9 @@ class BarBuilder:
         return len(self._symbols)
 
     def _codes_for(self, symbols: pa.Array) -> np.ndarray:
+        only = single_symbol(symbols)
+        if only is not None and only in self._codes:
+            return np.full(len(symbols), self._codes[only], np.int64)
         enc = pc.dictionary_encode(symbols)
         if isinstance(enc, pa.ChunkedArray):
             enc = enc.combine_chunks()

@@ -32,6 +32,7 @@ from dataflows.ticks import (
     RawMessageBatch,
     parse_columns,
     parse_messages,
+    single_symbol,
     unreadable_rows,
 )
 
@@ -115,6 +116,9 @@ def split_by_shard(table: pa.Table, shards: int) -> list[tuple[str, pa.Table]]:
     arrival order inside each shard."""
     if table.num_rows == 0:
         return []
+    only = single_symbol(table.column("symbol"))
+    if only is not None:
+        return [(shard_key(shard_of(only, shards)), table)]
     enc = pc.dictionary_encode(table.column("symbol")).combine_chunks()
     lut = np.array([shard_of(s, shards) for s in enc.dictionary.to_pylist()], np.int64)
     shard = lut[enc.indices.to_numpy(zero_copy_only=False)]

@@ -202,6 +202,18 @@ def _all_same(arr: pa.Array) -> bool:
     return bool((rows == rows[0]).all())
 
 
+def single_symbol(symbols: pa.Array | pa.ChunkedArray) -> str | None:
+    """The symbol when a whole column holds just one (the usual tick file
+    or shard batch), else None: lets later stages skip hashing per row."""
+    if isinstance(symbols, pa.ChunkedArray):
+        if symbols.num_chunks != 1:
+            return None
+        symbols = symbols.chunk(0)
+    if not (pa.types.is_string(symbols.type) or pa.types.is_large_string(symbols.type)):
+        return None
+    return symbols[0].as_py() if _all_same(symbols) else None
+
+
 def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
@@ -925,7 +937,7 @@ def _doubtful(buf: bytes, lens: np.ndarray, payloads: Sequence[bytes]) -> np.nda
     if buf.count(b"\n") != max(len(lens) - 1, 0) or b"\r" in buf or b"\\" in buf:
         positions.append(np.flatnonzero((raw == 10) | (raw == 13) | (raw == 92)))
     # Literals Arrow's reader takes and json.loads refuses (Inf, -Inf, -NaN);
-    # NaN and Infinity, which both take, go too (never part of a valid tick).
+    # NaN and Infinity, which both take, are left to the per-message road too.
     positions.append(_find(raw, b"Inf"))
     positions.append(_find(raw, b"NaN"))
     positions.append(_nulls_that_matter(raw))
