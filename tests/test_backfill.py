@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import ta
 
-from connectors.candles import RateLimiter
+from connectors.candles import limiter_from_env
 from dataflows.backfill import BackfillRequest, run_backfill
 from dataflows.config import Settings
 from tests.conftest import cli, read_table, sort_bars
@@ -276,17 +276,15 @@ def test_finnhub_candles_are_chunked_retried_and_equal_the_served_bars(fake_finn
     assert summary.bars == len(got)
 
 
-def test_rate_limiter_never_exceeds_its_windows():
+def test_candle_rate_limiter_never_exceeds_its_windows(monkeypatch):
+    monkeypatch.delenv("STOCKFLOW_FINNHUB_CALLS_PER_MINUTE", raising=False)
     now = [0.0]
-    limiter = RateLimiter(
-        ((60, 60.0), (30, 1.0)),
-        clock=lambda: now[0],
-        sleep=lambda s: now.__setitem__(0, now[0] + s),
-    )
+    limiter = limiter_from_env(clock=lambda: now[0])
     stamps = []
 
-    for _ in range(200):
-        limiter.acquire()
+    for _ in range(200):  # as fetch_candles does: wait, then spend the token
+        now[0] += limiter.delay()
+        limiter.take()
         stamps.append(now[0])
         now[0] += 0.001
 

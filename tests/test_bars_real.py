@@ -13,11 +13,12 @@ import pytest
 from tests.conftest import read_table, sort_bars
 
 
-def pandas_bars(df: pd.DataFrame) -> pd.DataFrame:
-    """Independent 1-minute bars: row order is arrival order."""
+def pandas_bars(df: pd.DataFrame, freq: str = "60s") -> pd.DataFrame:
+    """Independent bars of width `freq` (default 1 minute): row order is
+    arrival order."""
     df = df.assign(arrival=np.arange(len(df)))
     df = df.sort_values(["symbol", "ts", "arrival"], kind="stable")
-    df["start"] = df["ts"].dt.floor("60s")
+    df["start"] = df["ts"].dt.floor(freq)
     df["pv"] = df["price"] * df["size"]
     g = df.groupby(["symbol", "start"], sort=True)
     out = pd.DataFrame(

@@ -8,7 +8,7 @@ import pytest
 import ta
 
 from tests.conftest import cli, read_table
-from tests.test_bars_real import read_ticks_csv
+from tests.test_bars_real import pandas_bars, read_ticks_csv
 
 RES = {"5m": "5min", "15m": "15min", "1h": "1h", "1d": "1D"}
 FILES = ("AIG_20131007", "BAC_20131007", "IBM_20131007", "SPY_20131007", "SPY_20131008")
@@ -27,30 +27,10 @@ def gold_lake(real_data, tmp_path_factory):
     return lake, ticks
 
 
-def _direct(ticks: pd.DataFrame, freq: str) -> pd.DataFrame:
-    df = ticks.assign(arrival=np.arange(len(ticks)))
-    df = df.sort_values(["symbol", "ts", "arrival"], kind="stable")
-    df["start"] = df["ts"].dt.floor(freq)
-    df["pv"] = df["price"] * df["size"]
-    g = df.groupby(["symbol", "start"], sort=True)
-    out = pd.DataFrame(
-        {
-            "open": g["price"].first(),
-            "high": g["price"].max(),
-            "low": g["price"].min(),
-            "close": g["price"].last(),
-            "volume": g["size"].sum(),
-            "vwap": g["pv"].sum() / g["size"].sum(),
-            "trades": g["price"].size(),
-        }
-    ).reset_index()
-    return out
-
-
 @pytest.mark.parametrize("res", list(RES))
 def test_rollups_equal_direct_aggregation_from_ticks(gold_lake, res):
     lake, ticks = gold_lake
-    expected = _direct(ticks, RES[res])
+    expected = pandas_bars(ticks, RES[res])
 
     got = read_table(lake, f"silver/bars_{res}").to_pandas().sort_values(["symbol", "start"])
     got["start"] = got["start"].astype(expected["start"].dtype)
