@@ -17,6 +17,7 @@ import bytewax.operators as op
 import pyarrow as pa
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
+from dataflows.operators import only_resolution
 from dataflows.schema import SIGNAL_SCHEMA, indicator_schema
 from indicators import COLUMNS, IndicatorConfig, IndicatorSet, SignalConfig, SignalEngine
 
@@ -114,9 +115,7 @@ class GoldStreams:
     signals: KeyedStream[pa.Table]
 
     def resolution(self, res: str) -> KeyedStream[pa.Table]:
-        return op.filter_map_value(
-            f"indicators_{res}_only", self.indicators, lambda v: v[1] if v[0] == res else None
-        )
+        return only_resolution("indicators", self.indicators, res)
 
 
 def gold_stage(bars: KeyedStream[tuple[str, pa.Table]], config: GoldConfig) -> GoldStreams:

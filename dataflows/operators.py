@@ -210,6 +210,15 @@ class BarLogic(StatefulBatchLogic[pa.Table, tuple[str, pa.Table], dict[str, Any]
         return self._builder.snapshot()
 
 
+def only_resolution(
+    name: str, stream: KeyedStream[tuple[str, pa.Table]], res: str
+) -> KeyedStream[pa.Table]:
+    """The tables of one resolution from a ``(resolution, table)`` stream."""
+    return op.filter_map_value(
+        f"{name}_{res}_only", stream, lambda v: v[1] if v[0] == res else None
+    )
+
+
 @dataclass(frozen=True)
 class BarStreams:
     """Bars of every resolution as ``(resolution, table)``, and late ticks."""
@@ -219,9 +228,7 @@ class BarStreams:
 
     def resolution(self, res: str) -> KeyedStream[pa.Table]:
         """Only the bars of one resolution (``1m``, ``5m``, ...)."""
-        return op.filter_map_value(
-            f"bars_{res}_only", self.bars, lambda v: v[1] if v[0] == res else None
-        )
+        return only_resolution("bars", self.bars, res)
 
 
 def bar_stage(ticks: KeyedStream[pa.Table], config: BarConfig) -> BarStreams:

@@ -32,7 +32,7 @@ from connectors.synthetic import SyntheticConfig, SyntheticTickSource
 from dataflows.bars import BarConfig
 from dataflows.config import Settings
 from dataflows.gold import GoldStreams, gold_stage
-from dataflows.operators import bar_stage, parse_stage
+from dataflows.operators import bar_stage, only_resolution, parse_stage
 from dataflows.schema import REJECT_SCHEMA
 
 
@@ -110,17 +110,17 @@ class PipelineStreams:
         return self.gold.signals
 
     def bars(self, res: str) -> KeyedStream[pa.Table]:
-        key = f"bars_{res}"
-        if key not in self.memo:
-            self.memo[key] = op.filter_map_value(
-                f"bars_{res}_only", self.bars_by_res, lambda v: v[1] if v[0] == res else None
-            )
-        return self.memo[key]
+        return self._only("bars", self.bars_by_res, res)
 
     def indicators(self, res: str) -> KeyedStream[pa.Table]:
-        key = f"indicators_{res}"
+        return self._only("indicators", self.gold.indicators, res)
+
+    def _only(
+        self, name: str, stream: KeyedStream[tuple[str, pa.Table]], res: str
+    ) -> KeyedStream[pa.Table]:
+        key = f"{name}_{res}"
         if key not in self.memo:
-            self.memo[key] = self.gold.resolution(res)
+            self.memo[key] = only_resolution(name, stream, res)
         return self.memo[key]
 
 
