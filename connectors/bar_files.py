@@ -26,7 +26,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.files import series_of
+from connectors.files import column_names, series_of
 from dataflows.errors import UserError
 from dataflows.schema import BAR_SCHEMA, UTC_US, RejectReason
 from dataflows.ticks import reject_record, rejects_table
@@ -257,12 +257,7 @@ class BarFileSource(FixedPartitionedSource[BarBatch, dict[str, int]]):
 def looks_like_bar_file(path: Path) -> bool:
     """True for files with OHLC columns (bars), False for tick files."""
     try:
-        if path.name.lower().endswith((".parquet", ".pq")):
-            names = pq.ParquetFile(str(path)).schema_arrow.names
-        else:
-            with pa.input_stream(str(path), compression="detect") as stream:
-                head = stream.read(4096).decode("utf-8", errors="replace")
-            names = head.splitlines()[0].split(",") if head else []
+        names = column_names(path)
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     lowered = {n.strip().lower() for n in names}

@@ -98,6 +98,13 @@ def _rename(names: list[str]) -> dict[str, str]:
     return out
 
 
+def column_names(path: Path) -> list[str]:
+    """The header of a CSV (plain or compressed) or the schema of a Parquet file."""
+    if path.name.lower().endswith((".parquet", ".pq")):
+        return pq.ParquetFile(str(path)).schema_arrow.names
+    return _csv_header(path)
+
+
 def _csv_header(path: Path) -> list[str]:
     with pa.input_stream(str(path), compression="detect") as stream:
         head = stream.read(1 << 16).decode("utf-8", errors="replace")

@@ -202,7 +202,8 @@ def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
             delay = min(delay * 2, 8.0)
 
 
-def _run_id() -> str:
+def new_run_id() -> str:
+    """A file-name run id: UTC start time plus 6 random hex digits."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
@@ -229,7 +230,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
         if resume is None:
             # With recovery the run id comes from the recovery store, so a
             # run killed before its first snapshot is cleaned up here too.
-            self._run = sink.run_id or _run_id()
+            self._run = sink.run_id or new_run_id()
             self._seq = 0
             if sink.run_id:
                 self._discard_after_snapshot()
@@ -428,7 +429,7 @@ def commit_backfill(lake: Lake, staging: Lake, spec: ReplaceSpec) -> dict[str, i
     Returns the partitions replaced per table; ``bronze/rejects`` is appended.
     """
     written: dict[str, int] = {}
-    run = _run_id()
+    run = new_run_id()
     for table in sorted(TABLES):
         if not staging.fs.exists(staging.path(table)) and spec.start is None:
             continue

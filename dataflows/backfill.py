@@ -38,7 +38,7 @@ from bytewax.run import cli_main
 
 from connectors.bar_files import BarBatch, BarFileSource, looks_like_bar_file
 from connectors.files import TickFileSource, expand_paths
-from connectors.lake import WRITE_STATS, Lake, ReplaceSpec, commit_backfill
+from connectors.lake import WRITE_STATS, Lake, ReplaceSpec, commit_backfill, new_run_id
 from dataflows.config import Settings
 from dataflows.errors import UserError, find_user_error, quiet_worker_panics
 from dataflows.gold import gold_stage
@@ -189,13 +189,11 @@ def run_backfill(
     show_progress: bool | None = None,
 ) -> BackfillSummary:
     """Run a backfill to completion and commit it to the lake."""
-    from connectors.lake import _run_id
-
     progress = progress or BackfillProgress()
     lake = Lake(settings.lake, settings.s3_endpoint)
     if "parquet" in settings.sinks:
         lake.check()
-    run = _run_id()
+    run = new_run_id()
     staging_url = _staging_url(settings.lake, run)
     gold = replace(settings.gold, warmup=LakeWarmup(settings.lake, settings.s3_endpoint, req.start))
     # One writer per table: history has many small date partitions, and a

@@ -233,14 +233,14 @@ def recovery_run_id(settings: Settings) -> str | None:
     restart with the same store finds and replaces its own files."""
     if settings.recovery_dir is None:
         return None
-    from connectors.lake import _run_id
+    from connectors.lake import new_run_id
 
     path = Path(settings.recovery_dir)
     path.mkdir(parents=True, exist_ok=True)
     marker = path / "stockflow-run-id"
     try:
         with marker.open("x") as fh:  # exclusive create: one id even with races
-            fh.write(_run_id())
+            fh.write(new_run_id())
     except FileExistsError:
         pass
     return marker.read_text().strip()

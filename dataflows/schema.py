@@ -83,10 +83,6 @@ class RejectReason(StrEnum):
     DUPLICATE = "duplicate"
 
 
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
-
 def indicator_schema(columns: tuple[str, ...]) -> pa.Schema:
     """``gold/indicators_<res>``: the bar columns, then every indicator column
     (null until the indicator is warmed up)."""
