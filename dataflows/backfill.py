@@ -34,16 +34,16 @@ import bytewax.operators as op
 import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.dataflow import Dataflow
-from bytewax.run import cli_main
 
 from connectors.bar_files import BarBatch, BarFileSource, looks_like_bar_file
 from connectors.files import TickFileSource, expand_paths
 from connectors.lake import WRITE_STATS, Lake, ReplaceSpec, commit_backfill, new_run_id
 from dataflows.config import Settings
-from dataflows.errors import UserError, find_user_error, quiet_worker_panics
+from dataflows.errors import UserError
 from dataflows.gold import gold_stage
 from dataflows.operators import REJECT_KEY, SKIPPED, split_by_shard
-from dataflows.pipeline import PipelineStreams, attach_sinks, build_flow, epoch_interval
+from dataflows.pipeline import PipelineStreams, attach_sinks, build_flow
+from dataflows.runner import execute
 from dataflows.warmup import LakeWarmup
 
 
@@ -253,17 +253,7 @@ def run_backfill(
         ticker = threading.Thread(target=_progress_loop, args=(progress, stop), daemon=True)
         ticker.start()
     try:
-        with quiet_worker_panics():
-            cli_main(
-                flow,
-                workers_per_process=settings.workers,
-                epoch_interval=epoch_interval(settings),
-            )
-    except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is not None:
-            raise user_error from None
-        raise
+        execute(flow, settings, recovery=False, metrics=False)
     finally:
         stop.set()
         if ticker is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.run import cli_main
 
@@ -66,21 +68,22 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSummary:
-    """Run the pipeline to completion (bounded sources) in this process."""
-    if "parquet" in settings.sinks:
-        Lake(settings.lake, settings.s3_endpoint).check()
-    flow = build_flow(settings, source)
-    before_rows, before_files = dict(WRITE_STATS.rows), dict(WRITE_STATS.files)
-    before_reasons = dict(REJECTS_BY_REASON.counts)
-    start = time.perf_counter()
+def execute(
+    flow: Dataflow, settings: Settings, *, recovery: bool = True, metrics: bool = True
+) -> None:
+    """Run `flow` to completion in this process with `settings`' workers and
+    snapshot interval (and recovery store, metrics endpoint when asked).
+
+    A user's mistake raised in a worker comes out as its UserError, Ctrl-C
+    as one "interrupted" line; Bytewax's panic report is kept off stderr.
+    """
     try:
-        with quiet_worker_panics(), run_metrics(settings):
+        with quiet_worker_panics(), run_metrics(settings) if metrics else nullcontext():
             cli_main(
                 flow,
                 workers_per_process=settings.workers,
                 epoch_interval=epoch_interval(settings),
-                recovery_config=recovery_config(settings),
+                recovery_config=recovery_config(settings) if recovery else None,
             )
     except Exception as exc:
         user_error = find_user_error(exc)
@@ -90,6 +93,17 @@ def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSu
             hint = " (resume with the same --recovery-dir)" if settings.recovery_dir else ""
             raise UserError(f"interrupted{hint}") from None
         raise
+
+
+def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSummary:
+    """Run the pipeline to completion (bounded sources) in this process."""
+    if "parquet" in settings.sinks:
+        Lake(settings.lake, settings.s3_endpoint).check()
+    flow = build_flow(settings, source)
+    before_rows, before_files = dict(WRITE_STATS.rows), dict(WRITE_STATS.files)
+    before_reasons = dict(REJECTS_BY_REASON.counts)
+    start = time.perf_counter()
+    execute(flow, settings)
     seconds = time.perf_counter() - start
     rows = {t: n - before_rows.get(t, 0) for t, n in WRITE_STATS.rows.items()}
     files = {t: n - before_files.get(t, 0) for t, n in WRITE_STATS.files.items()}
