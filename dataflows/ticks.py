@@ -29,6 +29,7 @@ from __future__ import annotations
 import codecs
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -151,12 +152,10 @@ def _cast_isolating(arr: pa.Array, to: pa.DataType) -> tuple[pa.Array, np.ndarra
 def _is_missing(arr: pa.Array) -> np.ndarray:
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         # An empty value has equal offsets: no kernel, no UTF-8 decoding.
-        # A null (a value that failed its UTF-8 check) counts as not
-        # missing, as `or` with a null comparison did before.
         offsets = _offsets(arr)
         missing = offsets[1:] == offsets[:-1]
         if arr.null_count:
-            missing &= ~_np_bool(arr.is_null())
+            missing |= _np_bool(arr.is_null())
         return missing
     return _np_bool(arr.is_null())
 
@@ -515,13 +514,13 @@ def parse_columns(
             for i in np.flatnonzero(not_utf8).tolist():
                 details.setdefault(i, f"column {name} is not valid UTF-8")
         col[name] = arr
-    for name in ("ts", "symbol", "price", "size"):
-        _mark(code, _is_missing(col[name]), RejectReason.MISSING_FIELD)
-    for i in np.flatnonzero(code).tolist():
-        missing = [
-            f for f in ("ts", "symbol", "price", "size") if _is_missing(col[f][i : i + 1])[0]
-        ]
-        details[i] = "missing " + ", ".join(missing)
+    # A value that failed its UTF-8 check is null too, but already has its
+    # reason: the earlier code wins in _mark, and its detail stays.
+    missing = {name: _is_missing(col[name]) for name in ("ts", "symbol", "price", "size")}
+    for mask in missing.values():
+        _mark(code, mask, RejectReason.MISSING_FIELD)
+    for i in np.flatnonzero(code == _CODE[RejectReason.MISSING_FIELD]).tolist():
+        details[i] = "missing " + ", ".join(f for f, mask in missing.items() if mask[i])
 
     price, bad_price = _coerce_float(col["price"])
     size, bad_size = _coerce_float(col["size"])
@@ -679,7 +678,15 @@ def _check_record(rec: dict[str, Any]) -> tuple[RejectReason, str] | None:
 def _decode(payload: bytes) -> Any:
     # JSON on the wire is UTF-8 (RFC 8259); json.loads would also guess
     # UTF-16/32 from a BOM, which would let a wrongly encoded message in.
-    return json.loads(payload.decode("utf-8"))
+    message = json.loads(payload.decode("utf-8"))
+    if b"\\u" in payload and re.search(rb"\\u[dD][89a-fA-F]", payload):
+        # json.loads joins escaped surrogate pairs but keeps a lone one
+        # ("\\ud800"), which is no Unicode text and cannot be stored.
+        try:
+            json.dumps(message, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("lone UTF-16 surrogate escape: not valid Unicode text") from None
+    return message
 
 
 def parse_messages(

@@ -254,7 +254,8 @@ def test_s3_outage_mid_run_is_retried_and_loses_nothing(
     assert ticks.num_rows == 451_545
 
 
-DOWNTIME_S = int(os.environ.get("STOCKFLOW_TEST_DOWNTIME_S", "120"))  # the "2 minutes", really waited
+# the "2 minutes", really waited
+DOWNTIME_S = int(os.environ.get("STOCKFLOW_TEST_DOWNTIME_S", "120"))
 
 
 def test_restart_after_two_minutes_of_downtime_builds_the_same_bars(

@@ -167,6 +167,40 @@ def test_file_rows_validate_vectorised_with_line_positions():
     assert payloads["f.csv:7"] == b"\xff\xfe,SPY,1,1,"
 
 
+def test_reject_details_name_the_real_problem_and_nulls_are_missing():
+    # Typed string columns (as a Parquet file gives) with nulls, and a byte
+    # row whose symbol is not UTF-8 and whose price is empty.
+    typed = pa.table(
+        {
+            "ts": ["2013-10-08T08:00:00Z", None, "2013-10-08T08:00:01Z"],
+            "symbol": [None, "SPY", "SPY"],
+            "price": ["1", None, "1"],
+            "size": ["1", "1", None],
+        }
+    )
+    raw = pa.table(
+        {
+            "ts": [b"2013-10-08T08:00:00Z"],
+            "symbol": [b"\xff\xfe"],
+            "price": [b""],
+            "size": [b"1"],
+        }
+    )
+
+    typed_parsed = parse_columns(typed, source="file", origin="t", lines=np.arange(3), now=NOW)
+    raw_parsed = parse_columns(raw, source="file", origin="r", lines=np.arange(1), now=NOW)
+
+    reasons = typed_parsed.rejects.column("reason").to_pylist()
+    assert reasons == [
+        "missing_field: missing symbol",
+        "missing_field: missing ts, price",
+        "missing_field: missing size",
+    ]
+    assert raw_parsed.rejects.column("reason").to_pylist() == [
+        "unreadable_row: column symbol is not valid UTF-8"
+    ]
+
+
 def test_integer_epoch_needs_unit_and_is_exact_in_nanoseconds():
     table = pa.table(
         {"ts": [b"1719878281218218853"], "symbol": [b"ESU4"], "price": [b"5528.75"], "size": [b"2"]}
