@@ -195,11 +195,22 @@ def run_backfill(
         lake.check()
     run = new_run_id()
     staging_url = _staging_url(settings.lake, run)
-    gold = replace(settings.gold, warmup=LakeWarmup(settings.lake, settings.s3_endpoint, req.start))
+    gold = replace(
+        settings.gold,
+        warmup=LakeWarmup(settings.lake, settings.s3_endpoint, req.start),
+        snapshots=False,
+    )
     # One writer per table: history has many small date partitions, and a
     # file per shard per date would multiply them (file creation dominates).
+    # No recovery: a failed backfill leaves only its staging area; rerun it.
     run_settings = replace(
-        settings, lake=staging_url, gold=gold, bounded=True, live=False, lake_partitions=1
+        settings,
+        lake=staging_url,
+        gold=gold,
+        bounded=True,
+        live=False,
+        lake_partitions=1,
+        recovery_dir=None,
     )
     notes: list[str] = []
 

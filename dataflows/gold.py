@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any
 
 import bytewax.operators as op
@@ -33,9 +34,20 @@ class GoldConfig:
     signals: SignalConfig = field(default_factory=SignalConfig)
     # Seeds a new series from earlier bars (dataflows.warmup.LakeWarmup).
     warmup: Any = None
+    # Whether the state is snapshotted for recovery. Bytewax asks for a
+    # snapshot at every epoch's end, recovery or not; without recovery the
+    # copy of every series' windows is thrown away, and for a whole market
+    # it is as big as the state itself (the RSS would double each epoch).
+    snapshots: bool = True
 
     def for_resolution(self, res: str) -> IndicatorConfig:
-        return replace(self.indicators, resolution=res)
+        return _with_resolution(self.indicators, res)
+
+
+@cache
+def _with_resolution(config: IndicatorConfig, res: str) -> IndicatorConfig:
+    # One config object per resolution, not one per series.
+    return replace(config, resolution=res)
 
 
 class _Series:
@@ -105,7 +117,9 @@ class GoldLogic(StatefulBatchLogic[tuple[str, pa.Table], tuple[str, pa.Table], d
             out.append(("signals", pa.Table.from_pylist(signals, schema=SIGNAL_SCHEMA)))
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any] | None:
+        if not self._config.snapshots:
+            return None  # no recovery store: nobody will restore it
         return {f"{sym}|{res}": s.snapshot() for (sym, res), s in self._series.items()}
 
 

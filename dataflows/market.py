@@ -7,19 +7,40 @@ named by ``STOCKFLOW_CONFIG``), e.g.::
         python -m bytewax.run dataflows.market:flow -w 2
 
 Bytewax's own flags choose workers, processes (``-i/-a``), the snapshot
-interval and recovery (``-r``/``-s``/``-b``); the lake sink writes
-exactly-once when ``STOCKFLOW_RECOVERY_DIR`` says recovery is on.
+interval and recovery (``-r``/``-s``/``-b``). With recovery on (Bytewax's
+``-r`` or ``BYTEWAX_RECOVERY_DIRECTORY``, or ``STOCKFLOW_RECOVERY_DIR``) the
+lake sink writes exactly-once and the indicator state is snapshotted.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
 
 from dataflows.config import Settings
 from dataflows.errors import UserError
 from dataflows.metrics import process_metrics
 from dataflows.pipeline import build_flow
 
+
+def bytewax_recovery_dir() -> str | None:
+    """The recovery directory of the ``python -m bytewax.run`` running this
+    module (``-r`` or its environment variable), if any."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) == "bytewax.run":
+        from bytewax.run import _parse_args  # the arguments it has already accepted
+
+        found = _parse_args().recovery_directory
+        return None if found is None else str(found)
+    return os.environ.get("BYTEWAX_RECOVERY_DIRECTORY") or None
+
+
 try:
     settings = Settings.load()
+    recovery_dir = bytewax_recovery_dir()
+    if recovery_dir is not None and settings.recovery_dir is None:
+        settings = replace(settings, recovery_dir=recovery_dir)
     flow = build_flow(settings)
     process_metrics(settings)  # STOCKFLOW_METRICS_PORT: /metrics while the flow runs
 except UserError as exc:  # one clear line, as from the CLI

@@ -191,7 +191,7 @@ def build_flow(
         ticks.ticks,
         BarConfig(lateness_s=settings.lateness_s, live=settings.is_live, rollups=rollups),
     )
-    gold_config = settings.gold
+    gold_config = replace(settings.gold, snapshots=settings.recovery_dir is not None)
     if settings.warmup:
         from dataflows.warmup import LakeWarmup
 

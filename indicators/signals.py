@@ -43,8 +43,9 @@ Signal: ``buy`` if ``score >= buy_threshold`` [1.0], ``sell`` if
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 from collections.abc import Iterator, Mapping
+from functools import cache
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -258,9 +259,8 @@ class SignalEngine:
     def __init__(self, config: SignalConfig | None = None, *, resolution: str = "1m") -> None:
         self.config = config if config is not None else SignalConfig()
         self.resolution = resolution
-        self._enabled = frozenset(self.config.rules)
-        # Signed weight of every directional rule: + buys, - sells.
-        self._signed = {rule: side * self.config.weight(rule) for rule, side in _RULE_SIDE.items()}
+        # Shared by every engine of the same config (a market has many).
+        self._enabled, self._signed = _rule_tables(self.config)
         self.reset()
 
     def reset(self) -> None:
@@ -268,7 +268,8 @@ class SignalEngine:
         self._prev_close: float | None = None
         self._prev_macd_diff: float | None = None
         self._prev_sma_diff: float | None = None
-        self._volumes: deque[float] = deque(maxlen=self.config.volume_window)
+        # The last volume_window volumes, oldest first (doubles, no objects).
+        self._volumes = array("d")
 
     def evaluate(self, bar: Mapping[str, Any], indicators: Mapping[str, Any]) -> dict[str, Any]:
         """Score one bar; returns ``signal, score, reasons, summary, data_quality``."""
@@ -329,7 +330,7 @@ class SignalEngine:
             )
 
         volumes = self._volumes
-        if "volume_spike" in on and len(volumes) == volumes.maxlen:
+        if "volume_spike" in on and len(volumes) == cfg.volume_window:
             z = _zscore(volume, volumes)
             if z is not None and z >= cfg.volume_z_threshold:
                 fired.append("volume_spike")
@@ -370,6 +371,8 @@ class SignalEngine:
         self._prev_close = close
         self._prev_macd_diff = macd_diff
         self._prev_sma_diff = sma_diff
+        if len(volumes) == cfg.volume_window:
+            del volumes[0]
         volumes.append(volume)
 
         reasons = fired  # rules are checked in RULES order
@@ -436,11 +439,19 @@ class SignalEngine:
         obj._prev_close = state["prev_close"]
         obj._prev_macd_diff = state["prev_macd_diff"]
         obj._prev_sma_diff = state["prev_sma_diff"]
-        obj._volumes.extend(float(v) for v in state["volumes"])
+        obj._volumes.extend(float(v) for v in state["volumes"][-obj.config.volume_window :])
         return obj
 
 
-def _zscore(value: float, window: deque[float]) -> float | None:
+@cache
+def _rule_tables(config: SignalConfig) -> tuple[frozenset[str], dict[str, float]]:
+    """The enabled rules and the signed weight of every directional rule
+    (+ buys, - sells) of a config."""
+    signed = {rule: side * config.weight(rule) for rule, side in _RULE_SIDE.items()}
+    return frozenset(config.rules), signed
+
+
+def _zscore(value: float, window: array[float]) -> float | None:
     """``(value - mean) / std`` (sample std) of ``window`` when ``value`` is above the mean.
 
     ``None`` when ``value`` is not above the mean (no spike possible with a

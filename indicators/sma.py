@@ -10,6 +10,7 @@ within a few ulps of ``pandas.Series.rolling(period).mean()``.
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 from indicators.base import IndicatorBase, check_period
@@ -25,7 +26,7 @@ class SMA(IndicatorBase):
         self.reset()
 
     def reset(self) -> None:
-        self._buf = [0.0] * self.period
+        self._buf = array("d", bytes(8 * self.period))
         self._idx = 0
         self._count = 0
         self._sum = 0.0
@@ -65,7 +66,7 @@ class SMA(IndicatorBase):
         return {"buf": list(self._buf), "idx": self._idx, "count": self._count, "sum": self._sum}
 
     def _load(self, state: dict[str, Any]) -> None:
-        self._buf = [float(v) for v in state["buf"]]
+        self._buf = array("d", [float(v) for v in state["buf"]])
         self._idx = int(state["idx"])
         self._count = int(state["count"])
         self._sum = float(state["sum"])

@@ -17,6 +17,7 @@ For 24/7 markets pass your own (e.g. 365 * 1440 for 1-minute crypto bars).
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 from indicators.base import IndicatorBase, check_period
@@ -71,7 +72,7 @@ class Volatility(IndicatorBase):
 
     def reset(self) -> None:
         self._prev_log: float | None = None
-        self._buf = [0.0] * self.period
+        self._buf = array("d", bytes(8 * self.period))
         self._idx = 0
         self._count = 0  # number of log returns seen
         self._vol: float | None = None
@@ -121,7 +122,7 @@ class Volatility(IndicatorBase):
     def _load(self, state: dict[str, Any]) -> None:
         prev = state["prev_log"]
         self._prev_log = None if prev is None else float(prev)
-        self._buf = [float(v) for v in state["buf"]]
+        self._buf = array("d", [float(v) for v in state["buf"]])
         self._idx = int(state["idx"])
         self._count = int(state["count"])
         self._vol = self._window_std() * self._scale if self._count >= self.period else None
