@@ -207,16 +207,38 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
+# String columns queries filter on: they keep their min/max statistics.
+KEY_STRING_COLUMNS = frozenset({"symbol", "resolution", "signal", "reason_code"})
+
+
 def parquet_options(table: pa.Table, compression: str) -> dict[str, Any]:
     """Writer settings: no dictionary for timestamp columns (nearly every
     value is distinct, so the dictionary is built only to be thrown away:
-    files are written ~20 % faster and come out smaller)."""
+    files are written ~20 % faster and come out smaller); min/max
+    statistics for numbers, times and the key strings only (those of free
+    text such as exchange, conditions or a reject's payload prune no query
+    and cost ~15 % of writing the ticks table)."""
     dictionary = [
         f"{f.name}.list.element" if pa.types.is_list(f.type) else f.name
         for f in table.schema
         if not pa.types.is_timestamp(f.type)
     ]
-    return {"compression": compression, "use_dictionary": dictionary}
+    statistics = [
+        f.name
+        for f in table.schema
+        if f.name in KEY_STRING_COLUMNS
+        or not (
+            pa.types.is_string(f.type)
+            or pa.types.is_binary(f.type)
+            or pa.types.is_list(f.type)
+            or pa.types.is_large_string(f.type)
+        )
+    ]
+    return {
+        "compression": compression,
+        "use_dictionary": dictionary,
+        "write_statistics": statistics,
+    }
 
 
 class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):

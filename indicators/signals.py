@@ -45,9 +45,9 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterator, Mapping
-from functools import cache
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Self
 
 from indicators.base import SNAPSHOT_VERSION, config_kwargs

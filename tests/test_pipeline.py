@@ -251,6 +251,32 @@ def test_files_roll_over_at_the_configured_size(real_data, run_pipeline):
     assert len(files) <= 2 * (250_601 // 20_000 + 1)
 
 
+def test_lake_files_carry_statistics_that_prune_time_and_symbol_filters(real_data, run_pipeline):
+    path = real_data / "ticks" / "IBM_20131007.csv.gz"
+    lake, _ = run_pipeline(f"file:{path}")
+    ticks = pq.ParquetFile(Lake(lake).files("bronze/ticks")[0]).metadata.row_group(0)
+    bars = pq.ParquetFile(Lake(lake).files("silver/bars_1m")[0]).metadata.row_group(0)
+
+    def stats(group, name):
+        for i in range(group.num_columns):
+            column = group.column(i)
+            if column.path_in_schema == name:
+                return column.statistics if column.is_stats_set else None
+        raise KeyError(name)
+
+    # Min/max where filters go (time, symbol, prices); none for free text.
+    assert stats(ticks, "symbol").min == stats(ticks, "symbol").max == "IBM"
+    assert stats(ticks, "ts").has_min_max and stats(ticks, "price").has_min_max
+    assert stats(bars, "start").has_min_max and stats(bars, "close").has_min_max
+    assert stats(ticks, "exchange") is None
+    # Readers filter on the partitioned table as usual.
+    table = pq.read_table(
+        Lake(lake).path("bronze/ticks"),
+        filters=[("ts", "<", pa.scalar(datetime(2013, 10, 6, tzinfo=UTC)))],
+    )
+    assert table.num_rows == 0
+
+
 def test_readers_never_see_a_partial_file(real_data, tmp_path):
     path = real_data / "ticks" / "SPY_20131008.csv.gz"
     lake = tmp_path / "lake"
