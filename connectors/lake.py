@@ -15,6 +15,11 @@ with ``pyarrow.dataset.dataset(path, partitioning="hive")``.
   holds ``max_rows_per_file`` rows or its oldest row waited
   ``max_file_age_s`` seconds (checked on each write), and at the end of
   the input; never a file per tick, never an unbounded file.
+* **Encoded while the flow runs.** A partition's rows are Parquet-encoded
+  in memory as they arrive, a row group per ``ROW_GROUP_ROWS`` rows, on a
+  background thread (Arrow releases the GIL while it encodes, so this work
+  runs on another core); the buffer holds compressed bytes, not Arrow
+  tables. A roll only finishes the last row group and writes the bytes.
 * **Exactly-once with recovery** (``exactly_once=True``): the buffer is
   flushed at every Bytewax snapshot and file names are deterministic per
   partition, run and sequence number; a resumed partition deletes the files
@@ -25,6 +30,7 @@ with ``pyarrow.dataset.dataset(path, partitioning="hive")``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -32,6 +38,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -176,6 +183,88 @@ class WriteStats:
 WRITE_STATS = WriteStats()
 
 
+# Rows per Parquet row group (the last one of a file may be smaller).
+ROW_GROUP_ROWS = 65_536
+# Threads that encode lake files in the background (per process).
+_ENCODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stockflow-parquet")
+
+
+class _FileEncoder:
+    """One lake file being Parquet-encoded in memory while rows arrive.
+
+    Rows are queued; once ``ROW_GROUP_ROWS`` are queued they are written as
+    a row group by a background job. One job per file at a time, so row
+    groups keep arrival order. :meth:`finish` waits for the job, writes the
+    rest and returns the file's bytes.
+    """
+
+    def __init__(self, first: pa.Table, compression: str) -> None:
+        self._stream = pa.BufferOutputStream()
+        self._writer = pq.ParquetWriter(
+            self._stream, first.schema, **parquet_options(first, compression)
+        )
+        self._lock = threading.Lock()
+        self._queued: list[pa.Table] = []
+        self._queued_rows = 0
+        self._ready: list[pa.Table] = []  # full row groups for the job
+        self._job: Future[None] | None = None
+        self._running = False  # a job is (about to be) draining _ready
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.rows += table.num_rows
+        self._queued.append(table)
+        self._queued_rows += table.num_rows
+        if self._queued_rows < ROW_GROUP_ROWS:
+            return
+        group = pa.concat_tables(self._queued, promote_options="none")
+        self._queued, self._queued_rows = [], 0
+        with self._lock:
+            self._ready.append(group)
+            if self._running:
+                return
+            self._running = True
+            previous, self._job = self._job, None
+        if previous is not None:
+            previous.result()  # done; re-raises an encoding error here
+        self._job = _ENCODERS.submit(self._drain)
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if not self._ready:
+                        self._running = False
+                        return
+                    group = self._ready.pop(0)
+                self._writer.write_table(group, row_group_size=group.num_rows)
+        except BaseException:
+            with self._lock:
+                self._running = False
+            raise
+
+    def finish(self) -> pa.Buffer:
+        with self._lock:
+            job = self._job
+        if job is not None:
+            job.result()
+        self._drain()  # what the job left (none, unless it failed)
+        if self._queued:
+            rest = pa.concat_tables(self._queued, promote_options="none")
+            self._writer.write_table(rest, row_group_size=rest.num_rows)
+        self._writer.close()
+        return self._stream.getvalue()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._ready.clear()
+            job = self._job
+        if job is not None:
+            job.exception()  # wait; the bytes are thrown away anyway
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+
 def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
     """Run `action`, retrying transient failures (endpoint down, timeouts)
     with exponential backoff for up to `budget_s`; then stop with one line.
@@ -246,7 +335,10 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
         self._sink = sink
         self._lake = sink.lake
         self._pid = pid
-        self._buffer: list[pa.Table] = []
+        # Files being encoded: the open one per date, and full ones waiting
+        # for the next roll (each at most max_rows_per_file rows).
+        self._open: dict[str, _FileEncoder] = {}
+        self._full: list[tuple[str, _FileEncoder]] = []
         self._rows = 0
         self._oldest = 0.0
         if resume is None:
@@ -279,25 +371,20 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
             if table.num_rows:
                 if self._sink.columns is not None:
                     table = table.select(list(self._sink.columns))
-                if not self._buffer:
+                if not self._rows:
                     self._oldest = time.monotonic()
-                self._buffer.append(table)
                 self._rows += table.num_rows
+                for date, part in self._by_date(table):
+                    self._add(date, part)
         if self._rows >= self._sink.max_rows_per_file or (
-            self._buffer and time.monotonic() - self._oldest >= self._sink.max_file_age_s
+            self._rows and time.monotonic() - self._oldest >= self._sink.max_file_age_s
         ):
             self._flush()
 
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        # No combine_chunks: the writer takes chunked columns as they are, and a
-        # copy of the whole buffer would double its memory at every flush.
-        table = pa.concat_tables(self._buffer, promote_options="none")
-        self._buffer, self._rows = [], 0
-        col = self._sink.time_column
-        days = pc.cast(table.column(col), pa.int64()).to_numpy() // DAY_US
-        if len(days) and days.min() == days.max():
+    def _by_date(self, table: pa.Table) -> list[tuple[str, pa.Table]]:
+        """The table's rows per UTC date of its time column, in arrival order."""
+        days = pc.cast(table.column(self._sink.time_column), pa.int64()).to_numpy() // DAY_US
+        if days.min() == days.max():
             groups = [(int(days[0]), table)]
         else:  # one sort, then slices: not one filter pass per day
             order = np.argsort(days, kind="stable")
@@ -307,12 +394,36 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
             groups = [
                 (int(days[a]), table.slice(a, b - a)) for a, b in zip(starts, ends, strict=True)
             ]
-        for day, part in groups:
-            date = datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
-            for off in range(0, part.num_rows, self._sink.max_rows_per_file):
-                self._write_file(date, part.slice(off, self._sink.max_rows_per_file))
+        return [
+            (datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d"), part)
+            for day, part in groups
+        ]
 
-    def _write_file(self, date: str, table: pa.Table) -> None:
+    def _add(self, date: str, table: pa.Table) -> None:
+        limit = self._sink.max_rows_per_file
+        while table.num_rows:
+            encoder = self._open.get(date)
+            if encoder is None:
+                encoder = self._open[date] = _FileEncoder(table, self._sink.compression)
+            room = limit - encoder.rows
+            encoder.add(table.slice(0, room))
+            table = table.slice(room)
+            if encoder.rows >= limit:
+                self._full.append((date, self._open.pop(date)))
+
+    def _flush(self) -> None:
+        files = self._full + sorted(self._open.items())
+        self._full, self._open, self._rows = [], {}, 0
+        for k, (date, encoder) in enumerate(files):
+            try:
+                data = encoder.finish()
+            except BaseException:
+                for _, other in files[k + 1 :]:
+                    other.abandon()
+                raise
+            self._write_file(date, data, encoder.rows)
+
+    def _write_file(self, date: str, data: pa.Buffer, rows: int) -> None:
         lake, fs = self._lake, self._lake.fs
         directory = f"{lake.path(self._sink.table)}/date={date}"
         name = f"part-{self._run}-{self._pid:04d}-{self._seq:08d}.parquet"
@@ -324,17 +435,18 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
             if lake.is_s3:
                 # An S3 object becomes visible only once its upload completes.
                 with fs.open(final, "wb") as fh:
-                    pq.write_table(table, fh, **parquet_options(table, self._sink.compression))
+                    fh.write(data)
                     faults.point("lake_write")
             else:
                 os.makedirs(directory, exist_ok=True)
                 tmp = f"{directory}/.{name}.tmp"
-                pq.write_table(table, tmp, **parquet_options(table, self._sink.compression))
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
                 faults.point("lake_write")  # a kill here leaves only a hidden temp file
                 os.replace(tmp, final)
 
         _retrying(write, self._sink.retry_s, f"write {self._sink.table} to {lake.url}")
-        WRITE_STATS.add(self._sink.table, table.num_rows)
+        WRITE_STATS.add(self._sink.table, rows)
 
     def snapshot(self) -> dict[str, Any]:
         if self._sink.exactly_once:

@@ -317,6 +317,63 @@ def test_readers_never_see_a_partial_file(real_data, tmp_path):
     assert not list(lake.glob("**/.*"))  # no temporary files left behind
 
 
+def test_lake_partition_keeps_arrival_order_across_row_groups_dates_and_files(tmp_path):
+    # Arrange: 300,000 rows over two dates in 37 uneven batches; 120,000
+    # rows per file, so files roll mid-batch and row groups are encoded in
+    # the background while rows keep arriving.
+    from connectors.lake import ROW_GROUP_ROWS, ParquetLakeSink
+
+    n = 300_000
+    rng = np.random.default_rng(3)
+    day2 = rng.random(n) < 0.3
+    base = int(datetime(2024, 1, 2, tzinfo=UTC).timestamp() * 1_000_000)
+    ts = base + np.arange(n) * 1000 + day2 * 86_400_000_000
+    rows = pa.table(
+        {
+            "start": pa.array(ts, pa.int64()).cast(pa.timestamp("us", "UTC")),
+            "seq": np.arange(n),
+            "symbol": pa.array(["S"] * n),
+        }
+    )
+    sink = ParquetLakeSink(
+        Lake(str(tmp_path)), "silver/bars_1m", partitions=1, max_rows_per_file=120_000
+    )
+    part = sink.build_part("lake", "0000", None)
+    cuts = np.sort(rng.choice(np.arange(1, n), 36, replace=False))
+
+    # Act
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, n], strict=True):
+        part.write_batch([rows.slice(int(a), int(b - a))])
+    part.close()
+
+    # Assert: per date, the files (in sequence order) hold the rows in
+    # arrival order; no file is over the limit; row groups are full-sized.
+    files = Lake(str(tmp_path)).files("silver/bars_1m")
+    for date, mask in (("2024-01-02", ~day2), ("2024-01-03", day2)):
+        mine = sorted(f for f in files if f"date={date}" in f)
+        got = pa.concat_tables([pq.read_table(f) for f in mine]).column("seq").to_numpy()
+        assert np.array_equal(got, np.flatnonzero(mask))
+        for f in mine:
+            meta = pq.read_metadata(f)
+            assert meta.num_rows <= 120_000
+            sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            assert all(s >= ROW_GROUP_ROWS for s in sizes[:-1])
+
+
+def test_lake_partition_encoding_error_stops_the_flow_instead_of_dropping_rows(tmp_path):
+    from connectors.lake import ROW_GROUP_ROWS, ParquetLakeSink
+
+    sink = ParquetLakeSink(Lake(str(tmp_path)), "silver/bars_1m", partitions=1)
+    part = sink.build_part("lake", "0000", None)
+    start = pa.array([datetime(2024, 1, 2, tzinfo=UTC)] * ROW_GROUP_ROWS, pa.timestamp("us", "UTC"))
+    part.write_batch([pa.table({"start": start, "x": np.zeros(ROW_GROUP_ROWS)})])
+    # the same table, its column of another type: no file can hold both
+    part.write_batch([pa.table({"start": start, "x": np.zeros(ROW_GROUP_ROWS, np.int32)})])
+
+    with pytest.raises(Exception, match="(?i)schema"):
+        part.close()
+
+
 @pytest.mark.parametrize("ticks", [0])
 def test_empty_tick_file_gives_an_empty_but_valid_run(run_pipeline, tmp_path, ticks):
     path = tmp_path / "empty.csv"
