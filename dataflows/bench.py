@@ -102,6 +102,7 @@ class BenchOptions:
     latency_symbols: int = 200
     snapshot_interval: float = 0.5
     soak_snapshot_interval: float | None = None  # default: the product's (snapshot_interval_s)
+    soak_recovery: bool = False  # a recovery store: state snapshots and exactly-once lake
     lateness: float = 5.0
 
 
@@ -744,13 +745,14 @@ def _child_symbols10k(args: dict[str, Any]) -> dict[str, Any]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     source = soak_source(args["symbols"], args["rate"], args["seconds"], args["seed"], progress)
-    with tempfile.TemporaryDirectory() as lake:
+    with tempfile.TemporaryDirectory() as lake, tempfile.TemporaryDirectory() as store:
         settings = Settings.load(
             env={},
             lake=lake,
             bounded=True,
             live=False,
             snapshot_interval_s=args.get("snapshot_interval"),
+            recovery_dir=store if args.get("recovery") else None,
         )
         summary = run(settings, source)
     stop.set()
@@ -862,6 +864,7 @@ def _symbols10k_scenario(opts: BenchOptions, data: Path | None) -> Result:
         "seed": opts.seed,
         "sample_seconds": opts.sample_seconds or max(0.25, min(5.0, opts.soak_seconds / 120)),
         "snapshot_interval": opts.soak_snapshot_interval,
+        "recovery": opts.soak_recovery,
     }
     run = _peak_rss_from_child("symbols10k", args)
     # The first minute of the paced phase still emits the warm-up's last bars.
@@ -875,6 +878,7 @@ def _symbols10k_scenario(opts: BenchOptions, data: Path | None) -> Result:
             "symbols": opts.symbols,
             "soak_seconds": opts.soak_seconds,
             "soak_rate": opts.soak_rate,
+            "recovery": opts.soak_recovery,
             "ticks": run["ticks"],
             "ticks_per_s": round(run["ticks"] / run["seconds"], 1) if run["seconds"] else None,
             "bars_1m": run["bars_1m"],
@@ -911,7 +915,7 @@ def _child_latency_pipeline(args: dict[str, Any]) -> dict[str, Any]:
         snapshot_interval_s=args["snapshot_interval"],
         lateness_s=args["lateness"],
     )
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, UserError):  # "interrupted"
         run(settings)
     return {"stopped": True}
 
@@ -1015,6 +1019,18 @@ def _percentile(values: list[float], weights: list[int], q: float) -> float | No
     return pairs[-1][0]
 
 
+def _reap_within(child: subprocess.Popen[str], timeout: float) -> float | None:
+    """Wait up to `timeout` seconds for `child` to exit (without reaping it);
+    kill it if it does not. Returns how long it took, None if killed."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return round(time.monotonic() - start, 2)
+        time.sleep(0.05)
+    child.kill()
+    return None
+
+
 def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
     from connectors.kafka import ensure_topics
     from dataflows.config import Settings
@@ -1052,6 +1068,7 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
                 time.sleep(opts.lateness + 2 * opts.snapshot_interval + 3.0)
         finally:
             child.send_signal(signal.SIGINT)
+            stopped_in = _reap_within(child, 60.0)
             try:
                 _, status, usage = os.wait4(child.pid, 0)
             except ChildProcessError:
@@ -1083,6 +1100,8 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
             "p99_bars_s": _round(_percentile(excess, [1] * len(excess), 0.99)),
             "producer_fell_behind_steps": produced["late_steps"],
             "pipeline_peak_rss_mb": round(usage.ru_maxrss / 1024, 1) if usage else None,
+            # seconds from Ctrl-C to exit; None: it did not stop and was killed
+            "pipeline_stop_s": stopped_in,
         },
     )
 

@@ -114,6 +114,11 @@ def run_cmd(config_file: str | None, **flags: Any) -> None:
 @click.option("--symbols", default=10_000, show_default=True, help="Symbols (symbols10k).")
 @click.option("--soak-seconds", default=600.0, show_default=True, help="Soak length (symbols10k).")
 @click.option("--soak-rate", default=20_000.0, show_default=True, help="Ticks/s during the soak.")
+@click.option(
+    "--soak-recovery",
+    is_flag=True,
+    help="Soak with a recovery store (state snapshots every 10 s, as in production).",
+)
 @click.option("--rate", default=50_000.0, show_default=True, help="Paced ticks/s (latency).")
 @click.option("--latency-seconds", default=150.0, show_default=True, help="Paced run length.")
 @click.option("--latency-symbols", default=200, show_default=True, help="Symbols (latency).")

@@ -18,6 +18,16 @@ class UserError(Exception):
     """A mistake the user can fix; the message names the problem and the fix."""
 
 
+def _in_chain(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def find_user_error(exc: BaseException | None) -> UserError | None:
     """Return the first :class:`UserError` in an exception's cause chain.
 
@@ -25,13 +35,17 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
     own errors (sometimes several levels deep, sometimes only as text), so
     the CLI walks ``__cause__``/``__context__`` to find the user's mistake.
     """
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, UserError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+    found = _in_chain(exc, UserError)
+    return found if isinstance(found, UserError) else None
+
+
+def is_interrupt(exc: BaseException | None) -> bool:
+    """Ctrl-C or SIGTERM: Bytewax's own "signal received", or a
+    KeyboardInterrupt raised inside a step (e.g. a source waiting for Kafka)
+    and wrapped by Bytewax."""
+    if exc is not None and "signal received" in str(exc).lower():
+        return True
+    return _in_chain(exc, KeyboardInterrupt) is not None
 
 
 _PANIC_NOISE = (

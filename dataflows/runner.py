@@ -13,7 +13,7 @@ from bytewax.run import cli_main
 from connectors.files import RawTickBatch
 from connectors.lake import WRITE_STATS, Lake
 from dataflows.config import Settings
-from dataflows.errors import UserError, find_user_error, quiet_worker_panics
+from dataflows.errors import UserError, find_user_error, is_interrupt, quiet_worker_panics
 from dataflows.metrics import run_metrics
 from dataflows.operators import REJECTS_BY_REASON
 from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
@@ -85,11 +85,11 @@ def execute(
                 epoch_interval=epoch_interval(settings),
                 recovery_config=recovery_config(settings) if recovery else None,
             )
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:
         user_error = find_user_error(exc)
         if user_error is not None:
             raise user_error from None
-        if "signal received" in str(exc).lower():  # Ctrl-C / SIGTERM inside Bytewax
+        if is_interrupt(exc):  # Ctrl-C / SIGTERM
             hint = " (resume with the same --recovery-dir)" if settings.recovery_dir else ""
             raise UserError(f"interrupted{hint}") from None
         raise

@@ -424,7 +424,7 @@ class SignalEngine:
             "prev_close": self._prev_close,
             "prev_macd_diff": self._prev_macd_diff,
             "prev_sma_diff": self._prev_sma_diff,
-            "volumes": list(self._volumes),
+            "volumes": self._volumes.tolist(),
         }
 
     @classmethod

@@ -63,7 +63,7 @@ class SMA(IndicatorBase):
         return {"period": self.period}
 
     def _state(self) -> dict[str, Any]:
-        return {"buf": list(self._buf), "idx": self._idx, "count": self._count, "sum": self._sum}
+        return {"buf": self._buf.tolist(), "idx": self._idx, "count": self._count, "sum": self._sum}
 
     def _load(self, state: dict[str, Any]) -> None:
         self._buf = array("d", [float(v) for v in state["buf"]])

@@ -114,7 +114,7 @@ class Volatility(IndicatorBase):
     def _state(self) -> dict[str, Any]:
         return {
             "prev_log": self._prev_log,
-            "buf": list(self._buf),
+            "buf": self._buf.tolist(),
             "idx": self._idx,
             "count": self._count,
         }

@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from connectors.finnhub import trade_messages
@@ -390,3 +397,45 @@ def test_published_ticks_parse_back_to_exactly_the_same_ticks():
     assert json.loads(messages[1][0])["ts"].endswith(".123456Z")  # finer than ms: canonical
     assert parsed.rejects.num_rows == 0
     assert parsed.ticks.equals(ticks)
+
+
+def test_ctrl_c_on_a_live_kafka_run_ends_in_one_line(kafka_broker, tmp_path):
+    # Arrange: a live run tailing a topic that has ticks in it.
+    topic = kafka_broker.topic("ticks", 1)
+    ticks = [
+        {"symbol": "IBM", "ts": 1381152600000 + 1000 * i, "price": 180.0 + i / 100, "size": 1}
+        for i in range(300)
+    ]
+    kafka_broker.produce(topic, [(b"IBM", json.dumps(t).encode()) for t in ticks])
+    lake, store = tmp_path / "lake", tmp_path / "store"
+    exe = shutil.which("stockflow") or str(Path(sys.executable).parent / "stockflow")
+    env = dict(
+        os.environ,
+        STOCKFLOW_KAFKA_BROKERS=kafka_broker.brokers,
+        STOCKFLOW_TOPIC_TICKS=topic,
+        STOCKFLOW_SNAPSHOT_INTERVAL_S="0.5",
+    )
+    args = [exe, "run", "--source", "kafka", "--live", "--lake", str(lake)]
+    run = subprocess.Popen(
+        [*args, "--recovery-dir", str(store)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while _lake_rows(lake) != len(ticks):
+        assert run.poll() is None, run.stderr.read()
+        assert time.monotonic() < deadline, "the ticks did not reach the lake"
+        time.sleep(0.1)
+
+    # Act: Ctrl-C while it waits for more messages
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=30)
+
+    # Assert: one line (no traceback) and the exit code of a user-visible stop.
+    assert run.returncode == 2
+    assert stderr.strip().splitlines() == [
+        "stockflow: error: interrupted (resume with the same --recovery-dir)"
+    ]
+
+
+def _lake_rows(lake: Path) -> int:
+    files = list(lake.glob("bronze/ticks/date=*/part-*.parquet"))
+    return sum(pq.read_metadata(f).num_rows for f in files)
