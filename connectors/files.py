@@ -1,7 +1,7 @@
 """Tick files as a bounded Bytewax source (CSV, CSV.GZ, Parquet).
 
-Each series of files (one symbol's days) is one partition, read by one
-worker in date order, streamed in Arrow batches
+Each series of files (one symbol's days) is read by one worker in date
+order, in the partition of its symbol's shard, streamed in Arrow batches
 of raw columns: parsing and validation happen downstream in the ``parse``
 stage, the same road Kafka messages take. Rows a CSV reader cannot split
 into the header's columns are kept as :class:`RawTickBatch.unreadable`
@@ -14,8 +14,8 @@ must be given (``ts_unit``): a file with numeric ``ts`` and no unit is
 refused up front rather than guessed.
 
 Delivery: exactly-once with Bytewax recovery. The resume state is the
-number of data rows already emitted, so a resumed run re-reads the file and
-skips exactly those rows.
+series and file being read and the number of its data rows already emitted,
+so a resumed run re-reads that file and skips exactly those rows.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from __future__ import annotations
 import csv
 import glob
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.errors import UserError
+from dataflows.shards import DEFAULT_SHARDS, shard_key, shard_keys, shard_of
 
 REQUIRED = ("ts", "symbol", "price", "size")
 OPTIONAL = ("exchange", "condition", "conditions")
@@ -319,31 +321,34 @@ def series_of(path: Path) -> str:
     return str(path.parent / _DATE_TOKEN.sub("", name))
 
 
-class _SeriesPartition(StatefulSourcePartition[RawTickBatch, dict[str, Any]]):
-    """The files of one series, read in name (= date) order."""
+class _Chain(StatefulSourcePartition[RawTickBatch, dict[str, Any]]):
+    """Partitions read one after the other (a series' files in date order,
+    a shard's series in name order). The resume state is the index of the
+    one being read, its own state and the names of all, so a run resumed
+    with other files fails in one line instead of skipping or re-reading."""
 
     def __init__(
         self,
-        paths: list[Path],
-        batch_size: int,
-        ts_unit: str | None,
+        names: list[str],
+        parts: list[Callable[[Any], StatefulSourcePartition[RawTickBatch, Any]]],
         resume: dict[str, Any] | None,
     ) -> None:
-        self._paths = paths
-        self._batch_size = batch_size
-        self._ts_unit = ts_unit
-        self._index = 0 if resume is None else resume["file"]
+        self._names = names
+        self._parts = parts
+        if resume is not None and resume.get("names") != names:
+            raise UserError(
+                "the recovery store was written for other tick files "
+                f"({', '.join(resume.get('names') or []) or 'none'} where now "
+                f"{', '.join(names) or 'none'}): resume with the same files, "
+                "or start with a new --recovery-dir"
+            )
+        self._index = 0 if resume is None else resume["part"]
         self._current = self._open(None if resume is None else resume["state"])
 
-    def _open(
-        self, state: dict[str, int] | None
-    ) -> StatefulSourcePartition[RawTickBatch, dict[str, int]] | None:
-        if self._index >= len(self._paths):
+    def _open(self, state: Any) -> StatefulSourcePartition[RawTickBatch, Any] | None:
+        if self._index >= len(self._parts):
             return None
-        path = self._paths[self._index]
-        if _suffix(path) in (".parquet", ".pq"):
-            return _ParquetPartition(path, self._batch_size, self._ts_unit, state)
-        return _CsvPartition(path, self._batch_size, self._ts_unit, state)
+        return self._parts[self._index](state)
 
     def next_batch(self) -> list[RawTickBatch]:
         while self._current is not None:
@@ -357,30 +362,59 @@ class _SeriesPartition(StatefulSourcePartition[RawTickBatch, dict[str, Any]]):
 
     def snapshot(self) -> dict[str, Any]:
         state = self._current.snapshot() if self._current is not None else None
-        return {"file": self._index, "state": state}
+        return {"names": self._names, "part": self._index, "state": state}
 
     def close(self) -> None:
         if self._current is not None:
             self._current.close()
 
 
+def _file_partition(
+    path: Path, batch_size: int, ts_unit: str | None, state: dict[str, int] | None
+) -> StatefulSourcePartition[RawTickBatch, dict[str, int]]:
+    if _suffix(path) in (".parquet", ".pq"):
+        return _ParquetPartition(path, batch_size, ts_unit, state)
+    return _CsvPartition(path, batch_size, ts_unit, state)
+
+
+def symbol_of_series(series: str) -> str:
+    """The symbol a series' name suggests (``.../SPY_`` -> ``SPY``). Only
+    decides which partition reads the series (see :class:`TickFileSource`);
+    the ticks' own symbols decide their shard."""
+    return Path(series).name.strip("_-. ")
+
+
 class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, Any]]):
     """Bounded source of raw tick-file batches.
 
     Files of one series (same name but for a date, see :func:`series_of`)
-    form one partition and are read in date order; different series are
-    partitions read in parallel by different workers.
+    are read one after the other in date order. There is one partition per
+    symbol shard (:mod:`dataflows.shards`), named by its shard key, reading
+    the series whose name is a symbol of that shard (``SPY_*.csv.gz`` ->
+    shard of ``SPY``) one after the other: on a cluster the partition runs
+    on the worker that holds the shard's bar state and its sink partitions,
+    so the ticks of a one-symbol series never travel between workers. Series
+    of one shard are read in turn, different shards in parallel. (A file of
+    many symbols is read in its name's partition; its ticks go to their own
+    shards' workers.) Every shard is listed, most of them empty for a few
+    files, because a partition's place in the sorted list decides its
+    worker.
 
     :arg paths: tick files (see :func:`expand_paths` for dirs and globs).
     :arg batch_size: rows per emitted batch.
     :arg ts_unit: unit of integer epoch ``ts`` values (``s|ms|us|ns``).
+    :arg shards: the flow's symbol shard count (``Settings.shards``).
 
     Files are checked when the source is built, so a missing file or a
     file without the required columns fails before the dataflow starts.
     """
 
     def __init__(
-        self, paths: list[Path], batch_size: int = 65_536, ts_unit: str | None = None
+        self,
+        paths: list[Path],
+        batch_size: int = 65_536,
+        ts_unit: str | None = None,
+        shards: int = DEFAULT_SHARDS,
     ) -> None:
         if not paths:
             raise UserError("no tick files given")
@@ -393,13 +427,34 @@ class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, Any]]):
             self._series.setdefault(series_of(path), []).append(path)
         self._batch_size = batch_size
         self._ts_unit = ts_unit
+        self._by_shard: dict[str, list[str]] = {key: [] for key in shard_keys(shards)}
+        for series in sorted(self._series):
+            key = shard_key(shard_of(symbol_of_series(series), shards), shards)
+            self._by_shard[key].append(series)
 
     def list_parts(self) -> list[str]:
-        return list(self._series)
+        return list(self._by_shard)
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: dict[str, Any] | None
-    ) -> _SeriesPartition:
-        return _SeriesPartition(
-            self._series[for_part], self._batch_size, self._ts_unit, resume_state
-        )
+    ) -> _Chain:
+        series = self._by_shard[for_part]
+        names = [Path(s).name for s in series]
+        return _Chain(names, [self._opener(s) for s in series], resume_state)
+
+    def list_series(self) -> list[str]:
+        """The series, for readers that merge them themselves (replay)."""
+        return list(self._series)
+
+    def build_series(self, series: str) -> _Chain:
+        return self._series_chain(series, None)
+
+    def _opener(self, series: str) -> Callable[[Any], _Chain]:
+        return partial(self._series_chain, series)
+
+    def _series_chain(self, series: str, state: dict[str, Any] | None) -> _Chain:
+        opens = [
+            partial(_file_partition, path, self._batch_size, self._ts_unit)
+            for path in self._series[series]
+        ]
+        return _Chain([p.name for p in self._series[series]], opens, state)

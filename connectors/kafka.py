@@ -80,6 +80,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from dataflows.config import Settings
 from dataflows.errors import UserError
 from dataflows.metrics import timed_sink_write
+from dataflows.shards import shard_index
 from dataflows.ticks import OffsetPositions, RawMessageBatch
 
 if TYPE_CHECKING:
@@ -728,7 +729,7 @@ class KafkaTopicSink(FixedPartitionedSink[pa.Table, None]):
         return [f"{i:04d}" for i in range(self.partitions)]
 
     def part_fn(self, item_key: str) -> int:
-        return int(item_key) % self.partitions
+        return shard_index(item_key) % self.partitions
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None

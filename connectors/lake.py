@@ -53,6 +53,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from dataflows import faults
 from dataflows.errors import UserError
 from dataflows.metrics import timed_sink_write
+from dataflows.shards import shard_index
 
 log = logging.getLogger(__name__)
 
@@ -507,7 +508,7 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
         return [f"{i:04d}" for i in range(self.partitions)]
 
     def part_fn(self, item_key: str) -> int:
-        return int(item_key) % self.partitions
+        return shard_index(item_key) % self.partitions
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: dict[str, Any] | None

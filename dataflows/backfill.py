@@ -249,7 +249,12 @@ def run_backfill(
                     "tick files make 1-minute bars and their roll-ups; drop --resolution"
                 )
             progress.units_total = 0  # tick files: rows and bars, no per-file count
-            source = TickFileSource(paths, batch_size=settings.batch_size, ts_unit=settings.ts_unit)
+            source = TickFileSource(
+                paths,
+                batch_size=settings.batch_size,
+                ts_unit=settings.ts_unit,
+                shards=settings.shards,
+            )
             flow = build_flow(run_settings, source, "stockflow_backfill", select=_tick_select(req))
             kind = "tick files"
             resolutions = frozenset(run_settings.resolutions)

@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from dataflows.errors import UserError
+from dataflows.shards import DEFAULT_SHARDS, shard_of
 
 SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency")
 # What `stockflow bench` runs without --scenario: the soak and the paced
@@ -449,8 +450,10 @@ def _delete_topic(settings: Any, topic: str) -> None:
 
 def split_series(data: Path, out: Path, files: int) -> list[Path]:
     """The real SPY days (arrival order) cut into `files` time slices, each
-    written as the tick file of its own symbol (``S00``, ``S01``, ...): as
-    many series and symbols as slices, so partitions and shards spread."""
+    written as the tick file of its own symbol (``S00...``, ``S01...``): as
+    many series and symbols as slices. The symbols are picked in different
+    shards (while there are fewer slices than shards), so the work spreads
+    over the workers as a market's thousands of symbols spread."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -466,13 +469,22 @@ def split_series(data: Path, out: Path, files: int) -> list[Path]:
     paths = []
     for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         part = whole.slice(a, b - a)
-        symbol = pa.array([f"S{k:02d}"] * part.num_rows, pa.string())
+        name = _symbol_in_shard(f"S{k:02d}", k % DEFAULT_SHARDS)
+        symbol = pa.array([name] * part.num_rows, pa.string())
         part = part.set_column(part.column_names.index("symbol"), "symbol", symbol)
-        path = out / f"S{k:02d}.csv.gz"
+        path = out / f"{name}.csv.gz"
         with gzip.open(path, "wb", compresslevel=1) as fh:
             pcsv.write_csv(part, fh)
         paths.append(path)
     return paths
+
+
+def _symbol_in_shard(prefix: str, shard: int) -> str:
+    """The first of `prefix`, `prefix`.1, `prefix`.2, ... in `shard`."""
+    for name in (prefix, *(f"{prefix}.{n}" for n in range(1, 10_000))):
+        if shard_of(name, DEFAULT_SHARDS) == shard:
+            return name
+    raise AssertionError(f"no symbol of shard {shard}")  # ~16 tries suffice
 
 
 def _csv_columns(path: Path) -> list[str]:
@@ -494,6 +506,7 @@ def first_batch_clock(source: Any, clock: dict[str, float]) -> Any:
             batch = self._inner.next_batch()
             if batch and "first" not in clock:
                 clock["first"] = time.time()
+                clock["first_cpu"] = time.process_time()
             return batch
 
         def next_awake(self) -> Any:
@@ -537,12 +550,13 @@ def _child_process_of_cluster(args: dict[str, Any]) -> dict[str, Any]:
         addresses=args.get("addresses"),
         epoch_interval=epoch_interval(settings),
     )
-    end = time.time()
+    end, end_cpu = time.time(), time.process_time()
     rows = WRITE_STATS.rows
     return {
         "start": start,
         "first_batch": clock.get("first", start),
         "end": end,
+        "cpu_seconds": end_cpu - clock.get("first_cpu", end_cpu),
         "ticks": rows.get("bronze/ticks", 0) + rows.get("bronze/rejects", 0),
     }
 
@@ -573,6 +587,9 @@ def _cluster_run(tick_dir: str, processes: int) -> dict[str, Any]:
         "connect_seconds": max(0.0, first - max(r["start"] for r in results)),
         "ticks": sum(r["ticks"] for r in results),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        # CPU time of all processes while the cluster ran: scaling is
+        # bounded by the cores over this per second of one process's run.
+        "cpu_seconds": sum(r["cpu_seconds"] for r in results),
     }
 
 
@@ -605,6 +622,9 @@ def _processes_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
             "processes": opts.processes,
             "files": opts.files if not opts.path else None,
             "connect_seconds": [round(r["connect_seconds"], 3) for r in many],
+            # cores busy while running (CPU seconds of all processes / seconds)
+            "cores_used": [round(r["cpu_seconds"] / r["seconds"], 2) for r in many],
+            "baseline_cores_used": [round(r["cpu_seconds"] / r["seconds"], 2) for r in one],
         }
     )
     return result

@@ -88,8 +88,8 @@ def _parsed_series(
     files = expand_paths(path)
     source = TickFileSource(files, batch_size=batch_size, ts_unit=ts_unit)
 
-    def read(part: str) -> Iterator[ParsedTicks]:
-        partition = source.build_part("replay", part, None)
+    def read(series: str) -> Iterator[ParsedTicks]:
+        partition = source.build_series(series)
         try:
             while True:
                 try:
@@ -101,7 +101,7 @@ def _parsed_series(
         finally:
             partition.close()
 
-    return len(files), [read(part) for part in source.list_parts()]
+    return len(files), [read(series) for series in source.list_series()]
 
 
 def _paced(

@@ -24,6 +24,7 @@ from typing import Any
 
 from dataflows.errors import UserError
 from dataflows.gold import GoldConfig
+from dataflows.shards import DEFAULT_SHARDS
 from indicators import IndicatorConfig, IndicatorConfigError, SignalConfig, SignalConfigError
 
 RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
@@ -247,7 +248,7 @@ class Settings:
     recovery_dir: str | None = None
     snapshot_interval_s: float = 10.0
     backup_interval_s: float = 0.0
-    shards: int = 16
+    shards: int = DEFAULT_SHARDS
     batch_size: int = 65_536
     metrics_port: int | None = None
     lake: str = "./lake"

@@ -63,6 +63,7 @@ from dataflows.config import RESOLUTIONS, Settings
 from dataflows.errors import UserError
 from dataflows.gold import INDICATOR_SCHEMA
 from dataflows.schema import BAR_SCHEMA, SIGNAL_SCHEMA
+from dataflows.shards import shard_index
 
 log = logging.getLogger("stockflow.db")
 
@@ -415,7 +416,10 @@ class ServingSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
         return [f"{i:04d}" for i in range(self.partitions)]
 
     def part_fn(self, item_key: str) -> int:
-        return int(item_key) if item_key.isdigit() else adler32(item_key.encode())
+        try:
+            return shard_index(item_key)
+        except ValueError:
+            return adler32(item_key.encode())
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None

@@ -48,6 +48,26 @@ def is_interrupt(exc: BaseException | None) -> bool:
     return _in_chain(exc, KeyboardInterrupt) is not None
 
 
+# Bytewax's words when a recovery store holds partitions the source does not
+# list now (other files or topics, or a store from before the shard-keyed
+# file partitions).
+_OTHER_PARTITIONS = (
+    "is not in this worker's routing map",
+    "Fixed partitions cannot change between executions",
+)
+
+
+def recovery_store_mismatch(exc: BaseException | None) -> bool:
+    """The recovery store was written for other input partitions."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if any(words in str(exc) for words in _OTHER_PARTITIONS):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 _PANIC_NOISE = (
     "thread '",  # thread '<unnamed>' panicked at src/...
     "Box<dyn Any>",

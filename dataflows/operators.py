@@ -8,7 +8,6 @@ bars), never one Python object per tick.
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from connectors.files import RawTickBatch
 from dataflows import metrics
 from dataflows.bars import BarBuilder, BarConfig, BarOutput
 from dataflows.schema import REJECT_SCHEMA, TICK_SCHEMA
+from dataflows.shards import shard_key, shard_of
 from dataflows.ticks import (
     ParsedTicks,
     RawMessageBatch,
@@ -102,15 +102,6 @@ def parse_raw(raw: RawTickBatch | RawMessageBatch) -> ParsedTicks:
     )
 
 
-def shard_of(symbol: str, shards: int) -> int:
-    """Stable across processes and runs (never Python's salted hash)."""
-    return zlib.crc32(symbol.encode()) % shards
-
-
-def shard_key(shard: int) -> str:
-    return f"{shard:04d}"
-
-
 def split_by_shard(table: pa.Table, shards: int) -> list[tuple[str, pa.Table]]:
     """Split a tick table into per-shard tables keyed by shard, keeping
     arrival order inside each shard."""
@@ -118,19 +109,19 @@ def split_by_shard(table: pa.Table, shards: int) -> list[tuple[str, pa.Table]]:
         return []
     only = single_symbol(table.column("symbol"))
     if only is not None:
-        return [(shard_key(shard_of(only, shards)), table)]
+        return [(shard_key(shard_of(only, shards), shards), table)]
     enc = pc.dictionary_encode(table.column("symbol")).combine_chunks()
     lut = np.array([shard_of(s, shards) for s in enc.dictionary.to_pylist()], np.int64)
     shard = lut[enc.indices.to_numpy(zero_copy_only=False)]
     present = np.unique(shard)
     if len(present) == 1:
-        return [(shard_key(int(present[0])), table)]
+        return [(shard_key(int(present[0]), shards), table)]
     order = np.argsort(shard, kind="stable")
     bounds = np.searchsorted(shard[order], present)
     ends = np.append(bounds[1:], len(order))
     taken = table.take(pa.array(order))
     return [
-        (shard_key(int(s)), taken.slice(int(a), int(b - a)))
+        (shard_key(int(s), shards), taken.slice(int(a), int(b - a)))
         for s, a, b in zip(present, bounds, ends, strict=True)
     ]
 

@@ -44,6 +44,7 @@ def make_source(settings: Settings) -> Source[Any]:
             expand_paths(settings.source_path),
             batch_size=settings.batch_size,
             ts_unit=settings.ts_unit,
+            shards=settings.shards,
         )
     if kind == "synthetic":
         live = bool(settings.live)

@@ -13,7 +13,13 @@ from bytewax.run import cli_main
 from connectors.files import RawTickBatch
 from connectors.lake import WRITE_STATS, Lake
 from dataflows.config import Settings
-from dataflows.errors import UserError, find_user_error, is_interrupt, quiet_worker_panics
+from dataflows.errors import (
+    UserError,
+    find_user_error,
+    is_interrupt,
+    quiet_worker_panics,
+    recovery_store_mismatch,
+)
 from dataflows.metrics import run_metrics
 from dataflows.operators import REJECTS_BY_REASON
 from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
@@ -92,6 +98,12 @@ def execute(
         if is_interrupt(exc):  # Ctrl-C / SIGTERM
             hint = " (resume with the same --recovery-dir)" if settings.recovery_dir else ""
             raise UserError(f"interrupted{hint}") from None
+        if recovery_store_mismatch(exc):
+            raise UserError(
+                f"the recovery store in {settings.recovery_dir} was written for other input "
+                "partitions (other files or topics, or an older stockflow): resume with the "
+                "same input, or start with a new --recovery-dir"
+            ) from None
         raise
 
 

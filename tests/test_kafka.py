@@ -178,7 +178,8 @@ def replay_messages(path) -> list[tuple[bytes, bytes]]:
     from connectors.files import TickFileSource
 
     source = TickFileSource([path])
-    part = source.build_part("t", source.list_parts()[0], None)
+    (series,) = source.list_series()
+    part = source.build_series(series)
     out = []
     while True:
         try:

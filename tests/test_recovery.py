@@ -401,3 +401,55 @@ def test_kafka_broker_restart_mid_run_loses_nothing(real_data, s3_server, tmp_pa
     finally:
         broker.send_signal(signal.SIGINT)
         broker.wait(timeout=30)
+
+
+def test_resuming_with_other_tick_files_fails_in_one_line_and_reads_nothing(real_data, tmp_path):
+    from tests.conftest import cli
+
+    ticks = real_data / "ticks"
+    both = tmp_path / "both"
+    both.mkdir()
+    for name in ("AIG_20131007.csv.gz", "BAC_20131007.csv.gz"):
+        (both / name).symlink_to(ticks / name)
+    common = ["--lake", str(tmp_path / "lake"), "--recovery-dir", str(tmp_path / "rec")]
+    first = cli("run", "--source", f"file:{ticks / 'AIG_20131007.csv.gz'}", *common)
+    assert first.returncode == 0, first.stderr
+
+    resumed = cli("run", "--source", f"file:{both}", *common)
+
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert "other tick files" in resumed.stderr and "BAC_" in resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1
+    assert read_table(tmp_path / "lake", "bronze/ticks").num_rows == 25_351  # AIG only
+
+
+def test_a_recovery_store_of_other_partitions_is_refused_in_one_line(real_data, tmp_path):
+    """A store whose source partitions the source no longer lists (files
+    given as other series, or written before file partitions were keyed by
+    shard): Bytewax's routing error becomes a UserError naming the fix."""
+    from bytewax.inputs import FixedPartitionedSource
+
+    from connectors.files import TickFileSource, expand_paths
+    from dataflows.errors import UserError
+
+    settings = Settings.load(
+        env={},
+        source=f"file:{real_data / 'ticks' / 'AIG_20131007.csv.gz'}",
+        lake=str(tmp_path / "lake"),
+        recovery_dir=str(tmp_path / "rec"),
+        bounded=True,
+    )
+    files = TickFileSource(expand_paths(settings.source_path))
+
+    class SeriesKeyed(FixedPartitionedSource):  # partitions named like before
+        def list_parts(self):
+            return ["/old/AIG_"]
+
+        def build_part(self, step_id, for_part, resume_state):
+            (series,) = files.list_series()
+            return files.build_series(series)
+
+    run(settings, SeriesKeyed())
+
+    with pytest.raises(UserError, match="other input partitions.*new --recovery-dir"):
+        run(settings)
