@@ -381,7 +381,7 @@ def symbol_of_series(series: str) -> str:
     """The symbol a series' name suggests (``.../SPY_`` -> ``SPY``). Only
     decides which partition reads the series (see :class:`TickFileSource`);
     the ticks' own symbols decide their shard."""
-    return Path(series).name.strip("_-. ")
+    return Path(series).name.strip("_-. ").upper()
 
 
 class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, Any]]):

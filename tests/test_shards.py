@@ -150,37 +150,35 @@ def test_shard_index_reads_plain_and_aligned_keys_and_refuses_others():
         shard_index("bars_1m")
 
 
-def test_on_two_workers_a_one_symbol_series_is_read_built_and_written_on_one_worker(
-    real_data: Path, run_pipeline, monkeypatch
-):
-    from connectors import files, lake
+def _table_symbols(table) -> set[str]:
+    if not table.num_rows:
+        return set()
+    found = pc.unique(table.column("symbol")).to_pylist()
+    return {s.decode() if isinstance(s, bytes) else s for s in found}  # raw rows: bytes
+
+
+def _note_workers(monkeypatch) -> dict[str, dict[str, set[str]]]:
+    """Per stage (parse, bars, lake ticks), the threads each symbol went
+    through."""
+    from connectors import lake
     from dataflows import operators
 
     threads: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
 
     def noting(stage: str, method, symbols_of):
-        def wrapper(self, *args):
-            result = method(self, *args)
-            for symbol in symbols_of(self, args, result):
+        def wrapper(*args):
+            result = method(*args)
+            for symbol in symbols_of(args, result):
                 threads[stage][symbol].add(threading.current_thread().name)
             return result
 
         return wrapper
 
-    def table_symbols(table) -> set[str]:
-        if not table.num_rows:
-            return set()
-        found = pc.unique(table.column("symbol")).to_pylist()
-        return {s.decode() if isinstance(s, bytes) else s for s in found}  # raw rows: bytes
-
+    # parse runs where the source partition is read (no exchange before it)
     monkeypatch.setattr(
-        files._Chain,
-        "next_batch",
-        noting(
-            "read",
-            files._Chain.next_batch,
-            lambda self, args, batches: set().union(*(table_symbols(b.table) for b in batches)),
-        ),
+        operators,
+        "parse_raw",
+        noting("parse", operators.parse_raw, lambda args, parsed: _table_symbols(parsed.ticks)),
     )
     monkeypatch.setattr(
         operators.BarLogic,
@@ -188,7 +186,7 @@ def test_on_two_workers_a_one_symbol_series_is_read_built_and_written_on_one_wor
         noting(
             "bars",
             operators.BarLogic.on_batch,
-            lambda self, args, _: set().union(*(table_symbols(t) for t in args[0])),
+            lambda args, _: set().union(*(_table_symbols(t) for t in args[1])),
         ),
     )
     monkeypatch.setattr(
@@ -197,20 +195,55 @@ def test_on_two_workers_a_one_symbol_series_is_read_built_and_written_on_one_wor
         noting(
             "lake",
             lake._LakePartition.write_batch,
-            lambda self, args, _: (
-                set().union(*(table_symbols(t) for t in args[0]))
-                if self._sink.table == "bronze/ticks"
+            lambda args, _: (
+                set().union(*(_table_symbols(t) for t in args[1]))
+                if args[0]._sink.table == "bronze/ticks"
                 else set()
             ),
         ),
     )
-    names = ("AIG", "BAC", "IBM", "SPY")
-    pattern = str(real_data / "ticks" / "*_20131007.csv.gz")
-    assert {shard_of(n, 16) % 2 for n in names} == {0, 1}  # both workers have work
+    return threads
 
-    run_pipeline(f"file:{pattern}", workers=2)
 
-    assert set(threads["read"]) == set(threads["bars"]) == set(threads["lake"]) == set(names)
+def _assert_each_symbol_on_one_worker(threads, names) -> None:
+    assert set(threads["parse"]) == set(threads["bars"]) == set(threads["lake"]) == set(names)
     for symbol in names:
-        (reader,) = threads["read"][symbol]
+        (reader,) = threads["parse"][symbol]
         assert threads["bars"][symbol] == threads["lake"][symbol] == {reader}
+    assert len({next(iter(threads["parse"][n])) for n in names}) == 2  # both workers worked
+
+
+NAMES = ("AIG", "BAC", "IBM", "SPY")
+
+
+def test_on_two_workers_a_one_symbol_series_is_read_built_and_written_on_one_worker(
+    real_data: Path, run_pipeline, monkeypatch
+):
+    threads = _note_workers(monkeypatch)
+    assert {shard_of(n, 16) % 2 for n in NAMES} == {0, 1}
+
+    run_pipeline(f"file:{real_data / 'ticks' / '*_20131007.csv.gz'}", workers=2)
+
+    _assert_each_symbol_on_one_worker(threads, NAMES)
+
+
+def test_on_two_workers_a_symbol_of_a_four_partition_topic_stays_on_one_worker(
+    kafka_broker, real_data: Path, run_pipeline, monkeypatch
+):
+    """The producer's default partitioner (librdkafka: crc32(key) %
+    partitions) puts a symbol in partition shard % 4, read by the worker that
+    holds the shard."""
+    from dataflows.cli_kafka import replay_ticks
+    from dataflows.config import Settings
+
+    topic = kafka_broker.topic("aligned", 4)
+    replay_ticks(
+        Settings.load(env={}, kafka_brokers=kafka_broker.brokers),
+        str(real_data / "ticks" / "*_20131007.csv.gz"),
+        topic=topic,
+    )
+    threads = _note_workers(monkeypatch)
+
+    run_pipeline("kafka", kafka_brokers=kafka_broker.brokers, topic_ticks=topic, workers=2)
+
+    _assert_each_symbol_on_one_worker(threads, NAMES)
