@@ -18,14 +18,17 @@ class UserError(Exception):
     """A mistake the user can fix; the message names the problem and the fix."""
 
 
-def _in_chain(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and its causes (``__cause__``, else ``__context__``), each once."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
+        yield exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return None
+
+
+def _in_chain(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    return next((e for e in _chain(exc) if isinstance(e, kind)), None)
 
 
 def find_user_error(exc: BaseException | None) -> UserError | None:
@@ -59,13 +62,7 @@ _OTHER_PARTITIONS = (
 
 def recovery_store_mismatch(exc: BaseException | None) -> bool:
     """The recovery store was written for other input partitions."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if any(words in str(exc) for words in _OTHER_PARTITIONS):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(words in str(e) for e in _chain(exc) for words in _OTHER_PARTITIONS)
 
 
 _PANIC_NOISE = (
