@@ -440,7 +440,7 @@ class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, Any]]):
     ) -> _Chain:
         series = self._by_shard[for_part]
         names = [Path(s).name for s in series]
-        return _Chain(names, [self._opener(s) for s in series], resume_state)
+        return _Chain(names, [partial(self._series_chain, s) for s in series], resume_state)
 
     def list_series(self) -> list[str]:
         """The series, for readers that merge them themselves (replay)."""
@@ -449,12 +449,7 @@ class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, Any]]):
     def build_series(self, series: str) -> _Chain:
         return self._series_chain(series, None)
 
-    def _opener(self, series: str) -> Callable[[Any], _Chain]:
-        return partial(self._series_chain, series)
-
     def _series_chain(self, series: str, state: dict[str, Any] | None) -> _Chain:
-        opens = [
-            partial(_file_partition, path, self._batch_size, self._ts_unit)
-            for path in self._series[series]
-        ]
-        return _Chain([p.name for p in self._series[series]], opens, state)
+        paths = self._series[series]
+        opens = [partial(_file_partition, p, self._batch_size, self._ts_unit) for p in paths]
+        return _Chain([p.name for p in paths], opens, state)
