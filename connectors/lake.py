@@ -110,6 +110,35 @@ class Lake:
     def path(self, table: str) -> str:
         return f"{self.root}/{table}"
 
+    def uri(self, table: str) -> str:
+        """The table's location as the `deltalake` package takes it."""
+        return f"s3://{self.root}/{table}" if self.is_s3 else f"{self.root}/{table}"
+
+    def storage_options(self) -> dict[str, str]:
+        """Options for `deltalake` (delta-rs) to reach this lake.
+
+        Credentials come from the environment (``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), never from config
+        files. ``conditional_put=etag`` makes commits safe on S3 without a
+        lock service (MinIO and AWS S3 support conditional writes).
+        """
+        if not self.is_s3:
+            return {}
+        options = {
+            "AWS_REGION": os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1",
+            "conditional_put": "etag",
+        }
+        if self.endpoint_url:
+            options["AWS_ENDPOINT_URL"] = self.endpoint_url
+            if self.endpoint_url.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            if os.environ.get(name):
+                options[name] = os.environ[name]
+        return options
+
     def check(self) -> None:
         """Fail early, in one line, when the lake cannot be written."""
         if not self.is_s3:
