@@ -38,12 +38,12 @@ from bytewax.dataflow import Dataflow
 from connectors.bar_files import BarBatch, BarFileSource, looks_like_bar_file
 from connectors.files import TickFileSource, expand_paths
 from connectors.lake import WRITE_STATS, Lake, ReplaceSpec, commit_backfill, new_run_id
-from dataflows.config import Settings
-from dataflows.errors import UserError
-from dataflows.gold import gold_stage
-from dataflows.operators import REJECT_KEY, SKIPPED, split_by_shard
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 from dataflows.pipeline import PipelineStreams, attach_sinks, build_flow
 from dataflows.runner import execute
+from dataflows.stages.gold import gold_stage
+from dataflows.stages.operators import REJECT_KEY, SKIPPED, split_by_shard
 from dataflows.warmup import LakeWarmup
 
 
