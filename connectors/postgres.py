@@ -35,7 +35,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import bytewax.operators as op
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,7 +42,7 @@ import pyarrow.csv as pa_csv
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from connectors import serving as db
+from connectors import ddl, upsert
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 
@@ -108,7 +107,7 @@ class PostgresTarget:
                 f"bad setting pg_dsn (from {where}): not a libpq connection string; use "
                 "postgresql://user@host:5432/dbname or 'host=... dbname=... user=...'"
             ) from None
-        schema = db.validate_identifier(
+        schema = ddl.validate_identifier(
             settings.pg_schema, "pg_schema", origin.get("pg_schema", "default")
         )
         # Unquoted Postgres identifiers fold to lower case; so do ours.
@@ -209,7 +208,7 @@ class _TableSql:
     upsert: sql.Composed
 
 
-def _table_sql(schema: str, table: db.ServingTable) -> _TableSql:
+def _table_sql(schema: str, table: ddl.ServingTable) -> _TableSql:
     target = sql.Identifier(schema, table.name)
     staging = sql.Identifier(f"stockflow_staging_{table.name}")
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
@@ -243,7 +242,7 @@ class PostgresWriter:
     """One connection writing batches of serving tables (a
     :class:`connectors.serving.UpsertWriter`)."""
 
-    def __init__(self, target: PostgresTarget, tables: Mapping[str, db.ServingTable]) -> None:
+    def __init__(self, target: PostgresTarget, tables: Mapping[str, ddl.ServingTable]) -> None:
         self._target = target
         self._sql = {name: _table_sql(target.schema, t) for name, t in tables.items()}
         self._conn: psycopg.Connection[Any] | None = None
@@ -280,20 +279,20 @@ class PostgresWriter:
                 self._conn.close()
             self._conn = None
 
-    def classify(self, exc: Exception) -> tuple[db.FailureKind, str]:
+    def classify(self, exc: Exception) -> tuple[upsert.FailureKind, str]:
         reason = self._target.reason(exc)
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate in _PERMANENT_SQLSTATES:
-            return db.PERMANENT, f"{self.where}: {_PERMANENT_SQLSTATES[sqlstate]} ({reason})"
+            return upsert.PERMANENT, f"{self.where}: {_PERMANENT_SQLSTATES[sqlstate]} ({reason})"
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             # Errors while connecting carry no SQLSTATE: recognise the ones
             # that no retry can fix by their libpq message.
             if sqlstate is None and any(p in reason for p in _PERMANENT_CONNECT_ERRORS):
-                return db.PERMANENT, f"cannot connect to {self.where}: {reason}"
-            return db.TRANSIENT, reason
+                return upsert.PERMANENT, f"cannot connect to {self.where}: {reason}"
+            return upsert.TRANSIENT, reason
         if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
-            return db.TRANSIENT, reason
-        return db.BUG, reason
+            return upsert.TRANSIENT, reason
+        return upsert.BUG, reason
 
 
 # --- set-up ----------------------------------------------------------------------
@@ -325,7 +324,7 @@ def init_database(settings: Settings) -> list[str]:
     done = []
     with target.connect() as conn:
         quoted = target.quoted_schema().as_string(conn)
-        statements = db.sql_statements("postgres", quoted)
+        statements = ddl.sql_statements("postgres", quoted)
         with conn.transaction():
             # Two inits at once would race on the catalog; take turns.
             conn.execute("select pg_advisory_xact_lock(%s)", (_INIT_LOCK_ID,))
@@ -337,20 +336,24 @@ def init_database(settings: Settings) -> list[str]:
                     raise UserError(
                         f"sql/postgres/{name} failed on {target.where}: {target.reason(exc)}"
                     ) from None
-                done.append(db.sql_object(statement))
+                done.append(ddl.sql_object(statement))
     return done
 
 
 def attach(streams: Any) -> None:
     """Write every serving table of `streams` (a pipeline.PipelineStreams)."""
+    import bytewax.operators as op  # the Bytewax sink: `db init` does without it
+
+    from connectors import serving
+
     settings: Settings = streams.settings
     target = PostgresTarget.from_settings(settings)
-    tables = db.serving_tables(streams.resolutions)
+    tables = ddl.serving_tables(streams.resolutions)
     check_tables(target, list(tables))
     op.output(
         "postgres",
-        db.serving_stream(streams, "pg"),
-        db.ServingSink(
+        serving.serving_stream(streams, "pg"),
+        serving.ServingSink(
             "postgres",
             lambda: PostgresWriter(target, tables),
             tables,

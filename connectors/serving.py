@@ -39,136 +39,27 @@ so no row is lost or doubled.
 
 from __future__ import annotations
 
-import importlib
 import logging
-import random
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 from zlib import adler32
 
 import bytewax.operators as op
-import numpy as np
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-import dataflows
+from connectors.ddl import TARGETS, ServingTable
+from connectors.upsert import PERMANENT, TRANSIENT, UpsertWriter, keep_last
 from dataflows.core import metrics
-from dataflows.core.config import RESOLUTIONS, Settings
+from dataflows.core.backoff import Backoff
 from dataflows.core.errors import UserError
-from dataflows.core.schema import BAR_SCHEMA, SIGNAL_SCHEMA
 from dataflows.core.shards import shard_index
-from dataflows.stages.gold import INDICATOR_SCHEMA
 
 log = logging.getLogger("stockflow.db")
-
-TARGETS = ("postgres", "snowflake")
-# The repository root holds sql/ next to pyproject.toml, both for a source
-# checkout and an editable install.
-SQL_ROOT = Path(dataflows.__file__).resolve().parent.parent / "sql"
-SCHEMA_PLACEHOLDER = "{{schema}}"
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MAX_IDENTIFIER = 63  # Postgres' limit, the smaller of the two
-
-
-# --- tables -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServingTable:
-    """One serving table: its Arrow schema and the key its upserts use."""
-
-    name: str
-    schema: pa.Schema
-    key: tuple[str, ...]
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return tuple(self.schema.names)
-
-
-def serving_tables(resolutions: Sequence[str] = RESOLUTIONS) -> dict[str, ServingTable]:
-    """The serving tables of `resolutions` (bars and indicators) plus signals."""
-    tables: dict[str, ServingTable] = {}
-    for res in resolutions:
-        tables[f"bars_{res}"] = ServingTable(f"bars_{res}", BAR_SCHEMA, ("symbol", "start"))
-        tables[f"indicators_{res}"] = ServingTable(
-            f"indicators_{res}", INDICATOR_SCHEMA, ("symbol", "start")
-        )
-    tables["signals"] = ServingTable("signals", SIGNAL_SCHEMA, ("symbol", "resolution", "start"))
-    return tables
-
-
-def validate_identifier(value: str, setting: str, origin: str = "default") -> str:
-    """`value` if it is a plain SQL identifier, else a UserError naming `setting`."""
-    if not _IDENTIFIER.fullmatch(value) or len(value) > _MAX_IDENTIFIER:
-        raise UserError(
-            f"bad setting {setting} (from {origin}): {value!r} is not a plain identifier; use "
-            f"letters, digits and underscores, starting with a letter or underscore, at most "
-            f"{_MAX_IDENTIFIER} characters"
-        )
-    return value
-
-
-# --- SQL files --------------------------------------------------------------
-
-
-def sql_files(target: str) -> list[Path]:
-    """``sql/<target>/*.sql`` in the order they are applied."""
-    if target not in TARGETS:
-        raise UserError(f"unknown database target {target!r}; use {' or '.join(TARGETS)}")
-    directory = SQL_ROOT / target
-    files = sorted(directory.glob("*.sql"))
-    if not files:
-        raise UserError(
-            f"no SQL files in {directory}: run stockflow from a checkout or an editable install"
-        )
-    return files
-
-
-def render_sql(text: str, quoted_schema: str) -> str:
-    """`text` with ``{{schema}}`` replaced by the already quoted schema."""
-    rendered = text.replace(SCHEMA_PLACEHOLDER, quoted_schema)
-    if "{{" in rendered:
-        raise ValueError(f"unknown placeholder in SQL: {rendered[rendered.index('{{') :][:40]!r}")
-    return rendered
-
-
-def sql_statements(target: str, quoted_schema: str) -> list[tuple[str, str]]:
-    """``(file name, statement)`` for every SQL file of `target`, in order.
-
-    Each file holds one statement; a trailing semicolon is dropped (the
-    Snowflake connector wants none).
-    """
-    out = []
-    for path in sql_files(target):
-        statement = render_sql(path.read_text(), quoted_schema).strip()
-        out.append((path.name, statement.removesuffix(";").rstrip()))
-    return out
-
-
-def sql_object(statement: str) -> str:
-    """The object a DDL statement creates, e.g. ``view kpi``."""
-    m = re.search(
-        r"create\s+(?:or\s+replace\s+)?(schema|table|view)\s+(?:if\s+not\s+exists\s+)?(\S+)",
-        statement,
-        re.IGNORECASE,
-    )
-    return f"{m[1].lower()} {m[2]}" if m else statement.split("\n", 1)[0]
-
-
-def init_database(target: str, settings: Settings) -> list[str]:
-    """Apply ``sql/<target>`` with the connector of `target`; the objects it made."""
-    if target not in TARGETS:
-        raise UserError(f"unknown database target {target!r}; use {' or '.join(TARGETS)}")
-    connector = importlib.import_module(f"connectors.{target}")
-    return connector.init_database(settings)
-
 
 # --- the batching upsert sink ------------------------------------------------
 
@@ -212,65 +103,6 @@ class ServingStats:
 
 
 SERVING_STATS: dict[str, ServingStats] = {target: ServingStats() for target in TARGETS}
-
-
-# How a writer classifies an exception (UpsertWriter.classify).
-FailureKind = Literal["transient", "permanent", "bug"]
-TRANSIENT: FailureKind = "transient"  # the database went away: reconnect, retry the batch
-PERMANENT: FailureKind = "permanent"  # the user must fix something: stop with a UserError
-BUG: FailureKind = "bug"  # anything else: stop with the traceback
-
-
-class UpsertWriter(Protocol):
-    """What a connector provides to :class:`ServingSink` (one per partition)."""
-
-    where: str  # the database, for messages; never holds a secret
-
-    def connect(self) -> None:
-        """Open a connection (called before the first batch and after a failure)."""
-
-    def upsert(self, batch: Mapping[str, pa.Table]) -> None:
-        """Write ``{table: rows}`` (deduplicated on the key) with key-based upserts."""
-
-    def close(self) -> None:
-        """Drop the connection, quietly; safe to call when none is open."""
-
-    def classify(self, exc: Exception) -> tuple[FailureKind, str]:
-        """``(kind, one-line reason without secrets)`` for an exception."""
-        ...
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Bounded exponential backoff with jitter: ``initial * factor**n`` seconds,
-    at most ``maximum``, each delay scaled by a random factor in [0.5, 1]."""
-
-    initial: float = 0.05
-    factor: float = 2.0
-    maximum: float = 2.0
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial
-        while True:
-            yield delay * (0.5 + random.random() / 2)  # jitter, not crypto
-            delay = min(delay * self.factor, self.maximum)
-
-
-def keep_last(table: pa.Table, key: Sequence[str]) -> pa.Table:
-    """`table` with one row per `key`: the last one, in the original order."""
-    if table.num_rows < 2:
-        return table
-    rows = pa.array(np.arange(table.num_rows, dtype=np.int64))
-    last = (
-        table.select(list(key))
-        .append_column("__row", rows)
-        .group_by(list(key), use_threads=False)
-        .aggregate([("__row", "max")])
-        .column("__row_max")
-    )
-    if len(last) == table.num_rows:
-        return table
-    return table.take(np.sort(last.to_numpy()))
 
 
 class _ServingPartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
@@ -399,7 +231,7 @@ class ServingSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
         batch_rows: int = 10_000,
         max_batch_age_s: float = 2.0,
         reconnect_timeout_s: float = 120.0,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
     ) -> None:
         if partitions < 1 or batch_rows < 1:
             raise ValueError("partitions and batch_rows must be at least 1")
@@ -410,7 +242,7 @@ class ServingSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
         self.batch_rows = batch_rows
         self.max_batch_age_s = max_batch_age_s
         self.reconnect_timeout_s = reconnect_timeout_s
-        self.backoff = backoff
+        self.backoff = backoff or Backoff()
 
     def list_parts(self) -> list[str]:
         return [f"{i:04d}" for i in range(self.partitions)]

@@ -42,11 +42,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import bytewax.operators as op
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors import serving as db
+from connectors import ddl, upsert
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 
@@ -124,7 +123,7 @@ class SnowflakeTarget:
         def ident(name: str, value: str | None) -> str | None:
             if value is None:
                 return None
-            return db.validate_identifier(value, name, origin.get(name, "default")).upper()
+            return ddl.validate_identifier(value, name, origin.get(name, "default")).upper()
 
         account = need("snowflake_account", "STOCKFLOW_SNOWFLAKE_ACCOUNT")
         user = need("snowflake_user", "STOCKFLOW_SNOWFLAKE_USER")
@@ -235,7 +234,7 @@ class _TableSql:
     merge: str
 
 
-def _table_sql(qualified_schema: str, table: db.ServingTable) -> _TableSql:
+def _table_sql(qualified_schema: str, table: ddl.ServingTable) -> _TableSql:
     target = f"{qualified_schema}.{table.name}"
     # Temporary tables live in the session's schema (the target schema).
     staging = f"stockflow_staging_{table.name}"
@@ -297,7 +296,7 @@ class SnowflakeWriter:
     """One Snowflake session writing batches of serving tables (a
     :class:`connectors.serving.UpsertWriter`)."""
 
-    def __init__(self, target: SnowflakeTarget, tables: Mapping[str, db.ServingTable]) -> None:
+    def __init__(self, target: SnowflakeTarget, tables: Mapping[str, ddl.ServingTable]) -> None:
         self._target = target
         self._sql = {name: _table_sql(target.qualified_schema, t) for name, t in tables.items()}
         self._conn: Any = None
@@ -335,26 +334,26 @@ class SnowflakeWriter:
                 self._conn.close()
             self._conn = None
 
-    def classify(self, exc: Exception) -> tuple[db.FailureKind, str]:
+    def classify(self, exc: Exception) -> tuple[upsert.FailureKind, str]:
         from snowflake.connector import errors
 
         reason = self._target.reason(exc)
         errno = getattr(exc, "errno", None)
         if errno in _LOGIN_ERRNOS:
-            return db.PERMANENT, f"{self.where} refused the login: {reason}"
+            return upsert.PERMANENT, f"{self.where} refused the login: {reason}"
         if errno in _SESSION_ERRNOS:
-            return db.TRANSIENT, reason
+            return upsert.TRANSIENT, reason
         if isinstance(exc, errors.ProgrammingError):
             if errno in _MISSING_OBJECT_ERRNOS:
-                return db.PERMANENT, (
+                return upsert.PERMANENT, (
                     f"{self.where}: {reason}; run `stockflow db init --target snowflake`"
                 )
-            return db.BUG, reason
+            return upsert.BUG, reason
         if isinstance(exc, errors.IntegrityError | errors.DataError | errors.NotSupportedError):
-            return db.BUG, reason
+            return upsert.BUG, reason
         if isinstance(exc, errors.Error | OSError | TimeoutError):
-            return db.TRANSIENT, reason
-        return db.BUG, reason
+            return upsert.TRANSIENT, reason
+        return upsert.BUG, reason
 
 
 # --- set-up ----------------------------------------------------------------------
@@ -388,7 +387,7 @@ def init_database(settings: Settings) -> list[str]:
     """Apply ``sql/snowflake`` statement by statement (DDL commits on its own;
     every statement is idempotent); the objects it created or kept."""
     target = SnowflakeTarget.from_settings(settings)
-    statements = db.sql_statements("snowflake", target.qualified_schema)
+    statements = ddl.sql_statements("snowflake", target.qualified_schema)
     conn = target.connect_or_fail()
     done = []
     try:
@@ -400,7 +399,7 @@ def init_database(settings: Settings) -> list[str]:
                 raise UserError(
                     f"sql/snowflake/{name} failed on {target.where}: {target.reason(exc)}"
                 ) from None
-            done.append(db.sql_object(statement))
+            done.append(ddl.sql_object(statement))
     finally:
         conn.close()
     return done
@@ -408,13 +407,17 @@ def init_database(settings: Settings) -> list[str]:
 
 def attach(streams: Any) -> None:
     """Write every serving table of `streams` (a pipeline.PipelineStreams)."""
+    import bytewax.operators as op  # the Bytewax sink: `db init` does without it
+
+    from connectors import serving
+
     target = SnowflakeTarget.from_settings(streams.settings)
-    tables = db.serving_tables(streams.resolutions)
+    tables = ddl.serving_tables(streams.resolutions)
     check_tables(target, list(tables))
     op.output(
         "snowflake",
-        db.serving_stream(streams, "sf"),
-        db.ServingSink(
+        serving.serving_stream(streams, "sf"),
+        serving.ServingSink(
             "snowflake",
             lambda: SnowflakeWriter(target, tables),
             tables,

@@ -18,10 +18,9 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from connectors.serving import ServingTable, serving_tables
+from connectors.ddl import ServingTable, serving_tables
 from dataflows.core.config import RESOLUTIONS
-from dataflows.core.schema import BAR_SCHEMA, SIGNAL_SCHEMA
-from dataflows.stages.gold import INDICATOR_SCHEMA
+from dataflows.core.schema import BAR_SCHEMA, INDICATOR_SCHEMA, SIGNAL_SCHEMA
 from tests.conftest import read_table
 
 TABLES: dict[str, ServingTable] = serving_tables(RESOLUTIONS)

@@ -338,7 +338,7 @@ def test_finnhub_unknown_symbol_ends_in_one_line(fake_finnhub, tmp_path):
 def test_backfill_reruns_and_overlaps_leave_one_row_per_key_in_postgres(
     real_data, tmp_path, pg_server
 ):
-    from connectors.serving import init_database
+    from connectors.ddl import init_database
     from tests.fixtures_postgres import pg_connect
 
     schema = pg_server.new_schema("backfill")

@@ -108,7 +108,7 @@ def test_sql_serving_notebook_runs_against_postgres_and_saves_its_charts(
     tmp_path: Path,
 ) -> None:
     # Arrange: a serving schema filled by the pipeline's Postgres sink.
-    from connectors.serving import init_database
+    from connectors.ddl import init_database
     from dataflows.core.config import Settings
     from dataflows.runner import run
 

@@ -16,8 +16,9 @@ import pytest
 from psycopg import sql
 
 import connectors.postgres
+from connectors.ddl import ServingTable, init_database, serving_tables
 from connectors.postgres import PostgresTarget, PostgresWriter, copy_csv
-from connectors.serving import SERVING_STATS, ServingTable, init_database, serving_tables
+from connectors.serving import SERVING_STATS
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 from dataflows.runner import run

@@ -72,7 +72,7 @@ def crash_topic(kafka_broker, real_data):
 def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
     kafka_broker, pg_server, crash_topic, tmp_path
 ):
-    from connectors.serving import init_database
+    from connectors.ddl import init_database
 
     bars_topic = kafka_broker.topic("bars")
     schema = pg_server.new_schema("crash")

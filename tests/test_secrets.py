@@ -3,7 +3,7 @@ line, an error message, a lake file or a Kafka message."""
 
 from __future__ import annotations
 
-from connectors.serving import init_database
+from connectors.ddl import init_database
 from dataflows.cli.kafka import replay_ticks
 from dataflows.core.config import Settings
 from tests.conftest import cli

@@ -11,18 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from connectors.serving import (
-    PERMANENT,
-    SERVING_STATS,
-    TRANSIENT,
-    Backoff,
-    FailureKind,
-    ServingSink,
-    keep_last,
-    serving_tables,
-    sql_files,
-    sql_object,
-)
+from connectors.ddl import serving_tables, sql_files, sql_object
+from connectors.serving import SERVING_STATS, ServingSink
+from connectors.upsert import PERMANENT, TRANSIENT, FailureKind, keep_last
+from dataflows.core.backoff import Backoff
 from dataflows.core.errors import UserError
 from dataflows.core.schema import BAR_SCHEMA
 

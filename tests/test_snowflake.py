@@ -20,7 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from connectors.serving import SERVING_STATS, ServingSink, init_database, serving_tables
+from connectors.ddl import init_database, serving_tables
+from connectors.serving import SERVING_STATS, ServingSink
 from connectors.snowflake import SnowflakeTarget, SnowflakeWriter, column, json_payloads
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError

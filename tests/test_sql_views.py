@@ -10,8 +10,8 @@ from datetime import date
 
 import pytest
 
+from connectors.ddl import init_database, serving_tables
 from connectors.postgres import PostgresTarget, PostgresWriter
-from connectors.serving import init_database, serving_tables
 from dataflows.core.config import Settings
 from tests.fixtures_postgres import pg_connect, pg_gold_run, pg_server  # noqa: F401
 from tests.serving_checks import (

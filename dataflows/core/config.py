@@ -19,12 +19,12 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from dataflows.core.errors import UserError
 from dataflows.core.shards import DEFAULT_SHARDS
-from dataflows.stages.gold import GoldConfig
 from indicators import IndicatorConfig, IndicatorConfigError, SignalConfig, SignalConfigError
 
 RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
@@ -32,6 +32,32 @@ SINKS = ("parquet", "postgres", "snowflake", "kafka")
 AVAILABLE_SINKS = SINKS
 SOURCES = ("synthetic", "file:PATH", "kafka", "finnhub")
 AVAILABLE_SOURCES = SOURCES
+
+
+@dataclass(frozen=True)
+class GoldConfig:
+    """Indicator periods and signal rules (from the TOML ``[indicators]`` and
+    ``[signals]`` tables); the resolution is filled in per series."""
+
+    indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
+    signals: SignalConfig = field(default_factory=SignalConfig)
+    # Seeds a new series from earlier bars (dataflows.warmup.LakeWarmup).
+    warmup: Any = None
+    # Whether the state is snapshotted for recovery. Bytewax asks for a
+    # snapshot at every epoch's end, recovery or not; without recovery the
+    # copy of every series' windows is thrown away, and for a whole market
+    # it is as big as the state itself (the RSS would double each epoch).
+    snapshots: bool = True
+
+    def for_resolution(self, res: str) -> IndicatorConfig:
+        return _with_resolution(self.indicators, res)
+
+
+@cache
+def _with_resolution(config: IndicatorConfig, res: str) -> IndicatorConfig:
+    # One config object per resolution, not one per series.
+    return replace(config, resolution=res)
+
 
 
 @dataclass(frozen=True)

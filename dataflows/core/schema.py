@@ -12,6 +12,8 @@ from enum import StrEnum
 
 import pyarrow as pa
 
+from indicators import COLUMNS as INDICATOR_COLUMNS
+
 UTC_US = pa.timestamp("us", tz="UTC")
 
 TICK_SCHEMA = pa.schema(
@@ -87,6 +89,9 @@ def indicator_schema(columns: tuple[str, ...]) -> pa.Schema:
     """``gold/indicators_<res>``: the bar columns, then every indicator column
     (null until the indicator is warmed up)."""
     return pa.schema(list(BAR_SCHEMA) + [pa.field(c, pa.float64()) for c in columns])
+
+
+INDICATOR_SCHEMA = indicator_schema(INDICATOR_COLUMNS)
 
 
 SIGNAL_SCHEMA = pa.schema(

@@ -11,44 +11,17 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from functools import cache
+from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
 import pyarrow as pa
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from dataflows.core.schema import SIGNAL_SCHEMA, indicator_schema
+from dataflows.core.config import GoldConfig
+from dataflows.core.schema import INDICATOR_SCHEMA, SIGNAL_SCHEMA
 from dataflows.stages.operators import only_resolution
-from indicators import COLUMNS, IndicatorConfig, IndicatorSet, SignalConfig, SignalEngine
-
-INDICATOR_SCHEMA = indicator_schema(COLUMNS)
-
-
-@dataclass(frozen=True)
-class GoldConfig:
-    """Indicator periods and signal rules (from the TOML ``[indicators]`` and
-    ``[signals]`` tables); the resolution is filled in per series."""
-
-    indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
-    signals: SignalConfig = field(default_factory=SignalConfig)
-    # Seeds a new series from earlier bars (dataflows.warmup.LakeWarmup).
-    warmup: Any = None
-    # Whether the state is snapshotted for recovery. Bytewax asks for a
-    # snapshot at every epoch's end, recovery or not; without recovery the
-    # copy of every series' windows is thrown away, and for a whole market
-    # it is as big as the state itself (the RSS would double each epoch).
-    snapshots: bool = True
-
-    def for_resolution(self, res: str) -> IndicatorConfig:
-        return _with_resolution(self.indicators, res)
-
-
-@cache
-def _with_resolution(config: IndicatorConfig, res: str) -> IndicatorConfig:
-    # One config object per resolution, not one per series.
-    return replace(config, resolution=res)
+from indicators import IndicatorSet, SignalEngine
 
 
 class _Series:
