@@ -79,8 +79,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
-from dataflows.core.metrics import timed_sink_write
 from dataflows.core.shards import shard_index
+from dataflows.core.stats import RunStats
 from dataflows.stages.parse import OffsetPositions, RawMessageBatch
 
 if TYPE_CHECKING:
@@ -667,19 +667,19 @@ class _KafkaTopicSinkPartition(StatefulSinkPartition[pa.Table, None]):
         self._producer = SHARED_PRODUCERS.acquire(sink.producer_config)
         self._closed = False
 
-    @timed_sink_write("kafka")
     def write_batch(self, values: list[pa.Table]) -> None:
         produce = self._producer.produce
         topic = self._sink.topic
-        for table in values:
-            for key, value, headers in self._sink.encode(table):
-                produce(topic, value, key, headers)
-        self._producer.poll(0)
+        with self._sink.stats.timed_write("kafka"):
+            for table in values:
+                for key, value, headers in self._sink.encode(table):
+                    produce(topic, value, key, headers)
+            self._producer.poll(0)
 
-    @timed_sink_write("kafka")
     def snapshot(self) -> None:
         # The epoch may be recorded as done only once its messages are acked.
-        self._producer.flush(self._sink.flush_timeout_s)
+        with self._sink.stats.timed_write("kafka"):
+            self._producer.flush(self._sink.flush_timeout_s)
 
     def close(self) -> None:
         if not self._closed:
@@ -710,8 +710,10 @@ class KafkaTopicSink(FixedPartitionedSink[pa.Table, None]):
         encode: Callable[[pa.Table], list[Message]],
         partitions: int = 16,
         flush_timeout_s: float = 120.0,
+        stats: RunStats | None = None,
     ) -> None:
         self.settings = settings
+        self.stats = stats if stats is not None else RunStats()
         self.topic = topic
         self.encode = encode
         self.partitions = partitions
@@ -746,17 +748,17 @@ def attach(streams: PipelineStreams) -> None:
     op.output(
         "kafka_bars_1m",
         streams.bars("1m"),
-        KafkaTopicSink(settings, settings.topic_bars, bar_messages, parts),
+        KafkaTopicSink(settings, settings.topic_bars, bar_messages, parts, stats=streams.stats),
     )
     op.output(
         "kafka_signals",
         streams.signals,
-        KafkaTopicSink(settings, settings.topic_signals, signal_messages, parts),
+        KafkaTopicSink(settings, settings.topic_signals, signal_messages, parts, stats=streams.stats),
     )
     op.output(
         "kafka_dlq",
         streams.rejects,
-        KafkaTopicSink(settings, settings.topic_dlq, dlq_messages, parts),
+        KafkaTopicSink(settings, settings.topic_dlq, dlq_messages, parts, stats=streams.stats),
     )
 
 

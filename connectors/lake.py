@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,8 +52,8 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.core import faults
 from dataflows.core.errors import UserError
-from dataflows.core.metrics import timed_sink_write
 from dataflows.core.shards import shard_index
+from dataflows.core.stats import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -194,23 +194,6 @@ class Lake:
 
     def files(self, table: str) -> list[str]:
         return sorted(self.fs.glob(f"{self.path(table)}/date=*/part-*.parquet"))
-
-
-@dataclass
-class WriteStats:
-    """Rows and files written per table in this process (for summaries)."""
-
-    rows: dict[str, int] = field(default_factory=dict)
-    files: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, table: str, rows: int) -> None:
-        with self.lock:
-            self.rows[table] = self.rows.get(table, 0) + rows
-            self.files[table] = self.files.get(table, 0) + 1
-
-
-WRITE_STATS = WriteStats()
 
 
 # Rows per Parquet row group (the last one of a file may be smaller).
@@ -460,7 +443,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
         self._seq += 1
         final = f"{directory}/{name}"
 
-        @timed_sink_write("parquet")
+        @self._sink.stats.timed("parquet")
         def write() -> None:
             if lake.is_s3:
                 # An S3 object becomes visible only once its upload completes.
@@ -476,7 +459,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
                 os.replace(tmp, final)
 
         _retrying(write, self._sink.retry_s, f"write {self._sink.table} to {lake.url}")
-        WRITE_STATS.add(self._sink.table, rows)
+        self._sink.stats.lake_written(self._sink.table, rows)
 
     def snapshot(self) -> dict[str, Any]:
         if self._sink.exactly_once:
@@ -520,8 +503,10 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
         columns: tuple[str, ...] | None = None,
         run_id: str | None = None,
         retry_s: float = 60.0,
+        stats: RunStats | None = None,
     ) -> None:
         self.lake = lake
+        self.stats = stats if stats is not None else RunStats()
         self.columns = columns
         self.run_id = run_id
         self.retry_s = retry_s

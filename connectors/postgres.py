@@ -361,5 +361,6 @@ def attach(streams: Any) -> None:
             batch_rows=DEFAULT_BATCH_ROWS,
             max_batch_age_s=DEFAULT_MAX_BATCH_AGE_S,
             reconnect_timeout_s=DEFAULT_RECONNECT_TIMEOUT_S,
+            stats=streams.stats,
         ),
     )

@@ -40,10 +40,8 @@ so no row is lost or doubled.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from zlib import adler32
@@ -52,57 +50,16 @@ import bytewax.operators as op
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from connectors.ddl import TARGETS, ServingTable
+from connectors.ddl import ServingTable
 from connectors.upsert import PERMANENT, TRANSIENT, UpsertWriter, keep_last
-from dataflows.core import metrics
 from dataflows.core.backoff import Backoff
 from dataflows.core.errors import UserError
 from dataflows.core.shards import shard_index
+from dataflows.core.stats import RunStats
 
 log = logging.getLogger("stockflow.db")
 
 # --- the batching upsert sink ------------------------------------------------
-
-
-@dataclass
-class ServingStats:
-    """What a serving sink wrote in this process (for summaries, benchmarks and
-    tests that wait for progress)."""
-
-    rows: int = 0
-    batches: int = 0
-    seconds: float = 0.0
-    retries: int = 0
-    cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
-
-    def add(self, rows: int, seconds: float) -> None:
-        with self.cond:
-            self.rows += rows
-            self.batches += 1
-            self.seconds += seconds
-            self.cond.notify_all()
-
-    def retried(self) -> None:
-        with self.cond:
-            self.retries += 1
-            self.cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[ServingStats], bool], timeout: float) -> bool:
-        """Block until `predicate(self)` holds (True) or `timeout` passes (False)."""
-        with self.cond:
-            return self.cond.wait_for(lambda: predicate(self), timeout)
-
-    def reset(self) -> None:
-        with self.cond:
-            self.rows = self.batches = self.retries = 0
-            self.seconds = 0.0
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-SERVING_STATS: dict[str, ServingStats] = {target: ServingStats() for target in TARGETS}
 
 
 class _ServingPartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
@@ -162,7 +119,7 @@ class _ServingPartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
     def _deliver(self, batch: Mapping[str, pa.Table], rows: int) -> None:
         """Write `batch`, reconnecting and retrying until it is confirmed."""
         sink, writer = self._sink, self._writer
-        stats = SERVING_STATS[sink.name]
+        stats = sink.stats.serving_sink(sink.name)
         delays = sink.backoff.delays()
         deadline: float | None = None
         while True:
@@ -173,7 +130,7 @@ class _ServingPartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
                     self._connected = True
                 writer.upsert(batch)
             except Exception as exc:
-                metrics.count_sink_error(sink.name)
+                sink.stats.count_write_error(sink.name)
                 kind, reason = writer.classify(exc)
                 if kind == PERMANENT:
                     raise UserError(f"{sink.name} sink: {reason}") from None
@@ -201,7 +158,7 @@ class _ServingPartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
                 continue
             seconds = time.perf_counter() - started
             stats.add(rows, seconds)
-            metrics.observe_sink_write(sink.name, seconds)
+            sink.stats.observe_write(sink.name, seconds)
             return
 
 
@@ -220,6 +177,7 @@ class ServingSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
     :arg max_batch_age_s: flush when the oldest buffered row waited this long.
     :arg reconnect_timeout_s: give up (UserError) when a batch could not be
         written for this long.
+    :arg stats: the run's counters (rows, retries, write times).
     """
 
     def __init__(
@@ -232,6 +190,7 @@ class ServingSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
         max_batch_age_s: float = 2.0,
         reconnect_timeout_s: float = 120.0,
         backoff: Backoff | None = None,
+        stats: RunStats | None = None,
     ) -> None:
         if partitions < 1 or batch_rows < 1:
             raise ValueError("partitions and batch_rows must be at least 1")
@@ -243,6 +202,7 @@ class ServingSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
         self.max_batch_age_s = max_batch_age_s
         self.reconnect_timeout_s = reconnect_timeout_s
         self.backoff = backoff or Backoff()
+        self.stats = stats if stats is not None else RunStats()
 
     def list_parts(self) -> list[str]:
         return [f"{i:04d}" for i in range(self.partitions)]

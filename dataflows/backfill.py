@@ -37,13 +37,14 @@ from bytewax.dataflow import Dataflow
 
 from connectors.bar_files import BarBatch, BarFileSource, looks_like_bar_file
 from connectors.files import TickFileSource, expand_paths
-from connectors.lake import WRITE_STATS, Lake, ReplaceSpec, commit_backfill, new_run_id
+from connectors.lake import Lake, ReplaceSpec, commit_backfill, new_run_id
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
+from dataflows.core.stats import RunStats
 from dataflows.pipeline import PipelineStreams, attach_sinks, build_flow
 from dataflows.runner import execute
 from dataflows.stages.gold import gold_stage
-from dataflows.stages.operators import REJECT_KEY, SKIPPED, split_by_shard
+from dataflows.stages.operators import REJECT_KEY, split_by_shard
 from dataflows.warmup import LakeWarmup
 
 
@@ -76,6 +77,8 @@ class BackfillProgress:
     bars: int = 0
     started: float = field(default_factory=time.perf_counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The run's counters (tick-file backfills count their rows there).
+    stats: RunStats = field(default_factory=RunStats)
 
     def add(self, rows: int = 0, bars: int = 0) -> None:
         with self.lock:
@@ -88,10 +91,9 @@ class BackfillProgress:
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.started
-        bars = self.bars or sum(
-            n for t, n in WRITE_STATS.rows.items() if t.startswith("silver/bars_")
-        )
-        rows = self.rows_in or WRITE_STATS.rows.get("bronze/ticks", 0)
+        written = self.stats.snapshot()["lake_rows"]
+        bars = self.bars or sum(n for t, n in written.items() if t.startswith("silver/bars_"))
+        rows = self.rows_in or written.get("bronze/ticks", 0)
         rate = bars / elapsed if elapsed else 0.0
         text = f"backfill: {rows:,} rows, {bars:,} bars, {rate:,.0f} bars/s"
         if self.units_total:
@@ -177,7 +179,9 @@ def _bar_flow(
     rejects = op.flat_map("bar_rejects", batches, rejects_of)
     bars = op.flat_map("shard_bars", batches, shard)
     gold = gold_stage(bars, settings.gold)
-    streams = PipelineStreams(flow, settings, rejects, None, None, bars, gold, (resolution,))
+    streams = PipelineStreams(
+        flow, settings, rejects, None, None, bars, gold, (resolution,), progress.stats
+    )
     attach_sinks(streams)
     return flow
 
@@ -255,12 +259,16 @@ def run_backfill(
                 ts_unit=settings.ts_unit,
                 shards=settings.shards,
             )
-            flow = build_flow(run_settings, source, "stockflow_backfill", select=_tick_select(req))
+            flow = build_flow(
+                run_settings,
+                source,
+                "stockflow_backfill",
+                select=_tick_select(req),
+                stats=progress.stats,
+            )
             kind = "tick files"
             resolutions = frozenset(run_settings.resolutions)
 
-    before_rows = dict(WRITE_STATS.rows)
-    skipped_before = SKIPPED.value
     stop = threading.Event()
     ticker = None
     if show_progress is None:
@@ -285,7 +293,8 @@ def run_backfill(
     _remove_staging(staging)
     if getattr(source, "naive_times", False):
         notes.append("note: bar times without a zone were read as UTC")
-    rows = {t: n - before_rows.get(t, 0) for t, n in WRITE_STATS.rows.items()}
+    figures = progress.stats.snapshot()
+    rows = figures["lake_rows"]
     bars_written = sum(n for t, n in rows.items() if t.startswith("silver/bars_"))
     return BackfillSummary(
         kind,
@@ -296,7 +305,7 @@ def run_backfill(
         progress.bars or bars_written,
         written,
         rows.get("bronze/rejects", 0),
-        SKIPPED.value - skipped_before,
+        figures["skipped"],
         notes,
         rows,
     )

@@ -21,6 +21,7 @@ from dataclasses import replace
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 from dataflows.core.metrics import process_metrics
+from dataflows.core.stats import RunStats
 from dataflows.pipeline import build_flow
 
 
@@ -41,7 +42,9 @@ try:
     recovery_dir = bytewax_recovery_dir()
     if recovery_dir is not None and settings.recovery_dir is None:
         settings = replace(settings, recovery_dir=recovery_dir)
-    flow = build_flow(settings)
-    process_metrics(settings)  # STOCKFLOW_METRICS_PORT: /metrics while the flow runs
+    # This process's run: its counters feed /metrics and the end-of-run summary.
+    stats = RunStats()
+    flow = build_flow(settings, stats=stats)
+    process_metrics(settings, stats)  # STOCKFLOW_METRICS_PORT: /metrics while the flow runs
 except UserError as exc:  # one clear line, as from the CLI
     raise SystemExit(f"stockflow: error: {exc}") from None

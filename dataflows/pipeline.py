@@ -31,6 +31,7 @@ from connectors.lake import Lake, ParquetLakeSink
 from connectors.synthetic import SyntheticConfig, SyntheticTickSource
 from dataflows.core.config import Settings
 from dataflows.core.schema import REJECT_SCHEMA
+from dataflows.core.stats import RunStats
 from dataflows.stages.bars import BarConfig
 from dataflows.stages.gold import GoldStreams, gold_stage
 from dataflows.stages.operators import bar_stage, only_resolution, parse_stage
@@ -103,6 +104,8 @@ class PipelineStreams:
     bars_by_res: KeyedStream[tuple[str, pa.Table]]
     gold: GoldStreams
     resolutions: tuple[str, ...]
+    # The run's counters: operators and sinks add to them, the run reads them.
+    stats: RunStats
     # One filter step per resolution and flow, however many sinks use it.
     memo: dict[str, KeyedStream[pa.Table]] = field(default_factory=dict, compare=False)
 
@@ -142,6 +145,7 @@ def attach_parquet(streams: PipelineStreams) -> None:
             exactly_once=settings.recovery_dir is not None,
             columns=columns,
             run_id=run_id,
+            stats=streams.stats,
         )
 
     reject_columns = tuple(REJECT_SCHEMA.names)
@@ -178,19 +182,24 @@ def build_flow(
     source: Source[Any] | None = None,
     flow_id: str = "stockflow",
     select: Callable[[pa.Table], pa.Table] | None = None,
+    stats: RunStats | None = None,
 ) -> Dataflow:
     """The whole pipeline for `settings`.
 
     :arg source: overrides the source the settings name.
     :arg select: keeps only some valid ticks (backfills: symbols and range).
+    :arg stats: where the run's operators and sinks count (the caller reads
+        it after the run; a new object when not given).
     """
+    stats = stats if stats is not None else RunStats()
     flow = Dataflow(flow_id)
     raw = op.input("ticks_in", flow, source if source is not None else make_source(settings))
-    ticks = parse_stage(raw, settings.shards, select)
+    ticks = parse_stage(raw, settings.shards, stats, select)
     rollups = tuple(r for r in settings.resolutions if r != "1m")
     bars = bar_stage(
         ticks.ticks,
         BarConfig(lateness_s=settings.lateness_s, live=settings.is_live, rollups=rollups),
+        stats,
     )
     gold_config = replace(settings.gold, snapshots=settings.recovery_dir is not None)
     if settings.warmup:
@@ -201,7 +210,15 @@ def build_flow(
         )
     gold = gold_stage(bars.bars, gold_config)
     streams = PipelineStreams(
-        flow, settings, ticks.rejects, ticks.ticks, bars.late, bars.bars, gold, ("1m", *rollups)
+        flow,
+        settings,
+        ticks.rejects,
+        ticks.ticks,
+        bars.late,
+        bars.bars,
+        gold,
+        ("1m", *rollups),
+        stats,
     )
     attach_sinks(streams)
     return flow

@@ -11,7 +11,7 @@ from bytewax.inputs import Source
 from bytewax.run import cli_main
 
 from connectors.files import RawTickBatch
-from connectors.lake import WRITE_STATS, Lake
+from connectors.lake import Lake
 from dataflows.core.config import Settings
 from dataflows.core.errors import (
     UserError,
@@ -21,8 +21,8 @@ from dataflows.core.errors import (
     recovery_store_mismatch,
 )
 from dataflows.core.metrics import run_metrics
+from dataflows.core.stats import RunStats
 from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
-from dataflows.stages.operators import REJECTS_BY_REASON
 
 
 @dataclass
@@ -34,6 +34,14 @@ class RunSummary:
     files: dict[str, int]
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     lake: str = ""
+
+    @classmethod
+    def of(cls, stats: RunStats, seconds: float, lake: str = "") -> RunSummary:
+        """The summary of the run that counted into `stats`."""
+        figures = stats.snapshot()
+        return cls(
+            seconds, figures["lake_rows"], figures["lake_files"], figures["rejects"], lake
+        )
 
     @property
     def ticks_accepted(self) -> int:
@@ -75,7 +83,12 @@ class RunSummary:
 
 
 def execute(
-    flow: Dataflow, settings: Settings, *, recovery: bool = True, metrics: bool = True
+    flow: Dataflow,
+    settings: Settings,
+    *,
+    stats: RunStats | None = None,
+    recovery: bool = True,
+    metrics: bool = True,
 ) -> None:
     """Run `flow` to completion in this process with `settings`' workers and
     snapshot interval (and recovery store, metrics endpoint when asked).
@@ -84,7 +97,7 @@ def execute(
     as one "interrupted" line; Bytewax's panic report is kept off stderr.
     """
     try:
-        with quiet_worker_panics(), run_metrics(settings) if metrics else nullcontext():
+        with quiet_worker_panics(), run_metrics(settings, stats) if metrics else nullcontext():
             cli_main(
                 flow,
                 workers_per_process=settings.workers,
@@ -107,25 +120,25 @@ def execute(
         raise
 
 
-def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSummary:
-    """Run the pipeline to completion (bounded sources) in this process."""
+def run(
+    settings: Settings,
+    source: Source[RawTickBatch] | None = None,
+    stats: RunStats | None = None,
+) -> RunSummary:
+    """Run the pipeline to completion (bounded sources) in this process.
+
+    :arg stats: where the run counts (pass one to watch a run from another
+        thread); a new object when not given.
+    """
     if "parquet" in settings.sinks:
         Lake(settings.lake, settings.s3_endpoint).check()
-    flow = build_flow(settings, source)
-    before_rows, before_files = dict(WRITE_STATS.rows), dict(WRITE_STATS.files)
-    before_reasons = dict(REJECTS_BY_REASON.counts)
+    stats = stats if stats is not None else RunStats()
+    flow = build_flow(settings, source, stats=stats)
     start = time.perf_counter()
-    execute(flow, settings)
+    execute(flow, settings, stats=stats)
     seconds = time.perf_counter() - start
-    rows = {t: n - before_rows.get(t, 0) for t, n in WRITE_STATS.rows.items()}
-    files = {t: n - before_files.get(t, 0) for t, n in WRITE_STATS.files.items()}
-    reasons = {
-        k: v - before_reasons.get(k, 0)
-        for k, v in REJECTS_BY_REASON.counts.items()
-        if v - before_reasons.get(k, 0)
-    }
     lake = Lake(settings.lake, settings.s3_endpoint)
-    return RunSummary(seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root)
+    return RunSummary.of(stats, seconds, lake.url if lake.is_s3 else lake.root)
 
 
 __all__ = ["RunSummary", "UserError", "run"]

@@ -16,12 +16,13 @@ from typing import Any
 import pyarrow.compute as pc
 import pytest
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.files import TickFileSource, expand_paths
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
+from dataflows.core.metrics import run_families
+from dataflows.core.stats import RunStats
 from dataflows.runner import RunSummary, run
 from tests.conftest import free_port, read_table
 
@@ -106,17 +107,13 @@ def by_label(samples: dict, name: str, label: str) -> dict[str, float]:
     return {dict(k)[label]: v for (n, k), v in samples.items() if n == name and v}
 
 
-def registry_now() -> dict:
-    """The in-process registry, in the shape of :func:`scrape`."""
+def samples_of(stats: RunStats) -> dict:
+    """A run's own series, in the shape of :func:`scrape`."""
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in REGISTRY.collect()
+        for family in run_families(stats)
         for s in family.samples
     }
-
-
-def delta(after: dict, before: dict) -> dict:
-    return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -153,12 +150,12 @@ def test_metrics_endpoint_answers_during_a_run_and_counts_equal_the_lake(
         env={}, source=f"file:{path}", lake=str(lake), bounded=True, metrics_port=port
     )
     source = _HoldingSource(TickFileSource(expand_paths(str(path)), batch_size=4096))
-    before = registry_now()
+    stats = RunStats()
     result: dict[str, RunSummary | BaseException] = {}
 
     def run_flow() -> None:
         try:
-            result["summary"] = run(settings, source)
+            result["summary"] = run(settings, source, stats)
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             result["error"] = exc
         finally:
@@ -171,15 +168,15 @@ def test_metrics_endpoint_answers_during_a_run_and_counts_equal_the_lake(
     try:
         assert source.drained.wait(60), "the source never drained"
         wait_until(
-            lambda: value(delta(scrape(port), before), "stockflow_ticks_in_total") >= data_lines,
+            lambda: value(scrape(port), "stockflow_ticks_in_total") >= data_lines,
             30,
             "every row to be counted",
         )
-        during = delta(scrape(port), before)
+        during = scrape(port)
     finally:
         source.release.set()
         runner.join(120)
-    after = delta(registry_now(), before)
+    after = samples_of(stats)
 
     # Assert: the run went fine, its endpoint answered during it ...
     assert "error" not in result, result.get("error")
@@ -236,6 +233,48 @@ def test_a_second_run_with_metrics_in_one_process_serves_ours_and_does_not_fail(
     assert "BYTEWAX_DATAFLOW_API_ENABLED" not in os.environ
 
 
+def test_two_runs_at_once_in_one_process_each_report_their_own_figures(
+    tick_file: tuple[Path, int], tmp_path: Path
+) -> None:
+    # Arrange: two different inputs, run at the same time in two threads.
+    path, data_lines = tick_file
+    runs = {
+        "file": Settings.load(
+            env={}, source=f"file:{path}", lake=str(tmp_path / "a"), bounded=True
+        ),
+        "synthetic": Settings.load(
+            env={},
+            source="synthetic",
+            synthetic_ticks=30_000,
+            lake=str(tmp_path / "b"),
+            bounded=True,
+        ),
+    }
+    summaries: dict[str, RunSummary | BaseException] = {}
+
+    def run_one(name: str) -> None:
+        try:
+            summaries[name] = run(runs[name])
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            summaries[name] = exc
+
+    # Act
+    threads = [threading.Thread(target=run_one, args=(n,)) for n in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+
+    # Assert: each summary counts its own input and equals its own lake.
+    for name, settings in runs.items():
+        summary = summaries[name]
+        assert isinstance(summary, RunSummary), summary
+        for table, rows in summary.rows.items():
+            assert read_table(Path(settings.lake), table).num_rows == rows, (name, table)
+    assert summaries["file"].ticks_in == data_lines  # type: ignore[union-attr]
+    assert summaries["synthetic"].ticks_in == 30_000  # type: ignore[union-attr]
+
+
 def test_a_metrics_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
@@ -249,7 +288,7 @@ def test_a_metrics_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
             bounded=True,
             metrics_port=port,
         )
-        with pytest.raises(UserError, match=rf"cannot serve metrics on 0\.0\.0\.0:{port}"):
+        with pytest.raises(UserError, match=rf"cannot serve metrics on 127\.0\.0\.1:{port}"):
             run(settings)
 
 

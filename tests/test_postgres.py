@@ -18,9 +18,9 @@ from psycopg import sql
 import connectors.postgres
 from connectors.ddl import ServingTable, init_database, serving_tables
 from connectors.postgres import PostgresTarget, PostgresWriter, copy_csv
-from connectors.serving import SERVING_STATS
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
+from dataflows.core.stats import RunStats
 from dataflows.runner import run
 from tests.conftest import cli, free_port
 from tests.fixtures_postgres import (  # noqa: F401
@@ -57,7 +57,9 @@ def init_schema(server: PgServer, prefix: str) -> str:
     return schema
 
 
-def run_real_ticks(server: PgServer, schema: str, lake: str, real_data, workers: int = 1) -> None:  # noqa: ANN001
+def run_real_ticks(  # noqa: ANN001
+    server: PgServer, schema: str, lake: str, real_data, workers: int = 1, stats=None
+) -> None:
     run(
         Settings.load(
             env={},
@@ -68,7 +70,8 @@ def run_real_ticks(server: PgServer, schema: str, lake: str, real_data, workers:
             sinks="parquet,postgres",
             pg_dsn=server.dsn,
             pg_schema=schema,
-        )
+        ),
+        stats=stats,
     )
 
 
@@ -119,9 +122,11 @@ def kill_sink_connections(dsn: str) -> int:
     return killed
 
 
-def in_background_after_batches(batches: tuple[int, ...], action) -> tuple[threading.Thread, list]:  # noqa: ANN001
-    """Run `action()` each time the sink has committed that many more batches."""
-    stats = SERVING_STATS["postgres"]
+def in_background_after_batches(  # noqa: ANN001
+    run_stats: RunStats, batches: tuple[int, ...], action
+) -> tuple[threading.Thread, list]:
+    """Run `action()` each time the run's sink has committed that many more batches."""
+    stats = run_stats.serving_sink("postgres")
     base = stats.batches
     results: list = []
 
@@ -140,15 +145,15 @@ def test_killed_connections_mid_run_lose_no_row_and_double_none(
     pg_server, real_data, tmp_path, small_batches
 ):
     schema = init_schema(pg_server, "kill")
-    retries = SERVING_STATS["postgres"].retries
+    stats = RunStats()
     killer, killed = in_background_after_batches(
-        (20, 150), lambda: kill_sink_connections(pg_server.dsn)
+        stats, (20, 150), lambda: kill_sink_connections(pg_server.dsn)
     )
 
-    run_real_ticks(pg_server, schema, str(tmp_path / "lake"), real_data)
+    run_real_ticks(pg_server, schema, str(tmp_path / "lake"), real_data, stats=stats)
 
     killer.join(timeout=10)
-    assert sum(killed) >= 1 and SERVING_STATS["postgres"].retries > retries
+    assert sum(killed) >= 1 and stats.serving_sink("postgres").retries > 0
     assert_tables_equal_the_lake(pg_server, schema, str(tmp_path / "lake"))
 
 
@@ -158,13 +163,13 @@ def test_server_restart_mid_run_loses_no_row_and_doubles_none(
     if not pg_server.managed:
         pytest.skip("restarting needs the server these tests started")
     schema = init_schema(pg_server, "restart")
-    retries = SERVING_STATS["postgres"].retries
-    restarter, restarted = in_background_after_batches((20,), pg_server.restart)
+    stats = RunStats()
+    restarter, restarted = in_background_after_batches(stats, (20,), pg_server.restart)
 
-    run_real_ticks(pg_server, schema, str(tmp_path / "lake"), real_data)
+    run_real_ticks(pg_server, schema, str(tmp_path / "lake"), real_data, stats=stats)
 
     restarter.join(timeout=30)
-    assert len(restarted) == 1 and SERVING_STATS["postgres"].retries > retries
+    assert len(restarted) == 1 and stats.serving_sink("postgres").retries > 0
     assert_tables_equal_the_lake(pg_server, schema, str(tmp_path / "lake"))
 
 

@@ -12,11 +12,12 @@ import pyarrow as pa
 import pytest
 
 from connectors.ddl import serving_tables, sql_files, sql_object
-from connectors.serving import SERVING_STATS, ServingSink
+from connectors.serving import ServingSink
 from connectors.upsert import PERMANENT, TRANSIENT, FailureKind, keep_last
 from dataflows.core.backoff import Backoff
 from dataflows.core.errors import UserError
 from dataflows.core.schema import BAR_SCHEMA
+from dataflows.core.stats import RunStats
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 FAST = Backoff(initial=0.001, maximum=0.002)
@@ -85,12 +86,13 @@ def bars(n: int, symbol: str = "AAA", first: int = 0) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=BAR_SCHEMA)
 
 
-def partition(writer: FakeWriter, **options):  # noqa: ANN201 - a bytewax partition
+def partition(writer: FakeWriter, stats: RunStats | None = None, **options):  # noqa: ANN201
     sink = ServingSink(
         "postgres",
         lambda: writer,
         serving_tables(("1m",)),
         backoff=FAST,
+        stats=stats,
         **options,
     )
     return sink.build_part("step", "0000", None)
@@ -147,15 +149,14 @@ def test_keep_last_leaves_a_table_without_duplicates_untouched():
 
 def test_transient_failures_are_retried_until_the_batch_is_written():
     writer = FakeWriter(failures=3)
-    stats = SERVING_STATS["postgres"]
-    retries = stats.retries
-    part = partition(writer, batch_rows=10)
+    run_stats = RunStats()
+    part = partition(writer, run_stats, batch_rows=10)
 
     part.write_batch([("bars_1m", bars(10))])
 
     assert writer.rows == 10 and len(writer.batches) == 1
     assert writer.connects == 4  # a fresh connection after every failure
-    assert stats.retries - retries == 3
+    assert run_stats.serving_sink("postgres").retries == 3
 
 
 def test_a_permanent_failure_stops_with_one_user_error():

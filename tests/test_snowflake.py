@@ -21,10 +21,11 @@ import pyarrow as pa
 import pytest
 
 from connectors.ddl import init_database, serving_tables
-from connectors.serving import SERVING_STATS, ServingSink
+from connectors.serving import ServingSink
 from connectors.snowflake import SnowflakeTarget, SnowflakeWriter, column, json_payloads
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
+from dataflows.core.stats import RunStats
 from dataflows.runner import run
 from tests.fixtures_postgres import pg_gold_run, pg_server  # noqa: F401
 from tests.serving_checks import (
@@ -298,15 +299,15 @@ def test_a_dropped_session_mid_batch_is_retried_without_doubling_a_row(emulator,
     )
     _DropsFirstMerge.dropped = 0
     tables = serving_tables(("1m",))
-    sink = ServingSink("snowflake", lambda: SnowflakeWriter(target, tables), tables)
+    stats = RunStats()
+    sink = ServingSink("snowflake", lambda: SnowflakeWriter(target, tables), tables, stats=stats)
     part = sink.build_part("step", "0000", None)
-    retries = SERVING_STATS["snowflake"].retries
     crafted = crafted_market()
 
     part.write_batch([(name, table) for name, table in crafted.items()])
     part.close()
 
-    assert _DropsFirstMerge.dropped == 1 and SERVING_STATS["snowflake"].retries == retries + 1
+    assert _DropsFirstMerge.dropped == 1 and stats.serving_sink("snowflake").retries == 1
     for name, table in crafted.items():
         want = as_rows(zip(*(c.to_pylist() for c in table.columns), strict=True), TABLES[name])
         assert sf_rows("RETRY", name) == want, name

@@ -533,15 +533,16 @@ def _child_process_of_cluster(args: dict[str, Any]) -> dict[str, Any]:
     dataflows.market:flow -i <process_id> -a <addresses>`` runs it."""
     from bytewax.run import cli_main
 
-    from connectors.lake import WRITE_STATS
     from dataflows.core.config import Settings
+    from dataflows.core.stats import RunStats
     from dataflows.pipeline import build_flow, epoch_interval, make_source
 
     settings = Settings.load(
         env={}, source=f"file:{args['dir']}", lake=args["lake"], bounded=True, workers=1
     )
     clock: dict[str, float] = {}
-    flow = build_flow(settings, first_batch_clock(make_source(settings), clock))
+    stats = RunStats()
+    flow = build_flow(settings, first_batch_clock(make_source(settings), clock), stats=stats)
     start = time.time()
     cli_main(
         flow,
@@ -551,7 +552,7 @@ def _child_process_of_cluster(args: dict[str, Any]) -> dict[str, Any]:
         epoch_interval=epoch_interval(settings),
     )
     end, end_cpu = time.time(), time.process_time()
-    rows = WRITE_STATS.rows
+    rows = stats.snapshot()["lake_rows"]
     return {
         "start": start,
         "first_batch": clock.get("first", start),

@@ -105,6 +105,12 @@ OPTIONS: tuple[Option, ...] = (
         "run.metrics_port",
         "serve Prometheus metrics on this port during a run (ours and Bytewax's)",
     ),
+    Option(
+        "metrics_addr",
+        "STOCKFLOW_METRICS_ADDR",
+        "run.metrics_addr",
+        "address the metrics endpoint listens on (0.0.0.0 to be scraped from other hosts)",
+    ),
     Option("lake", "STOCKFLOW_LAKE", "lake.url", "lake root: local path or s3://bucket/prefix"),
     Option("s3_endpoint", "STOCKFLOW_S3_ENDPOINT", "lake.s3_endpoint", "S3/MinIO endpoint URL"),
     Option(
@@ -277,6 +283,7 @@ class Settings:
     shards: int = DEFAULT_SHARDS
     batch_size: int = 65_536
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
     lake: str = "./lake"
     s3_endpoint: str | None = None
     max_rows_per_file: int = 1_000_000

@@ -53,190 +53,107 @@ each its own port); Prometheus sums them.
 
 from __future__ import annotations
 
-import functools
 import logging
+import math
 import os
 import socket
-import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from dataflows.core.errors import UserError
+from dataflows.core.stats import WRITE_BUCKETS, RunStats
 
 if TYPE_CHECKING:
-    import pyarrow as pa
 
     from dataflows.core.config import Settings
 
 log = logging.getLogger("stockflow.metrics")
 
-F = TypeVar("F", bound=Callable[..., Any])
+def run_families(stats: RunStats) -> Iterator[Metric]:
+    """Our series, from the run's own counters (read at scrape time)."""
+    figures = stats.snapshot()
 
-# --- our series -------------------------------------------------------------------
+    def counter(name: str, doc: str, label: str | None, values: dict[str, Any]) -> Metric:
+        family = CounterMetricFamily(name, doc, labels=[label] if label else None)
+        for key, value in sorted(values.items()):
+            family.add_metric([key] if label else [], value)
+        return family
 
-TICKS_IN = Counter(
-    "stockflow_ticks_in",
-    "Rows that entered the pipeline: accepted ticks plus rejects.",
-)
-LATE_TICKS = Counter(
-    "stockflow_late_ticks",
-    "Ticks later than the allowed lateness (bronze/late_ticks).",
-)
-BARS_OUT = Counter(
-    "stockflow_bars_out",
-    "Bars emitted, per resolution.",
-    ["resolution"],
-)
-SINK_WRITE_SECONDS = Histogram(
-    "stockflow_sink_write_seconds",
-    "Duration of one sink write (lake file, serving upsert, Kafka batch or flush).",
-    ["sink"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-)
-SINK_WRITE_ERRORS = Counter(
-    "stockflow_sink_write_errors",
-    "Failed sink write attempts (retried or fatal).",
-    ["sink"],
-)
-
-# Label children looked up once: a batch costs a dict lookup, not a lock dance.
-_BARS_BY_RES: dict[str, Any] = {}
-
-
-def count_parsed(ticks: pa.Table, rejects: pa.Table) -> None:
-    """One parsed batch entered the pipeline."""
-    TICKS_IN.inc(ticks.num_rows + rejects.num_rows)
-
-
-def count_bar_output(items: Iterable[tuple[str, pa.Table]]) -> None:
-    """The ``("bars_<res>" | "late", table)`` items a bar step emitted."""
-    for name, table in items:
-        n = table.num_rows
-        if not n:
-            continue
-        if name == "late":
-            LATE_TICKS.inc(n)
-            continue
-        child = _BARS_BY_RES.get(name)
-        if child is None:
-            child = _BARS_BY_RES[name] = BARS_OUT.labels(name.removeprefix("bars_"))
-        child.inc(n)
-
-
-def observe_sink_write(sink: str, seconds: float) -> None:
-    SINK_WRITE_SECONDS.labels(sink).observe(seconds)
-
-
-def count_sink_error(sink: str) -> None:
-    SINK_WRITE_ERRORS.labels(sink).inc()
-
-
-def timed_sink_write(sink: str) -> Callable[[F], F]:
-    """Decorate a sink's write method: each call's duration goes into
-    ``stockflow_sink_write_seconds{sink}``, each exception it raises into
-    ``stockflow_sink_write_errors_total{sink}`` (and is re-raised)."""
-    seconds = SINK_WRITE_SECONDS.labels(sink)
-    errors = SINK_WRITE_ERRORS.labels(sink)
-
-    def decorate(fn: F) -> F:
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            except Exception:
-                errors.inc()
-                raise
-            finally:
-                seconds.observe(time.perf_counter() - start)
-
-        return timed  # type: ignore[return-value]
-
-    return decorate
-
-
-class _RunStatsCollector:
-    """Counters the run summary already keeps, read at scrape time.
-
-    Only modules that are already loaded are read: a scrape never imports
-    a connector the run does not use.
-    """
-
-    _FAMILIES = (
-        ("stockflow_rejects", "Rejected rows by reason code.", "reason"),
-        ("stockflow_lake_rows_written", "Rows written per lake table.", "table"),
-        ("stockflow_lake_files_written", "Parquet files written per lake table.", "table"),
-        ("stockflow_serving_rows_written", "Rows upserted into serving tables.", "sink"),
-        ("stockflow_serving_retries", "Reconnect-and-retry rounds of serving sinks.", "sink"),
+    yield counter(
+        "stockflow_ticks_in",
+        "Rows that entered the pipeline (accepted ticks plus rejects).",
+        None,
+        {"": figures["ticks_in"]},
     )
+    yield counter("stockflow_rejects", "Rejected rows by reason code.", "reason", figures["rejects"])
+    yield counter(
+        "stockflow_late_ticks",
+        "Ticks later than the allowed lateness.",
+        None,
+        {"": figures["late_ticks"]},
+    )
+    yield counter(
+        "stockflow_bars_out", "Bars emitted per resolution.", "resolution", figures["bars_out"]
+    )
+    yield counter(
+        "stockflow_lake_rows_written", "Rows written per lake table.", "table", figures["lake_rows"]
+    )
+    yield counter(
+        "stockflow_lake_files_written",
+        "Data files written per lake table.",
+        "table",
+        figures["lake_files"],
+    )
+    serving = figures["serving"]
+    yield counter(
+        "stockflow_serving_rows_written",
+        "Rows upserted into serving tables.",
+        "sink",
+        {k: v["rows"] for k, v in serving.items()},
+    )
+    yield counter(
+        "stockflow_serving_retries",
+        "Reconnect-and-retry rounds of serving sinks.",
+        "sink",
+        {k: v["retries"] for k, v in serving.items()},
+    )
+    writes = figures["sink_writes"]
+    yield counter(
+        "stockflow_sink_write_errors",
+        "Failed sink write attempts (retried or fatal).",
+        "sink",
+        {k: v["errors"] for k, v in writes.items()},
+    )
+    histogram = HistogramMetricFamily(
+        "stockflow_sink_write_seconds",
+        "Duration of one sink write (lake file, serving upsert, Kafka batch or flush).",
+        labels=["sink"],
+    )
+    for sink, w in sorted(writes.items()):
+        cumulative, buckets = 0, []
+        for bound, n in zip((*WRITE_BUCKETS, math.inf), w["counts"], strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        histogram.add_metric([sink], buckets, w["sum"])
+    yield histogram
 
-    def describe(self) -> Iterator[Metric]:
-        # The registry asks for names at registration: never collect then
-        # (the modules read here may be half imported).
-        for name, doc, label in self._FAMILIES:
-            yield CounterMetricFamily(name, doc, labels=[label])
+
+class _RunCollector:
+    def __init__(self, stats: RunStats) -> None:
+        self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        operators = sys.modules.get("dataflows.stages.operators")
-        if operators is not None and hasattr(operators, "REJECTS_BY_REASON"):
-            rejects = CounterMetricFamily(
-                "stockflow_rejects", "Rejected rows by reason code.", labels=["reason"]
-            )
-            counter = operators.REJECTS_BY_REASON
-            with counter._lock:  # workers add reasons while we read
-                counts = dict(counter.counts)
-            for reason, n in sorted(counts.items()):
-                rejects.add_metric([reason], n)
-            yield rejects
-        lake = sys.modules.get("connectors.lake")
-        if lake is not None and hasattr(lake, "WRITE_STATS"):
-            stats = lake.WRITE_STATS
-            with stats.lock:
-                rows, files = dict(stats.rows), dict(stats.files)
-            lake_rows = CounterMetricFamily(
-                "stockflow_lake_rows_written", "Rows written per lake table.", labels=["table"]
-            )
-            lake_files = CounterMetricFamily(
-                "stockflow_lake_files_written",
-                "Parquet files written per lake table.",
-                labels=["table"],
-            )
-            for table in sorted(rows):
-                lake_rows.add_metric([table], rows[table])
-                lake_files.add_metric([table], files.get(table, 0))
-            yield lake_rows
-            yield lake_files
-        db = sys.modules.get("connectors.serving")
-        if db is not None and hasattr(db, "SERVING_STATS"):
-            serving_rows = CounterMetricFamily(
-                "stockflow_serving_rows_written",
-                "Rows upserted into serving tables.",
-                labels=["sink"],
-            )
-            retries = CounterMetricFamily(
-                "stockflow_serving_retries",
-                "Reconnect-and-retry rounds of serving sinks.",
-                labels=["sink"],
-            )
-            for sink, serving in sorted(db.SERVING_STATS.items()):
-                serving_rows.add_metric([sink], serving.rows)
-                retries.add_metric([sink], serving.retries)
-            yield serving_rows
-            yield retries
-
-
-REGISTRY.register(_RunStatsCollector())
+        yield from run_families(self._stats)
 
 
 # --- Bytewax's runtime series ---------------------------------------------------------
@@ -332,12 +249,16 @@ class _DefaultRegistryCollector:
         yield from REGISTRY.collect()
 
 
-# What the endpoint serves: the default registry plus Bytewax's runtime. A
-# registry of its own, so Bytewax's API (which serves the default registry)
-# never asks itself for its own metrics.
-EXPOSITION = CollectorRegistry(auto_describe=False)
-EXPOSITION.register(_DefaultRegistryCollector())
-EXPOSITION.register(_BytewaxRuntimeCollector(BYTEWAX_API))
+def exposition(stats: RunStats) -> CollectorRegistry:
+    """What an endpoint serves: the run's counters, the default registry
+    (process, Python, Bytewax's Kafka lag gauge) and Bytewax's runtime. A
+    registry of its own, built per endpoint, so Bytewax's API (which serves
+    the default registry) never asks itself for its own metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_RunCollector(stats))
+    registry.register(_DefaultRegistryCollector())
+    registry.register(_BytewaxRuntimeCollector(BYTEWAX_API))
+    return registry
 
 
 # --- the endpoint --------------------------------------------------------------------
@@ -361,12 +282,13 @@ class MetricsEndpoint:
         self.thread.join(timeout=5)
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> MetricsEndpoint:
-    """Serve the metrics on `port` (a daemon thread) until closed."""
+def serve(port: int, stats: RunStats, addr: str = "127.0.0.1") -> MetricsEndpoint:
+    """Serve `stats` and the process's metrics on `port` (a daemon thread)
+    until closed."""
     if not 0 < port < 65_536:
         raise UserError(f"bad setting metrics_port: {port} is not a TCP port (1-65535)")
     try:
-        server, thread = start_http_server(port, addr=addr, registry=EXPOSITION)
+        server, thread = start_http_server(port, addr=addr, registry=exposition(stats))
     except OSError as exc:
         raise UserError(
             f"cannot serve metrics on {addr}:{port} ({exc.strerror}); choose another "
@@ -377,13 +299,15 @@ def serve(port: int, addr: str = "0.0.0.0") -> MetricsEndpoint:
 
 
 @contextmanager
-def run_metrics(settings: Settings) -> Iterator[MetricsEndpoint | None]:
+def run_metrics(settings: Settings, stats: RunStats | None) -> Iterator[MetricsEndpoint | None]:
     """The endpoint for one run in this process (None without a metrics
     port): open before the dataflow starts, closed when it ends."""
     if not settings.metrics_port:
         yield None
         return
-    endpoint = serve(settings.metrics_port)
+    endpoint = serve(
+        settings.metrics_port, stats if stats is not None else RunStats(), settings.metrics_addr
+    )
     try:
         BYTEWAX_API.enable()
         yield endpoint
@@ -392,11 +316,11 @@ def run_metrics(settings: Settings) -> Iterator[MetricsEndpoint | None]:
         endpoint.close()
 
 
-def process_metrics(settings: Settings) -> MetricsEndpoint | None:
+def process_metrics(settings: Settings, stats: RunStats) -> MetricsEndpoint | None:
     """The endpoint for the life of this process (``python -m bytewax.run``
     runs one dataflow per process and calls no code of ours afterwards)."""
     if not settings.metrics_port:
         return None
-    endpoint = serve(settings.metrics_port)
+    endpoint = serve(settings.metrics_port, stats, settings.metrics_addr)
     BYTEWAX_API.enable()
     return endpoint

@@ -8,11 +8,9 @@ bars), never one Python object per tick.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from threading import Lock
 from typing import Any
 
 import bytewax.operators as op
@@ -23,9 +21,9 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from connectors.files import RawTickBatch
-from dataflows.core import metrics
 from dataflows.core.schema import REJECT_SCHEMA, TICK_SCHEMA
 from dataflows.core.shards import shard_key, shard_of
+from dataflows.core.stats import RunStats
 from dataflows.stages.bars import BarBuilder, BarConfig, BarOutput
 from dataflows.stages.parse import (
     ParsedTicks,
@@ -37,38 +35,6 @@ from dataflows.stages.parse import (
 )
 
 REJECT_KEY = "0000"
-
-
-class RejectCounter:
-    """Rejects by reason code in this process (for run summaries)."""
-
-    def __init__(self) -> None:
-        self._lock = Lock()
-        self.counts: Counter[str] = Counter()
-
-    def add(self, rejects: pa.Table) -> None:
-        if rejects.num_rows:
-            codes = Counter(rejects.column("reason_code").to_pylist())
-            with self._lock:
-                self.counts.update(codes)
-
-
-REJECTS_BY_REASON = RejectCounter()
-
-
-class Counter64:
-    """A thread-safe counter (workers are threads of one process)."""
-
-    def __init__(self) -> None:
-        self._lock = Lock()
-        self.value = 0
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.value += n
-
-
-SKIPPED = Counter64()  # valid ticks a backfill's selection left out
 
 
 def parse_raw(raw: RawTickBatch | RawMessageBatch) -> ParsedTicks:
@@ -135,26 +101,27 @@ class TickStreams:
 def parse_stage(
     raw: Stream[RawTickBatch],
     shards: int,
+    stats: RunStats,
     select: Callable[[pa.Table], pa.Table] | None = None,
 ) -> TickStreams:
     """Validate raw batches and key the valid ticks by symbol shard.
 
     `select` (backfills) keeps only the wanted valid ticks (symbols, range);
-    the others are counted in SKIPPED, not rejected: they are not bad.
+    the others are counted as skipped in `stats`, not rejected: they are not bad.
     """
     parsed = op.map("parse", raw, parse_raw)
     if select is not None:
 
         def keep(p: ParsedTicks) -> ParsedTicks:
             kept = select(p.ticks)
-            SKIPPED.add(p.ticks.num_rows - kept.num_rows)
+            stats.count_skipped(p.ticks.num_rows - kept.num_rows)
             return ParsedTicks(kept, p.rejects)
 
         parsed = op.map("select", parsed, keep)
 
     def rejects_of(p: ParsedTicks) -> list[tuple[str, pa.Table]]:
-        REJECTS_BY_REASON.add(p.rejects)
-        metrics.count_parsed(p.ticks, p.rejects)
+        codes = p.rejects.column("reason_code").to_pylist() if p.rejects.num_rows else []
+        stats.count_parsed(p.ticks.num_rows, codes)
         return [(REJECT_KEY, p.rejects)] if p.rejects.num_rows else []
 
     rejects = op.flat_map("rejects", parsed, rejects_of)
@@ -169,15 +136,15 @@ class BarLogic(StatefulBatchLogic[pa.Table, tuple[str, pa.Table], dict[str, Any]
     in live mode when a quiet symbol's bar is due.
     """
 
-    def __init__(self, config: BarConfig, state: dict[str, Any] | None) -> None:
+    def __init__(self, config: BarConfig, stats: RunStats, state: dict[str, Any] | None) -> None:
         self._builder = BarBuilder(config, state)
+        self._stats = stats
 
-    @staticmethod
-    def _out(result: BarOutput) -> list[tuple[str, pa.Table]]:
+    def _out(self, result: BarOutput) -> list[tuple[str, pa.Table]]:
         out = [(f"bars_{res}", table) for res, table in result.by_resolution().items()]
         if result.late.num_rows:
             out.append(("late", result.late))
-        metrics.count_bar_output(out)
+        self._stats.count_bar_output(out)
         return out
 
     def on_batch(self, values: list[pa.Table]) -> tuple[list[tuple[str, pa.Table]], bool]:
@@ -222,9 +189,9 @@ class BarStreams:
         return only_resolution("bars", self.bars, res)
 
 
-def bar_stage(ticks: KeyedStream[pa.Table], config: BarConfig) -> BarStreams:
+def bar_stage(ticks: KeyedStream[pa.Table], config: BarConfig, stats: RunStats) -> BarStreams:
     """Per-shard event-time 1-minute bars and their roll-ups; late ticks split off."""
-    out = op.stateful_batch("bars", ticks, lambda state: BarLogic(config, state))
+    out = op.stateful_batch("bars", ticks, lambda state: BarLogic(config, stats, state))
     branch = op.branch("bars_or_late", out, lambda kv: kv[1][0] != "late")
     bars = op.map_value("bars_by_res", branch.trues, lambda v: (v[0][len("bars_") :], v[1]))
     late = op.map_value("late_table", branch.falses, lambda v: v[1])
