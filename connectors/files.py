@@ -24,7 +24,6 @@ import csv
 import glob
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from dataflows.core.batches import RawTickBatch
 from dataflows.core.errors import UserError
 from dataflows.core.shards import DEFAULT_SHARDS, shard_key, shard_keys, shard_of
 
@@ -45,26 +45,6 @@ TS_UNITS = ("s", "ms", "us", "ns")
 TICK_FILE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 # Readers may name columns differently; these are accepted as aliases.
 ALIASES = {"timestamp": "ts", "time": "ts", "ts_event": "ts", "qty": "size", "quantity": "size"}
-
-
-@dataclass
-class RawTickBatch:
-    """Raw rows of one file batch, before validation.
-
-    :arg table: the file's columns (renamed to the contract's names).
-    :arg lines: per row, the CSV line number (1 = header) or Parquet row
-        index, for reject positions.
-    :arg origin: the file name used in positions.
-    :arg unreadable: rows that could not be split into columns.
-    """
-
-    table: pa.Table
-    lines: np.ndarray
-    origin: str
-    source: str = "file"
-    ts_unit: str | None = None
-    unreadable: list[tuple[int, str]] = field(default_factory=list)
-    expected_columns: int = 0
 
 
 def _suffix(path: Path) -> str:

@@ -60,9 +60,9 @@ import pyarrow.compute as pc
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from connectors.kafka import CheckedProducer, kafka_config
+from dataflows.core.batches import RawMessageBatch
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
-from dataflows.stages.parse import RawMessageBatch
 
 log = logging.getLogger("stockflow.finnhub")
 

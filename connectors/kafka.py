@@ -77,11 +77,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import Producer as _Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from dataflows.core.batches import OffsetPositions, RawMessageBatch
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 from dataflows.core.shards import shard_index
 from dataflows.core.stats import RunStats
-from dataflows.stages.parse import OffsetPositions, RawMessageBatch
 
 if TYPE_CHECKING:
     from dataflows.pipeline import PipelineStreams

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.files import RawTickBatch
+from dataflows.core.batches import RawTickBatch
 
 # symbol: (start price, annualised volatility, relative activity)
 DEFAULT_SYMBOLS: dict[str, tuple[float, float, float]] = {

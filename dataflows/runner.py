@@ -10,8 +10,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.run import cli_main
 
-from connectors.files import RawTickBatch
 from connectors.lake import Lake
+from dataflows.core.batches import RawTickBatch
 from dataflows.core.config import Settings
 from dataflows.core.errors import (
     UserError,

@@ -432,8 +432,8 @@ def test_dashboard_asks_only_for_series_the_compose_dataflow_serves(
     # Arrange: real ticks and some garbage in a fresh topic, a serving schema,
     # and the compose dataflow's own command pointed at them.
     from connectors.ddl import init_database
-    from dataflows.cli.kafka import replay_ticks
     from dataflows.core.config import Settings
+    from dataflows.replay import replay_ticks
 
     wanted = dashboard_metrics()
     assert len(wanted) >= 10, sorted(wanted)

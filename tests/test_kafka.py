@@ -29,8 +29,9 @@ from connectors.kafka import (
     kafka_config,
     redacted,
 )
-from dataflows.cli.kafka import bench_kafka, replay_ticks
+from dataflows.bench.kafka import bench_kafka
 from dataflows.core.config import Settings
+from dataflows.replay import replay_ticks
 from dataflows.stages.operators import parse_raw
 from tests.conftest import cli, free_port, read_table, sort_bars
 from tests.fixtures_kafka import kafka_broker  # noqa: F401

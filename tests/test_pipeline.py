@@ -21,8 +21,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import TestingSink, run_main
 
-from connectors.files import RawTickBatch
 from connectors.lake import Lake
+from dataflows.core.batches import RawTickBatch
 from dataflows.stages.bars import BarConfig
 from dataflows.stages.operators import bar_stage, parse_stage
 from tests.conftest import ROOT, read_table, sort_bars

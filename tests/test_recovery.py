@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dataflows.cli.kafka import replay_ticks
 from dataflows.core.config import Settings
+from dataflows.replay import replay_ticks
 from dataflows.runner import run
 from tests.conftest import ROOT, read_table, sort_bars
 from tests.fixtures_postgres import pg_connect

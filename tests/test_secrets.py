@@ -4,8 +4,8 @@ line, an error message, a lake file or a Kafka message."""
 from __future__ import annotations
 
 from connectors.ddl import init_database
-from dataflows.cli.kafka import replay_ticks
 from dataflows.core.config import Settings
+from dataflows.replay import replay_ticks
 from tests.conftest import cli
 
 

@@ -233,8 +233,8 @@ def test_on_two_workers_a_symbol_of_a_four_partition_topic_stays_on_one_worker(
     """The producer's default partitioner (librdkafka: crc32(key) %
     partitions) puts a symbol in partition shard % 4, read by the worker that
     holds the shard."""
-    from dataflows.cli.kafka import replay_ticks
     from dataflows.core.config import Settings
+    from dataflows.replay import replay_ticks
 
     topic = kafka_broker.topic("aligned", 4)
     replay_ticks(

@@ -401,8 +401,8 @@ def _child_kafka_raw(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kafka_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
-    from dataflows.cli.kafka import replay_ticks
     from dataflows.core.config import Settings
+    from dataflows.replay import replay_ticks
 
     path = _tick_path(opts, data, "kafka")
     with kafka_brokers(opts.brokers) as brokers:
@@ -662,7 +662,7 @@ def soak_source(
     import pyarrow as pa
     from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-    from connectors.files import RawTickBatch
+    from dataflows.core.batches import RawTickBatch
 
     names = pa.array([f"X{i:04d}" for i in range(symbols)], pa.string())
     t0_us = int(SOAK_START.timestamp() * 1_000_000)

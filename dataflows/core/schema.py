@@ -8,7 +8,10 @@ README.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
 import pyarrow as pa
 
@@ -106,3 +109,47 @@ SIGNAL_SCHEMA = pa.schema(
         pa.field("data_quality", pa.bool_(), nullable=False),
     ]
 )
+
+
+# --- reject records -------------------------------------------------------------
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+# ---------------------------------------------------------------------------
+# Column coercion: raw Arrow arrays -> typed numpy arrays + error masks
+# ---------------------------------------------------------------------------
+
+
+def reject_record(
+    source: str,
+    position: str,
+    reason: RejectReason,
+    detail: str,
+    payload: bytes,
+    received_at: int | None = None,
+) -> dict[str, Any]:
+    """One row of ``bronze/rejects`` (payload cut at REJECT_PAYLOAD_LIMIT)."""
+    return {
+        "received_at": received_at if received_at is not None else now_us(),
+        "source": source,
+        "position": position,
+        "reason_code": reason.value,
+        "reason": f"{reason.value}: {detail}"[:1024],
+        "payload": payload[:REJECT_PAYLOAD_LIMIT],
+        "payload_size": len(payload),
+        "original": payload,
+    }
+
+
+def rejects_table(records: Sequence[dict[str, Any]], keep_original: bool = False) -> pa.Table:
+    """Reject records as a table; `keep_original` adds the untruncated
+    payload (DLQ_SCHEMA) for sinks that must forward it, e.g. a DLQ topic."""
+    schema = DLQ_SCHEMA if keep_original else REJECT_SCHEMA
+    if not records:
+        return schema.empty_table()
+    cols = {name: [r[name] for r in records] for name in schema.names}
+    cols["received_at"] = pa.array(cols["received_at"], pa.int64()).cast(UTC_US)
+    return pa.Table.from_pydict(cols, schema=schema)

@@ -20,19 +20,12 @@ import pyarrow.compute as pc
 from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from connectors.files import RawTickBatch
+from dataflows.core.batches import ParsedTicks, RawMessageBatch, RawTickBatch
 from dataflows.core.schema import REJECT_SCHEMA, TICK_SCHEMA
 from dataflows.core.shards import shard_key, shard_of
 from dataflows.core.stats import RunStats
 from dataflows.stages.bars import BarBuilder, BarConfig, BarOutput
-from dataflows.stages.parse import (
-    ParsedTicks,
-    RawMessageBatch,
-    parse_columns,
-    parse_messages,
-    single_symbol,
-    unreadable_rows,
-)
+from dataflows.stages.parse import parse_columns, parse_messages, single_symbol, unreadable_rows
 
 REJECT_KEY = "0000"
 

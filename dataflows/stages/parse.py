@@ -31,7 +31,6 @@ import json
 import math
 import re
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +39,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataflows.core.batches import ParsedTicks
 from dataflows.core.schema import (
     DLQ_SCHEMA,
-    REJECT_PAYLOAD_LIMIT,
-    REJECT_SCHEMA,
     TICK_SCHEMA,
     UTC_US,
     RejectReason,
+    now_us,
+    reject_record,
+    rejects_table,
 )
 
 US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
@@ -66,68 +67,6 @@ REASON_PRIORITY: tuple[RejectReason, ...] = (
     RejectReason.TIMESTAMP_OUT_OF_RANGE,
 )
 _CODE = {reason: i + 1 for i, reason in enumerate(REASON_PRIORITY)}
-
-
-@dataclass(frozen=True)
-class RawMessageBatch:
-    """Raw messages (Kafka records, websocket frames) before validation.
-
-    :arg payloads: the message bytes, untouched.
-    :arg positions: where each came from, e.g. ``ticks.raw/3/1042``
-        (topic/partition/offset), used in reject records and the DLQ.
-    :arg source: ``kafka``, ``finnhub``, ...
-    """
-
-    payloads: list[bytes]
-    positions: Sequence[str]
-    source: str = "kafka"
-
-
-class OffsetPositions(Sequence[str]):
-    """The ``topic/partition/offset`` positions of a batch of Kafka records,
-    spelled out only when read (for the few rejected records), not as one
-    string per record."""
-
-    __slots__ = ("prefix", "offsets")
-
-    def __init__(self, prefix: str, offsets: list[int]) -> None:
-        self.prefix = prefix
-        self.offsets = offsets
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [f"{self.prefix}{o}" for o in self.offsets[i]]
-        return f"{self.prefix}{self.offsets[i]}"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    def __repr__(self) -> str:
-        return f"OffsetPositions({self.prefix!r}, {len(self.offsets)} offsets)"
-
-
-@dataclass(frozen=True)
-class ParsedTicks:
-    """The outcome of parsing one batch: valid ticks and reject records."""
-
-    ticks: pa.Table
-    rejects: pa.Table
-
-    @property
-    def rows_in(self) -> int:
-        return self.ticks.num_rows + self.rejects.num_rows
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-# ---------------------------------------------------------------------------
-# Column coercion: raw Arrow arrays -> typed numpy arrays + error masks
-# ---------------------------------------------------------------------------
 
 
 def _cast_isolating(arr: pa.Array, to: pa.DataType) -> tuple[pa.Array, np.ndarray]:
@@ -438,38 +377,6 @@ def _assemble(
             )
         )
     return ParsedTicks(ticks, rejects_table(rejects, keep_original))
-
-
-def reject_record(
-    source: str,
-    position: str,
-    reason: RejectReason,
-    detail: str,
-    payload: bytes,
-    received_at: int | None = None,
-) -> dict[str, Any]:
-    """One row of ``bronze/rejects`` (payload cut at REJECT_PAYLOAD_LIMIT)."""
-    return {
-        "received_at": received_at if received_at is not None else now_us(),
-        "source": source,
-        "position": position,
-        "reason_code": reason.value,
-        "reason": f"{reason.value}: {detail}"[:1024],
-        "payload": payload[:REJECT_PAYLOAD_LIMIT],
-        "payload_size": len(payload),
-        "original": payload,
-    }
-
-
-def rejects_table(records: Sequence[dict[str, Any]], keep_original: bool = False) -> pa.Table:
-    """Reject records as a table; `keep_original` adds the untruncated
-    payload (DLQ_SCHEMA) for sinks that must forward it, e.g. a DLQ topic."""
-    schema = DLQ_SCHEMA if keep_original else REJECT_SCHEMA
-    if not records:
-        return schema.empty_table()
-    cols = {name: [r[name] for r in records] for name in schema.names}
-    cols["received_at"] = pa.array(cols["received_at"], pa.int64()).cast(UTC_US)
-    return pa.Table.from_pydict(cols, schema=schema)
 
 
 # ---------------------------------------------------------------------------
