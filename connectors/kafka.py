@@ -67,9 +67,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import bytewax.operators as op
 import pyarrow as pa
 from bytewax.connectors.kafka import KafkaSource, _KafkaSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -82,9 +81,6 @@ from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 from dataflows.core.shards import shard_index
 from dataflows.core.stats import RunStats
-
-if TYPE_CHECKING:
-    from dataflows.pipeline import PipelineStreams
 
 log = logging.getLogger("stockflow.kafka")
 
@@ -737,29 +733,6 @@ class KafkaTopicSink(FixedPartitionedSink[pa.Table, None]):
         self, step_id: str, for_part: str, resume_state: None
     ) -> _KafkaTopicSinkPartition:
         return _KafkaTopicSinkPartition(self)
-
-
-def attach(streams: PipelineStreams) -> None:
-    """The Kafka sinks of a flow (``--sink kafka``): 1-minute bars, signals
-    and dead letters, each to its topic (created when missing)."""
-    settings = streams.settings
-    parts = settings.shards
-    ensure_topics(settings, [settings.topic_bars, settings.topic_signals, settings.topic_dlq])
-    op.output(
-        "kafka_bars_1m",
-        streams.bars("1m"),
-        KafkaTopicSink(settings, settings.topic_bars, bar_messages, parts, stats=streams.stats),
-    )
-    op.output(
-        "kafka_signals",
-        streams.signals,
-        KafkaTopicSink(settings, settings.topic_signals, signal_messages, parts, stats=streams.stats),
-    )
-    op.output(
-        "kafka_dlq",
-        streams.rejects,
-        KafkaTopicSink(settings, settings.topic_dlq, dlq_messages, parts, stats=streams.stats),
-    )
 
 
 # ---------------------------------------------------------------------------

@@ -339,28 +339,3 @@ def init_database(settings: Settings) -> list[str]:
                 done.append(ddl.sql_object(statement))
     return done
 
-
-def attach(streams: Any) -> None:
-    """Write every serving table of `streams` (a pipeline.PipelineStreams)."""
-    import bytewax.operators as op  # the Bytewax sink: `db init` does without it
-
-    from connectors import serving
-
-    settings: Settings = streams.settings
-    target = PostgresTarget.from_settings(settings)
-    tables = ddl.serving_tables(streams.resolutions)
-    check_tables(target, list(tables))
-    op.output(
-        "postgres",
-        serving.serving_stream(streams, "pg"),
-        serving.ServingSink(
-            "postgres",
-            lambda: PostgresWriter(target, tables),
-            tables,
-            partitions=max(1, min(settings.workers, settings.shards)),
-            batch_rows=DEFAULT_BATCH_ROWS,
-            max_batch_age_s=DEFAULT_MAX_BATCH_AGE_S,
-            reconnect_timeout_s=DEFAULT_RECONNECT_TIMEOUT_S,
-            stats=streams.stats,
-        ),
-    )

@@ -42,11 +42,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
-from typing import Any
 from zlib import adler32
 
-import bytewax.operators as op
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
@@ -217,26 +214,3 @@ class ServingSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
         self, step_id: str, for_part: str, resume_state: None
     ) -> StatefulSinkPartition[tuple[str, pa.Table], None]:
         return _ServingPartition(self, self.make_writer())
-
-
-def _tag(name: str, table: pa.Table) -> tuple[str, pa.Table]:
-    return name, table
-
-
-def serving_stream(streams: Any, prefix: str) -> Any:
-    """Every serving table's stream of a flow, merged into one keyed stream of
-    ``(table_name, pa.Table)`` (`streams` is a pipeline.PipelineStreams)."""
-    tagged = []
-    for res in streams.resolutions:
-        tagged.append(
-            op.map_value(f"{prefix}_bars_{res}", streams.bars(res), partial(_tag, f"bars_{res}"))
-        )
-        tagged.append(
-            op.map_value(
-                f"{prefix}_indicators_{res}",
-                streams.indicators(res),
-                partial(_tag, f"indicators_{res}"),
-            )
-        )
-    tagged.append(op.map_value(f"{prefix}_signals", streams.signals, partial(_tag, "signals")))
-    return op.merge(f"{prefix}_tables", *tagged)

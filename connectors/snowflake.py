@@ -404,27 +404,3 @@ def init_database(settings: Settings) -> list[str]:
         conn.close()
     return done
 
-
-def attach(streams: Any) -> None:
-    """Write every serving table of `streams` (a pipeline.PipelineStreams)."""
-    import bytewax.operators as op  # the Bytewax sink: `db init` does without it
-
-    from connectors import serving
-
-    target = SnowflakeTarget.from_settings(streams.settings)
-    tables = ddl.serving_tables(streams.resolutions)
-    check_tables(target, list(tables))
-    op.output(
-        "snowflake",
-        serving.serving_stream(streams, "sf"),
-        serving.ServingSink(
-            "snowflake",
-            lambda: SnowflakeWriter(target, tables),
-            tables,
-            partitions=1,
-            batch_rows=DEFAULT_BATCH_ROWS,
-            max_batch_age_s=DEFAULT_MAX_BATCH_AGE_S,
-            reconnect_timeout_s=DEFAULT_RECONNECT_TIMEOUT_S,
-            stats=streams.stats,
-        ),
-    )

@@ -41,10 +41,12 @@ from connectors.lake import Lake, ReplaceSpec, commit_backfill, new_run_id
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 from dataflows.core.stats import RunStats
-from dataflows.pipeline import PipelineStreams, attach_sinks, build_flow
+from dataflows.pipeline import build_flow
 from dataflows.runner import execute
+from dataflows.sinks import attach_sinks
 from dataflows.stages.gold import gold_stage
 from dataflows.stages.operators import REJECT_KEY, split_by_shard
+from dataflows.streams import PipelineStreams
 from dataflows.warmup import LakeWarmup
 
 

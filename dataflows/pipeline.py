@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,17 +24,16 @@ import bytewax.operators as op
 import pyarrow as pa
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.operators import KeyedStream
 
 from connectors.files import TickFileSource, expand_paths
-from connectors.lake import Lake, ParquetLakeSink
 from connectors.synthetic import SyntheticConfig, SyntheticTickSource
 from dataflows.core.config import Settings
-from dataflows.core.schema import REJECT_SCHEMA
 from dataflows.core.stats import RunStats
+from dataflows.sinks import attach_sinks
 from dataflows.stages.bars import BarConfig
-from dataflows.stages.gold import GoldStreams, gold_stage
-from dataflows.stages.operators import bar_stage, only_resolution, parse_stage
+from dataflows.stages.gold import gold_stage
+from dataflows.stages.operators import bar_stage, parse_stage
+from dataflows.streams import PipelineStreams
 
 
 def make_source(settings: Settings) -> Source[Any]:
@@ -64,112 +63,6 @@ def make_source(settings: Settings) -> Source[Any]:
     if kind == "finnhub":
         return _load("connectors.finnhub:make_source")(settings)
     raise AssertionError(f"unvalidated source {settings.source!r}")
-
-
-@dataclass(frozen=True)
-class LakeTables:
-    """Where each stream lands in the lake."""
-
-    ticks: str = "bronze/ticks"
-    rejects: str = "bronze/rejects"
-    late: str = "bronze/late_ticks"
-    bars: str = "silver/bars_1m"
-    signals: str = "gold/signals"
-
-    @staticmethod
-    def bars_of(res: str) -> str:
-        return f"silver/bars_{res}"
-
-    @staticmethod
-    def indicators_of(res: str) -> str:
-        return f"gold/indicators_{res}"
-
-
-@dataclass(frozen=True)
-class PipelineStreams:
-    """Every stream a sink may consume, each item ``(shard_key, pa.Table)``.
-
-    Schemas (dataflows/core/schema.py): `rejects` REJECT_SCHEMA (DLQ_SCHEMA for
-    message sources), `ticks` TICK_SCHEMA, `late` LATE_TICK_SCHEMA,
-    `bars(res)` BAR_SCHEMA, `indicators(res)` gold.INDICATOR_SCHEMA,
-    `signals` SIGNAL_SCHEMA. A flow that enters at the bar stage (bar-file
-    backfills) has no `ticks` or `late` stream (None).
-    """
-
-    flow: Dataflow
-    settings: Settings
-    rejects: KeyedStream[pa.Table]
-    ticks: KeyedStream[pa.Table] | None
-    late: KeyedStream[pa.Table] | None
-    bars_by_res: KeyedStream[tuple[str, pa.Table]]
-    gold: GoldStreams
-    resolutions: tuple[str, ...]
-    # The run's counters: operators and sinks add to them, the run reads them.
-    stats: RunStats
-    # One filter step per resolution and flow, however many sinks use it.
-    memo: dict[str, KeyedStream[pa.Table]] = field(default_factory=dict, compare=False)
-
-    @property
-    def signals(self) -> KeyedStream[pa.Table]:
-        return self.gold.signals
-
-    def bars(self, res: str) -> KeyedStream[pa.Table]:
-        return self._only("bars", self.bars_by_res, res)
-
-    def indicators(self, res: str) -> KeyedStream[pa.Table]:
-        return self._only("indicators", self.gold.indicators, res)
-
-    def _only(
-        self, name: str, stream: KeyedStream[tuple[str, pa.Table]], res: str
-    ) -> KeyedStream[pa.Table]:
-        key = f"{name}_{res}"
-        if key not in self.memo:
-            self.memo[key] = only_resolution(name, stream, res)
-        return self.memo[key]
-
-
-def attach_parquet(streams: PipelineStreams) -> None:
-    """The lake sink: every table of every layer."""
-    settings = streams.settings
-    lake = Lake(settings.lake, settings.s3_endpoint)
-    tables = LakeTables()
-    run_id = recovery_run_id(settings)
-
-    def lake_sink(table: str, columns: tuple[str, ...] | None = None) -> ParquetLakeSink:
-        return ParquetLakeSink(
-            lake,
-            table,
-            partitions=settings.lake_partitions or settings.shards,
-            max_rows_per_file=settings.max_rows_per_file,
-            max_file_age_s=settings.max_file_age_s,
-            exactly_once=settings.recovery_dir is not None,
-            columns=columns,
-            run_id=run_id,
-            stats=streams.stats,
-        )
-
-    reject_columns = tuple(REJECT_SCHEMA.names)
-    op.output("lake_rejects", streams.rejects, lake_sink(tables.rejects, reject_columns))
-    if streams.ticks is not None:
-        op.output("lake_ticks", streams.ticks, lake_sink(tables.ticks))
-    if streams.late is not None:
-        op.output("lake_late", streams.late, lake_sink(tables.late))
-    for res in streams.resolutions:
-        op.output(f"lake_bars_{res}", streams.bars(res), lake_sink(tables.bars_of(res)))
-        op.output(
-            f"lake_indicators_{res}", streams.indicators(res), lake_sink(tables.indicators_of(res))
-        )
-    op.output("lake_signals", streams.signals, lake_sink(tables.signals))
-
-
-# Sink name -> "module:function" taking PipelineStreams; imported only when
-# chosen, so a flow without Snowflake never imports its connector.
-SINK_ATTACHERS = {
-    "parquet": "dataflows.pipeline:attach_parquet",
-    "postgres": "connectors.postgres:attach",
-    "snowflake": "connectors.snowflake:attach",
-    "kafka": "connectors.kafka:attach",
-}
 
 
 def _load(ref: str) -> Callable[..., Any]:
@@ -224,11 +117,6 @@ def build_flow(
     return flow
 
 
-def attach_sinks(streams: PipelineStreams) -> None:
-    for sink in streams.settings.sinks:
-        _load(SINK_ATTACHERS[sink])(streams)
-
-
 def epoch_interval(settings: Settings) -> timedelta:
     return timedelta(seconds=settings.snapshot_interval_s)
 
@@ -244,21 +132,3 @@ def recovery_config(settings: Settings):  # noqa: ANN201 - bytewax type
     if not any(path.glob("part-*.sqlite3")):
         init_db_dir(path, 1)
     return RecoveryConfig(path, timedelta(seconds=settings.backup_interval_s))
-
-
-def recovery_run_id(settings: Settings) -> str | None:
-    """A run id that lives with the recovery store (lake file names): a
-    restart with the same store finds and replaces its own files."""
-    if settings.recovery_dir is None:
-        return None
-    from connectors.lake import new_run_id
-
-    path = Path(settings.recovery_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    marker = path / "stockflow-run-id"
-    try:
-        with marker.open("x") as fh:  # exclusive create: one id even with races
-            fh.write(new_run_id())
-    except FileExistsError:
-        pass
-    return marker.read_text().strip()

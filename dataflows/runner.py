@@ -22,7 +22,8 @@ from dataflows.core.errors import (
 )
 from dataflows.core.metrics import run_metrics
 from dataflows.core.stats import RunStats
-from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
+from dataflows.pipeline import build_flow, epoch_interval, recovery_config
+from dataflows.streams import LakeTables
 
 
 @dataclass

@@ -23,6 +23,7 @@ from bytewax.testing import TestingSink, run_main
 
 from connectors.lake import Lake
 from dataflows.core.batches import RawTickBatch
+from dataflows.core.stats import RunStats
 from dataflows.stages.bars import BarConfig
 from dataflows.stages.operators import bar_stage, parse_stage
 from tests.conftest import ROOT, read_table, sort_bars
@@ -205,8 +206,9 @@ def test_quiet_symbols_last_bar_is_emitted_after_lateness_in_wall_clock_time():
     start = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
     source = _PausingSource(seen, start)
     flow = Dataflow("quiet")
-    ticks = parse_stage(op.input("in", flow, source), shards=4)
-    bars = bar_stage(ticks.ticks, BarConfig(lateness_s=0.5, live=True))
+    stats = RunStats()
+    ticks = parse_stage(op.input("in", flow, source), shards=4, stats=stats)
+    bars = bar_stage(ticks.ticks, BarConfig(lateness_s=0.5, live=True), stats)
     op.output("out", op.key_rm("unkey", bars.resolution("1m")), TestingSink(seen))
 
     run_main(flow)

@@ -1,0 +1,196 @@
+"""Fan-out: attach the configured sinks to a flow's streams.
+
+Each sink consumes :class:`~dataflows.streams.PipelineStreams` and knows
+nothing of indicators or sources; connectors know nothing of the pipeline
+(this module does the wiring). Delivery guarantees are stated by each
+connector (see the README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+import pyarrow as pa
+from bytewax.operators import KeyedStream
+
+from connectors.ddl import serving_tables
+from dataflows.core.config import Settings
+from dataflows.core.schema import REJECT_SCHEMA
+from dataflows.streams import LakeTables, PipelineStreams
+
+
+def attach_parquet(streams: PipelineStreams) -> None:
+    """The lake sink: every table of every layer."""
+    settings = streams.settings
+    from connectors.lake import Lake, ParquetLakeSink
+
+    lake = Lake(settings.lake, settings.s3_endpoint)
+    tables = LakeTables()
+    run_id = recovery_run_id(settings)
+
+    def lake_sink(table: str, columns: tuple[str, ...] | None = None) -> ParquetLakeSink:
+        return ParquetLakeSink(
+            lake,
+            table,
+            partitions=settings.lake_partitions or settings.shards,
+            max_rows_per_file=settings.max_rows_per_file,
+            max_file_age_s=settings.max_file_age_s,
+            exactly_once=settings.recovery_dir is not None,
+            columns=columns,
+            run_id=run_id,
+            stats=streams.stats,
+        )
+
+    reject_columns = tuple(REJECT_SCHEMA.names)
+    op.output("lake_rejects", streams.rejects, lake_sink(tables.rejects, reject_columns))
+    if streams.ticks is not None:
+        op.output("lake_ticks", streams.ticks, lake_sink(tables.ticks))
+    if streams.late is not None:
+        op.output("lake_late", streams.late, lake_sink(tables.late))
+    for res in streams.resolutions:
+        op.output(f"lake_bars_{res}", streams.bars(res), lake_sink(tables.bars_of(res)))
+        op.output(
+            f"lake_indicators_{res}", streams.indicators(res), lake_sink(tables.indicators_of(res))
+        )
+    op.output("lake_signals", streams.signals, lake_sink(tables.signals))
+
+
+def attach_postgres(streams: Any) -> None:
+    """Write every serving table of `streams` through the serving sink."""
+    from connectors import postgres, serving
+
+    settings: Settings = streams.settings
+    target = postgres.PostgresTarget.from_settings(settings)
+    tables = serving_tables(streams.resolutions)
+    postgres.check_tables(target, list(tables))
+    op.output(
+        "postgres",
+        serving_stream(streams, "pg"),
+        serving.ServingSink(
+            "postgres",
+            lambda: postgres.PostgresWriter(target, tables),
+            tables,
+            partitions=max(1, min(settings.workers, settings.shards)),
+            batch_rows=postgres.DEFAULT_BATCH_ROWS,
+            max_batch_age_s=postgres.DEFAULT_MAX_BATCH_AGE_S,
+            reconnect_timeout_s=postgres.DEFAULT_RECONNECT_TIMEOUT_S,
+            stats=streams.stats,
+        ),
+    )
+
+
+def attach_snowflake(streams: Any) -> None:
+    """Write every serving table of `streams` through the serving sink."""
+    from connectors import serving, snowflake
+
+    target = snowflake.SnowflakeTarget.from_settings(streams.settings)
+    tables = serving_tables(streams.resolutions)
+    snowflake.check_tables(target, list(tables))
+    op.output(
+        "snowflake",
+        serving_stream(streams, "sf"),
+        serving.ServingSink(
+            "snowflake",
+            lambda: snowflake.SnowflakeWriter(target, tables),
+            tables,
+            partitions=1,
+            batch_rows=snowflake.DEFAULT_BATCH_ROWS,
+            max_batch_age_s=snowflake.DEFAULT_MAX_BATCH_AGE_S,
+            reconnect_timeout_s=snowflake.DEFAULT_RECONNECT_TIMEOUT_S,
+            stats=streams.stats,
+        ),
+    )
+
+
+def attach_kafka(streams: PipelineStreams) -> None:
+    """The Kafka sinks of a flow (``--sink kafka``): 1-minute bars, signals
+    and dead letters, each to its topic (created when missing)."""
+    from connectors.kafka import (
+        KafkaTopicSink,
+        bar_messages,
+        dlq_messages,
+        ensure_topics,
+        signal_messages,
+    )
+
+    settings = streams.settings
+    parts = settings.shards
+    ensure_topics(settings, [settings.topic_bars, settings.topic_signals, settings.topic_dlq])
+    op.output(
+        "kafka_bars_1m",
+        streams.bars("1m"),
+        KafkaTopicSink(settings, settings.topic_bars, bar_messages, parts, stats=streams.stats),
+    )
+    op.output(
+        "kafka_signals",
+        streams.signals,
+        KafkaTopicSink(
+            settings, settings.topic_signals, signal_messages, parts, stats=streams.stats
+        ),
+    )
+    op.output(
+        "kafka_dlq",
+        streams.rejects,
+        KafkaTopicSink(settings, settings.topic_dlq, dlq_messages, parts, stats=streams.stats),
+    )
+
+
+def _tag(name: str, table: pa.Table) -> tuple[str, pa.Table]:
+    return name, table
+
+
+def serving_stream(streams: PipelineStreams, prefix: str) -> KeyedStream[tuple[str, pa.Table]]:
+    """Every serving table's stream of a flow, merged into one keyed stream of
+    ``(table_name, pa.Table)`` ."""
+    tagged = []
+    for res in streams.resolutions:
+        tagged.append(
+            op.map_value(f"{prefix}_bars_{res}", streams.bars(res), partial(_tag, f"bars_{res}"))
+        )
+        tagged.append(
+            op.map_value(
+                f"{prefix}_indicators_{res}",
+                streams.indicators(res),
+                partial(_tag, f"indicators_{res}"),
+            )
+        )
+    tagged.append(op.map_value(f"{prefix}_signals", streams.signals, partial(_tag, "signals")))
+    return op.merge(f"{prefix}_tables", *tagged)
+
+
+# Sink name -> what attaches it. Each imports its connector when called, so a
+# flow without Snowflake never imports the Snowflake connector.
+SINK_ATTACHERS: dict[str, Callable[[PipelineStreams], None]] = {
+    "parquet": attach_parquet,
+    "postgres": attach_postgres,
+    "snowflake": attach_snowflake,
+    "kafka": attach_kafka,
+}
+
+
+def attach_sinks(streams: PipelineStreams) -> None:
+    """Attach every sink the settings name."""
+    for sink in streams.settings.sinks:
+        SINK_ATTACHERS[sink](streams)
+
+
+def recovery_run_id(settings: Settings) -> str | None:
+    """A run id that lives with the recovery store (lake file names): a
+    restart with the same store finds and replaces its own files."""
+    if settings.recovery_dir is None:
+        return None
+    from connectors.lake import new_run_id
+
+    path = Path(settings.recovery_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / "stockflow-run-id"
+    try:
+        with marker.open("x") as fh:  # exclusive create: one id even with races
+            fh.write(new_run_id())
+    except FileExistsError:
+        pass
+    return marker.read_text().strip()
