@@ -3,15 +3,15 @@
 ``/stock/candle`` through finnhub-python, chunked by date range (30 days of
 intraday candles or 365 days of daily candles per request), within the rate
 limit (the producer's :class:`connectors.finnhub.RateLimiter`: calls spaced
-evenly for ``STOCKFLOW_FINNHUB_CALLS_PER_MINUTE`` per minute, default the
+evenly for the ``finnhub_calls_per_minute`` setting per minute, default the
 free tier's 60, and at most 30 per second), retrying 429 and 5xx answers with
 exponential backoff and jitter (6 attempts). A rejected key, a plan without
 candle access or a symbol with no candles at all ends the backfill with one
 clear line. Finnhub serves ``/stock/candle`` on paid plans only (the free
 tier lost it in 2024); the fake server in the tests stands in for it.
 
-Environment: ``FINNHUB_API_KEY`` (required), ``STOCKFLOW_FINNHUB_CALLS_PER_MINUTE``
-(plan limit), ``STOCKFLOW_FINNHUB_API_URL`` (a proxy or test server).
+Settings: ``FINNHUB_API_KEY`` (required), ``finnhub_calls_per_minute`` (plan
+limit), ``finnhub_api_url`` (a proxy or test server); see ``stockflow config``.
 
 Exactly-once with recovery: the snapshot is (symbol, chunk) and a chunk's
 bars are emitted in one batch.
@@ -19,7 +19,6 @@ bars are emitted in one batch.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable
@@ -41,17 +40,18 @@ CHUNK = {"1m": 30, "5m": 30, "15m": 30, "1h": 30, "1d": 365}
 MAX_ATTEMPTS = 6
 
 
-def limiter_from_env(clock: Callable[[], float] = time.monotonic) -> RateLimiter:
-    """The producer's Finnhub rate limiter, at the plan's calls per minute."""
-    per_minute = int(os.environ.get("STOCKFLOW_FINNHUB_CALLS_PER_MINUTE", "60"))
-    return RateLimiter((RateLimit(per_minute, 60.0), RateLimit(30, 1.0)), clock=clock)
+def finnhub_limiter(
+    calls_per_minute: int, clock: Callable[[], float] = time.monotonic
+) -> RateLimiter:
+    """The producer's Finnhub rate limiter, at the plan's calls per minute
+    (and Finnhub's 30 calls per second on every plan)."""
+    return RateLimiter((RateLimit(calls_per_minute, 60.0), RateLimit(30, 1.0)), clock=clock)
 
 
-def _client(api_key: str) -> finnhub.Client:
+def _client(api_key: str, api_url: str | None) -> finnhub.Client:
     client = finnhub.Client(api_key=api_key)
-    url = os.environ.get("STOCKFLOW_FINNHUB_API_URL")
-    if url:
-        client.API_URL = url.rstrip("/")
+    if api_url:
+        client.API_URL = api_url.rstrip("/")
     return client
 
 
@@ -133,7 +133,7 @@ class _CandlePartition(StatefulSourcePartition[BarBatch, tuple[int, int]]):
         self._s = source
         self._sym, self._chunk = resume if resume is not None else (0, 0)
         self._rows_for_symbol = 0
-        self._client = _client(source.api_key)
+        self._client = _client(source.api_key, source.api_url)
 
     def next_batch(self) -> list[BarBatch]:
         s = self._s
@@ -180,11 +180,12 @@ class FinnhubCandleSource(FixedPartitionedSource[BarBatch, tuple[int, int]]):
         if not settings.finnhub_api_key:
             raise UserError("set FINNHUB_API_KEY to backfill from Finnhub")
         self.api_key = settings.finnhub_api_key
+        self.api_url = settings.finnhub_api_url
         self.symbols = symbols
         self.start, self.end = start, end
         self.resolution = resolution
         self.chunks = chunks(start, end, resolution)
-        self.limiter = limiter_from_env()
+        self.limiter = finnhub_limiter(settings.finnhub_calls_per_minute)
         self.progress: Any = None
 
     @property

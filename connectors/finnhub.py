@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -800,18 +799,12 @@ class FinnhubWebsocketSource(DynamicSource[RawMessageBatch]):
 
 
 def make_source(settings: Settings) -> FinnhubWebsocketSource:
-    """``--source finnhub``: symbols from ``STOCKFLOW_FINNHUB_SYMBOLS`` (comma
-    list, default AAPL,MSFT,TSLA,GOOGL,AMZN), endpoint from
-    ``STOCKFLOW_FINNHUB_WS_URL``."""
+    """``--source finnhub``: the ``finnhub_symbols`` over ``finnhub_ws_url``."""
     key = require_key(settings)
     if settings.bounded:
         raise UserError(
             "the finnhub source is a live stream and cannot be --bounded; "
             "use stockflow produce and --source kafka --bounded"
         )
-    symbols = [
-        s.strip().upper()
-        for s in os.environ.get("STOCKFLOW_FINNHUB_SYMBOLS", ",".join(DEFAULT_SYMBOLS)).split(",")
-        if s.strip()
-    ]
-    return FinnhubWebsocketSource(key, symbols, os.environ.get("STOCKFLOW_FINNHUB_WS_URL", WS_URL))
+    symbols = [s.upper() for s in settings.finnhub_symbols]
+    return FinnhubWebsocketSource(key, symbols, settings.finnhub_ws_url)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import ta
 
-from connectors.candles import limiter_from_env
+from connectors.candles import finnhub_limiter
 from dataflows.backfill import BackfillRequest, run_backfill
 from dataflows.core.config import Settings
 from tests.conftest import cli, read_table, sort_bars
@@ -279,7 +279,7 @@ def test_finnhub_candles_are_chunked_retried_and_equal_the_served_bars(fake_finn
 def test_candle_rate_limiter_never_exceeds_its_windows(monkeypatch):
     monkeypatch.delenv("STOCKFLOW_FINNHUB_CALLS_PER_MINUTE", raising=False)
     now = [0.0]
-    limiter = limiter_from_env(clock=lambda: now[0])
+    limiter = finnhub_limiter(60, clock=lambda: now[0])
     stamps = []
 
     for _ in range(200):  # as fetch_candles does: wait, then spend the token

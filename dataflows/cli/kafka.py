@@ -86,14 +86,10 @@ def replay_cmd(path: str, speed: float | None, config_file: str | None, **flags:
 @click.option("--topic", "topic_ticks", help="Topic to publish to (default ticks.raw).")
 @click.option("--config", "config_file", type=click.Path(), help="TOML config file.")
 @click.option(
-    "--ws-url",
-    envvar="STOCKFLOW_FINNHUB_WS_URL",
-    help="Finnhub websocket endpoint (default wss://ws.finnhub.io).",
+    "--ws-url", "finnhub_ws_url", help="Finnhub websocket endpoint (default wss://ws.finnhub.io)."
 )
 @click.option(
-    "--api-url",
-    envvar="STOCKFLOW_FINNHUB_API_URL",
-    help="Finnhub REST base URL (default: finnhub-python's).",
+    "--api-url", "finnhub_api_url", help="Finnhub REST base URL (default: finnhub-python's)."
 )
 @click.option("--max-messages", type=int, help="Stop after publishing this many messages.")
 @click.option("--duration", type=float, help="Stop after this many seconds.")
@@ -104,8 +100,6 @@ def produce_cmd(
     symbols: str | None,
     mode: str,
     config_file: str | None,
-    ws_url: str | None,
-    api_url: str | None,
     max_messages: int | None,
     duration: float | None,
     log_every: float,
@@ -113,13 +107,13 @@ def produce_cmd(
 ) -> None:
     """Finnhub trades (websocket) or quotes (REST) into Kafka, one tick per
     message keyed by symbol. The API key comes from FINNHUB_API_KEY."""
-    from connectors.finnhub import DEFAULT_SYMBOLS, WS_URL, FinnhubProducer
+    from connectors.finnhub import FinnhubProducer
     from connectors.kafka import ensure_topics
 
-    settings = Settings.load(config_file=config_file, **flags)
+    settings = Settings.load(config_file=config_file, finnhub_symbols=symbols, **flags)
     producer = FinnhubProducer(
         settings,
-        symbols.split(",") if symbols else DEFAULT_SYMBOLS,
+        settings.finnhub_symbols,
         max_messages=max_messages,
         duration_s=duration,
         log_every_s=log_every,
@@ -132,9 +126,9 @@ def produce_cmd(
     )
     try:
         if mode == "trades":
-            summary = producer.run_trades(ws_url or WS_URL)
+            summary = producer.run_trades(settings.finnhub_ws_url)
         else:
-            summary = producer.run_quotes(api_url)
+            summary = producer.run_quotes(settings.finnhub_api_url)
     except KeyboardInterrupt:
         producer.producer.flush()
         click.echo(f"interrupted; {producer.published:,} message(s) published", err=True)

@@ -29,9 +29,7 @@ from indicators import IndicatorConfig, IndicatorConfigError, SignalConfig, Sign
 
 RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
 SINKS = ("parquet", "postgres", "snowflake", "kafka")
-AVAILABLE_SINKS = SINKS
 SOURCES = ("synthetic", "file:PATH", "kafka", "finnhub")
-AVAILABLE_SOURCES = SOURCES
 
 
 @dataclass(frozen=True)
@@ -70,8 +68,18 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("source", "STOCKFLOW_SOURCE", "run.source", "synthetic | file:PATH (file, dir or glob)"),
-    Option("sinks", "STOCKFLOW_SINKS", "run.sinks", "comma list of sinks (parquet)"),
+    Option(
+        "source",
+        "STOCKFLOW_SOURCE",
+        "run.source",
+        "synthetic | file:PATH (file, dir or glob) | kafka | finnhub",
+    ),
+    Option(
+        "sinks",
+        "STOCKFLOW_SINKS",
+        "run.sinks",
+        "comma list of sinks: parquet, postgres, snowflake, kafka",
+    ),
     Option("workers", "STOCKFLOW_WORKERS", "run.workers", "Bytewax worker threads in this process"),
     Option("bounded", "STOCKFLOW_BOUNDED", "run.bounded", "stop when the source is exhausted"),
     Option(
@@ -264,6 +272,30 @@ OPTIONS: tuple[Option, ...] = (
         "Finnhub API key (environment only)",
         secret=True,
     ),
+    Option(
+        "finnhub_symbols",
+        "STOCKFLOW_FINNHUB_SYMBOLS",
+        "finnhub.symbols",
+        "symbols of --source finnhub and stockflow produce (default AAPL,MSFT,TSLA,GOOGL,AMZN)",
+    ),
+    Option(
+        "finnhub_calls_per_minute",
+        "STOCKFLOW_FINNHUB_CALLS_PER_MINUTE",
+        "finnhub.calls_per_minute",
+        "REST calls per minute your Finnhub plan allows (free tier 60)",
+    ),
+    Option(
+        "finnhub_api_url",
+        "STOCKFLOW_FINNHUB_API_URL",
+        "finnhub.api_url",
+        "Finnhub REST base URL (a proxy; default finnhub-python's)",
+    ),
+    Option(
+        "finnhub_ws_url",
+        "STOCKFLOW_FINNHUB_WS_URL",
+        "finnhub.ws_url",
+        "Finnhub websocket endpoint",
+    ),
 )
 
 SECRETS = tuple(o.name for o in OPTIONS if o.secret)
@@ -320,6 +352,10 @@ class Settings:
     snowflake_database: str | None = None
     snowflake_schema: str | None = None
     finnhub_api_key: str | None = field(default=None, repr=False)
+    finnhub_symbols: tuple[str, ...] = ("AAPL", "MSFT", "TSLA", "GOOGL", "AMZN")
+    finnhub_calls_per_minute: int = 60
+    finnhub_api_url: str | None = None
+    finnhub_ws_url: str = "wss://ws.finnhub.io"
     gold: GoldConfig = field(default_factory=GoldConfig)
     origin: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -389,8 +425,6 @@ class Settings:
         for sink in self.sinks:
             if sink not in SINKS:
                 raise bad("sinks", f"unknown sink {sink!r}; use any of {', '.join(SINKS)}")
-            if sink not in AVAILABLE_SINKS:
-                raise bad("sinks", f"sink {sink!r} is not available in this version")
         if not self.sinks:
             raise bad("sinks", "at least one sink is needed")
         for name in ("workers", "shards", "batch_size", "max_rows_per_file", "synthetic_ticks"):
@@ -410,6 +444,18 @@ class Settings:
             raise bad("ts_unit", "use one of s, ms, us, ns")
         if self.lake.startswith("s3://") and len(self.lake) <= len("s3://"):
             raise bad("lake", "an s3:// lake needs a bucket: s3://bucket/prefix")
+        if not 1 <= self.finnhub_calls_per_minute <= 100_000:
+            raise bad("finnhub_calls_per_minute", "must be between 1 and 100000")
+        if not self.finnhub_symbols:
+            raise bad("finnhub_symbols", "name at least one symbol")
+        for name, schemes in (
+            ("finnhub_api_url", ("http://", "https://")),
+            ("finnhub_ws_url", ("ws://", "wss://")),
+            ("s3_endpoint", ("http://", "https://")),
+        ):
+            url = getattr(self, name)
+            if url is not None and (not url.startswith(schemes) or len(url) <= len(schemes[0])):
+                raise bad(name, f"{url!r} is not a URL; it must start with {' or '.join(schemes)}")
 
 
 def _option(name: str) -> Option:
@@ -436,7 +482,17 @@ def _gold_config(path: Path, data: Mapping[str, Any]) -> GoldConfig:
 
 
 def _toml_values(path: Path, data: Mapping[str, Any]) -> dict[str, Any]:
-    sections = ("run", "lake", "bars", "files", "synthetic", "kafka", "postgres", "snowflake")
+    sections = (
+        "run",
+        "lake",
+        "bars",
+        "files",
+        "synthetic",
+        "kafka",
+        "postgres",
+        "snowflake",
+        "finnhub",
+    )
     unknown = sorted(set(data) - {*sections, "indicators", "signals"})
     if unknown:
         raise UserError(
