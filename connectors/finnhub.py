@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import re
 import threading
 import time
@@ -59,6 +58,7 @@ import pyarrow.compute as pc
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from connectors.kafka import CheckedProducer, kafka_config
+from dataflows.core.backoff import Backoff
 from dataflows.core.batches import RawMessageBatch
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
@@ -66,6 +66,8 @@ from dataflows.core.errors import UserError
 log = logging.getLogger("stockflow.finnhub")
 
 WS_URL = "wss://ws.finnhub.io"
+# Reconnects and HTTP 429/5xx: 0.5-1 s, then doubling up to 30-60 s.
+RECONNECT_BACKOFF = Backoff(initial=1.0, factor=2.0, maximum=60.0)
 DEFAULT_SYMBOLS = ("AAPL", "MSFT", "TSLA", "GOOGL", "AMZN")
 _TOKEN = re.compile(r"(token=)[^&\s]+")
 
@@ -194,27 +196,8 @@ def quote_message(symbol: str, quote: dict[str, Any]) -> bytes:
 
 
 # ---------------------------------------------------------------------------
-# Backoff and rate limits
+# Rate limits (the retry schedule is dataflows.core.backoff.Backoff)
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter: attempt ``k`` waits a random time
-    in ``[d/2, d]`` with ``d = min(cap, base * 2**k)``."""
-
-    base_s: float = 1.0
-    cap_s: float = 60.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random, repr=False)
-
-    def next_delay(self) -> float:
-        d = min(self.cap_s, self.base_s * 2**self.attempt)
-        self.attempt += 1
-        return d / 2 + self.rng.uniform(0, d / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass(frozen=True)
@@ -325,7 +308,8 @@ class TradeStream:
         self._on_frame = on_frame
         sep = "&" if "?" in url else "?"
         self._url = f"{url}{sep}token={api_key}"
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or RECONNECT_BACKOFF
+        self._delays = self.backoff.delays()
         self.stats = stats or StreamStats()
         self._open_timeout = open_timeout_s
         self._ping_interval = ping_interval_s
@@ -353,7 +337,7 @@ class TradeStream:
                 self.stats.connected = False
             if stop.is_set():
                 break
-            delay = self.backoff.next_delay()
+            delay = next(self._delays)
             self.stats.reconnects += 1
             log.warning("finnhub: reconnecting to %s in %.1f s", self.url, delay)
             with contextlib.suppress(TimeoutError):
@@ -389,7 +373,7 @@ class TradeStream:
                 first = True
                 async for frame in ws:
                     if first:  # a working connection resets the backoff
-                        self.backoff.reset()
+                        self._delays = self.backoff.delays()
                         first = False
                     self.stats.last_message = time.monotonic()
                     self._on_frame(frame)
@@ -631,7 +615,8 @@ class QuotePoller:
         if api_url:
             self.client.API_URL = api_url.rstrip("/")
         self.limiter = limiter or RateLimiter()
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or RECONNECT_BACKOFF
+        self._delays = self.backoff.delays()
         self.stats = stats or StreamStats()
 
     def quote(
@@ -661,7 +646,7 @@ class QuotePoller:
                     ) from None
                 if exc.status_code == 429 or exc.status_code >= 500:
                     self.stats.throttled += exc.status_code == 429
-                    delay = self.backoff.next_delay()
+                    delay = next(self._delays)
                     retry_after = exc.response.headers.get("Retry-After", "")
                     if retry_after.isdigit():
                         delay = max(delay, float(retry_after))
@@ -676,7 +661,7 @@ class QuotePoller:
                 log.warning("finnhub: /quote %s: %s", symbol, _scrub(str(exc), self._key)[:200])
                 return None
             except requests.RequestException as exc:
-                delay = self.backoff.next_delay()
+                delay = next(self._delays)
                 log.warning(
                     "finnhub: /quote failed (%s), retrying in %.1f s",
                     _scrub(type(exc).__name__, self._key),
@@ -684,7 +669,7 @@ class QuotePoller:
                 )
                 self.limiter.hold_off(delay)
                 continue
-            self.backoff.reset()
+            self._delays = self.backoff.delays()  # a success starts the schedule anew
             return quote if isinstance(quote, dict) else None
         return None
 

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.core import faults
+from dataflows.core.config import RESOLUTIONS
 from dataflows.core.errors import UserError
 from dataflows.core.shards import shard_index
 from dataflows.core.stats import RunStats
@@ -58,7 +59,6 @@ from dataflows.core.stats import RunStats
 log = logging.getLogger(__name__)
 
 DAY_US = 86_400_000_000
-RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
 TABLES = {
     # table -> the column whose UTC date names the partition
     "bronze/ticks": "ts",

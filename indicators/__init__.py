@@ -12,7 +12,13 @@ from indicators.base import Indicator
 from indicators.bollinger import BollingerBands
 from indicators.ema import EMA
 from indicators.high_low_52w import HighLow52w
-from indicators.indicator_set import COLUMNS, IndicatorConfig, IndicatorConfigError, IndicatorSet
+from indicators.indicator_set import (
+    COLUMNS,
+    RESOLUTIONS,
+    IndicatorConfig,
+    IndicatorConfigError,
+    IndicatorSet,
+)
 from indicators.macd import MACD
 from indicators.rsi import RSI
 from indicators.session_vwap import SessionVWAP
@@ -25,6 +31,7 @@ __all__ = [
     "COLUMNS",
     "EMA",
     "MACD",
+    "RESOLUTIONS",
     "RSI",
     "RULES",
     "SMA",

@@ -35,6 +35,8 @@ from indicators.session_vwap import SessionVWAP, parse_time_of_day, parse_tz
 from indicators.sma import SMA
 from indicators.volatility import Volatility, periods_per_year_for
 
+# The bar resolutions of the whole product (one definition; the pipeline
+# imports it from here, the lowest layer).
 RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
 
 COLUMNS: tuple[str, ...] = (

@@ -12,12 +12,12 @@ import pytest
 
 from connectors.finnhub import (
     FREE_TIER,
-    Backoff,
     FinnhubProducer,
     RateLimit,
     RateLimiter,
     split_frame,
 )
+from dataflows.core.backoff import Backoff
 from dataflows.core.config import Settings
 from tests.conftest import cli
 from tests.fakes_finnhub import FakeFinnhubRest, FakeFinnhubWebsocket, read_trades
@@ -151,7 +151,7 @@ def test_quote_polling_stays_within_the_rate_limits_and_backs_off_on_429(kafka_b
     # The free tier's shape (a per-minute and a per-second limit), scaled
     # down so that a test sees many windows in two seconds.
     limits = (RateLimit(10, 1.0), RateLimit(3, 0.2))
-    backoff = Backoff(base_s=0.3, cap_s=2.0)
+    backoff = Backoff(initial=0.3, maximum=2.0)
 
     with FakeFinnhubRest(real_trades, throttle=(4, 5, 12)) as fake:
         producer = FinnhubProducer(settings, ["IBM", "AIG"], topic=topic, max_messages=12)

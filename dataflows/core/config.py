@@ -25,9 +25,14 @@ from typing import Any
 
 from dataflows.core.errors import UserError
 from dataflows.core.shards import DEFAULT_SHARDS
-from indicators import IndicatorConfig, IndicatorConfigError, SignalConfig, SignalConfigError
+from indicators import (
+    RESOLUTIONS,
+    IndicatorConfig,
+    IndicatorConfigError,
+    SignalConfig,
+    SignalConfigError,
+)
 
-RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
 SINKS = ("parquet", "postgres", "snowflake", "kafka")
 SOURCES = ("synthetic", "file:PATH", "kafka", "finnhub")
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 import tempfile
 import threading
 import urllib.error
@@ -71,6 +70,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.parser import text_string_to_metric_families
 
 from dataflows.core.errors import UserError
+from dataflows.core.net import free_port
 from dataflows.core.stats import WRITE_BUCKETS, RunStats
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ class _BytewaxApi:
                 log.info("Bytewax's metrics are served once per process; this run shows ours")
                 return None
             self.used = True
-            self.port = _free_port()
+            self.port = free_port()
             self.saved_env = {k: os.environ.get(k) for k in (*_API_ENV, _CACHE_ENV)}
             os.environ[_API_ENV[0]] = "true"
             os.environ[_API_ENV[1]] = str(self.port)
@@ -206,12 +206,6 @@ class _BytewaxApi:
 
 
 BYTEWAX_API = _BytewaxApi()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
 
 
 class _BytewaxRuntimeCollector:

