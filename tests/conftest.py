@@ -18,17 +18,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from dataflows.testing.data import real_data_dir
 from dataflows.testing.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Server fixtures that live with their connectors' tests.
 pytest_plugins = ["tests.fixtures_postgres", "tests.fixtures_kafka"]
-
-
-def real_data_dir() -> Path | None:
-    path = Path(os.environ.get("STOCKFLOW_REAL_DATA", ROOT.parent / "shared" / "data"))
-    return path if path.is_dir() else None
 
 
 @pytest.fixture(scope="session")

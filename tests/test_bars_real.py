@@ -74,7 +74,7 @@ def test_bars_equal_databento_ohlcv_exactly(real_data, run_pipeline):
 
 
 def tick_files() -> list[str]:
-    from tests.conftest import real_data_dir
+    from dataflows.testing.data import real_data_dir
 
     base = real_data_dir()
     if base is None:

@@ -61,17 +61,36 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from dataflows.bench.baselines import (
+    bench_bars,
+    child_file_naive,
+    child_gold_baseline,
+    child_kafka_raw,
+)
+from dataflows.bench.harness import (
+    BenchOptions,
+    Comparison,
+    Result,
+    children_in_parallel,
+    interleaved,
+    peak_rss_from_child,
+    percentile,
+    reap_within,
+    round_or_none,
+    rss_mb,
+    start_child,
+    tick_path,
+)
 from dataflows.core.errors import UserError
 from dataflows.core.shards import DEFAULT_SHARDS, shard_of
 
@@ -79,39 +98,6 @@ SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "la
 # What `stockflow bench` runs without --scenario: the soak and the paced
 # latency run take minutes by design, so they run only when asked for.
 DEFAULT_SCENARIOS = ("file", "gold", "backfill", "kafka", "processes")
-SPY_DAY = "SPY_20131008.csv.gz"
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    """Sizes and knobs of a bench run (the CLI's flags)."""
-
-    repeats: int = 3
-    path: str | None = None
-    workers: int = 1
-    seed: int = 7
-    brokers: str | None = None
-    kafka_partitions: int = 1
-    processes: int = 2
-    files: int = 16
-    symbols: int = 10_000
-    soak_seconds: float = 600.0
-    soak_rate: float = 20_000.0
-    sample_seconds: float | None = None  # RSS sampling period (default: soak / 120, <= 5 s)
-    rate: float = 50_000.0
-    latency_seconds: float = 150.0
-    latency_symbols: int = 200
-    snapshot_interval: float = 0.5
-    soak_snapshot_interval: float | None = None  # default: the product's (snapshot_interval_s)
-    soak_recovery: bool = False  # a recovery store: state snapshots and exactly-once lake
-    lateness: float = 5.0
-
-
-def real_data_dir() -> Path | None:
-    env = os.environ.get("STOCKFLOW_REAL_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent.parent / "shared" / "data")
-    return next((p for p in candidates if p.is_dir()), None)
 
 
 # ---------------------------------------------------------------------------
@@ -136,131 +122,11 @@ def _child_file_ours(path: str, workers: int) -> dict[str, Any]:
     }
 
 
-def _gz_lines(path: str) -> Iterator[str]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as fh:
-        next(fh)
-        yield from fh
-
-
-def naive_flow(path: str, out_dir: str) -> Any:
-    """The straightforward per-tick Bytewax flow (the baseline)."""
-    import bytewax.operators as op
-    import bytewax.operators.windowing as win
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from bytewax.dataflow import Dataflow
-    from bytewax.outputs import DynamicSink, StatelessSinkPartition
-    from bytewax.testing import TestingSource
-
-    from indicators import IndicatorSet
-
-    def parse(line: str) -> dict[str, Any] | None:
-        parts = line.rstrip("\n").split(",")
-        try:
-            ts = datetime.fromisoformat(parts[0].replace("Z", "+00:00"))
-            return {"ts": ts, "symbol": parts[1], "price": float(parts[2]), "size": float(parts[3])}
-        except (ValueError, IndexError):
-            return None
-
-    def new_bar() -> dict[str, Any]:
-        return {
-            "open": None,
-            "high": -1e300,
-            "low": 1e300,
-            "close": None,
-            "volume": 0.0,
-            "pv": 0.0,
-            "trades": 0,
-        }
-
-    def fold(bar: dict[str, Any], tick: dict[str, Any]) -> dict[str, Any]:
-        p, q = tick["price"], tick["size"]
-        bar["symbol"] = tick["symbol"]
-        if bar["open"] is None:
-            bar["open"] = p
-        bar["high"] = max(bar["high"], p)
-        bar["low"] = min(bar["low"], p)
-        bar["close"] = p
-        bar["volume"] += q
-        bar["pv"] += p * q
-        bar["trades"] += 1
-        return bar
-
-    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        return a
-
-    class _ParquetOnce(StatelessSinkPartition[dict[str, Any]]):
-        def __init__(self) -> None:
-            self.rows: list[dict[str, Any]] = []
-
-        def write_batch(self, items: list[dict[str, Any]]) -> None:
-            self.rows.extend(items)
-
-        def close(self) -> None:
-            if self.rows:
-                pq.write_table(pa.Table.from_pylist(self.rows), f"{out_dir}/naive.parquet")
-
-    class _Sink(DynamicSink[dict[str, Any]]):
-        def build(self, step_id: str, worker_index: int, worker_count: int) -> _ParquetOnce:
-            return _ParquetOnce()
-
-    flow = Dataflow("naive")
-    lines = op.input("in", flow, TestingSource(_gz_lines(path), batch_size=1000))
-    ticks = op.filter_map("parse", lines, parse)
-    keyed = op.key_on("key", ticks, lambda t: t["symbol"])
-    clock = win.EventClock(lambda t: t["ts"], wait_for_system_duration=timedelta(seconds=5))
-    windower = win.TumblingWindower(
-        length=timedelta(minutes=1), align_to=datetime(2000, 1, 1, tzinfo=UTC)
-    )
-    bars = win.fold_window("bars", keyed, clock, windower, new_bar, fold, merge)
-
-    def with_indicators(state: IndicatorSet | None, item: tuple[int, dict[str, Any]]):
-        window_id, bar = item
-        state = state or IndicatorSet()
-        start = windower.align_to + windower.length * window_id
-        row = {"start": start, "end": start + windower.length, **bar}
-        row.update(state.update(row))
-        return state, row
-
-    gold = op.stateful_map("indicators", bars.down, with_indicators)
-    rows = op.map("row", gold, lambda kv: {"symbol": kv[0], **kv[1]})
-    op.output("parquet", rows, _Sink())
-    return flow
-
-
-def _child_file_naive(path: str, workers: int) -> dict[str, Any]:
-    from bytewax.run import cli_main
-
-    with tempfile.TemporaryDirectory() as out:
-        flow = naive_flow(path, out)
-        start = time.perf_counter()
-        cli_main(flow, workers_per_process=workers)
-        elapsed = time.perf_counter() - start
-    ticks = sum(1 for _ in _gz_lines(path))
-    return {"seconds": elapsed, "ticks": ticks}
-
-
-def _bench_bars(data: Path) -> list[Any]:
-    import pandas as pd
-
-    frames = []
-    for f in sorted((data / "daily").glob("*.csv.gz")):
-        df = pd.read_csv(f)
-        df["start"] = pd.to_datetime(df["date"]).dt.tz_localize("UTC")
-        frames.append(df.drop(columns="date"))
-    ftx = pd.read_csv(data / "crypto" / "ftx_btc-perp_20211231-20220201_1m.csv.gz")
-    ftx["start"] = pd.to_datetime(ftx["timestamp"]).dt.tz_localize("UTC")
-    ftx["symbol"] = "BTC-PERP"
-    frames.append(ftx.drop(columns="timestamp"))
-    return frames
-
-
 def _child_gold_ours(data: str) -> dict[str, Any]:
     from dataflows.stages.gold import GoldConfig
     from indicators import IndicatorSet, SignalEngine
 
-    frames = _bench_bars(Path(data))
+    frames = bench_bars(Path(data))
     bars = 0
     start = time.perf_counter()
     for df in frames:
@@ -271,55 +137,6 @@ def _child_gold_ours(data: str) -> dict[str, Any]:
             row["vwap"] = None
             sig.evaluate(row, ind.update(row))
             bars += 1
-    elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "bars": bars}
-
-
-def pandas_ta_indicators(df: Any, res: str) -> Any:
-    """The gold indicator columns with pandas + ta (the baseline)."""
-    import numpy as np
-    import ta
-
-    close, high, low, vol = df["close"], df["high"], df["low"], df["volume"]
-    out = {}
-    for n in (5, 10, 20, 50, 200):
-        out[f"sma_{n}"] = ta.trend.SMAIndicator(close, n).sma_indicator()
-    for n in (12, 26):
-        out[f"ema_{n}"] = ta.trend.EMAIndicator(close, n).ema_indicator()
-    out["rsi_14"] = ta.momentum.RSIIndicator(close, 14).rsi()
-    macd = ta.trend.MACD(close)
-    out["macd"], out["macd_signal"], out["macd_hist"] = (
-        macd.macd(),
-        macd.macd_signal(),
-        macd.macd_diff(),
-    )
-    bb = ta.volatility.BollingerBands(close, 20, 2)
-    out["bb_middle"], out["bb_upper"], out["bb_lower"] = (
-        bb.bollinger_mavg(),
-        bb.bollinger_hband(),
-        bb.bollinger_lband(),
-    )
-    out["atr_14"] = ta.volatility.AverageTrueRange(high, low, close, 14).average_true_range()
-    day = df["start"].dt.floor("1D")
-    pv = (high + low + close) / 3 * vol
-    out["vwap_session"] = pv.groupby(day).cumsum() / vol.groupby(day).cumsum()
-    per_year = 252 if res == "1d" else 252 * 390
-    out["volatility_20"] = np.log(close).diff().rolling(20).std() * np.sqrt(per_year)
-    if res == "1d":
-        s = df.set_index("start")
-        out["high_52w"] = s["high"].rolling("364D").max().to_numpy()
-        out["low_52w"] = s["low"].rolling("364D").min().to_numpy()
-    return out
-
-
-def _child_gold_baseline(data: str) -> dict[str, Any]:
-    frames = _bench_bars(Path(data))
-    bars = 0
-    start = time.perf_counter()
-    for df in frames:
-        res = "1m" if df["symbol"].iloc[0] == "BTC-PERP" else "1d"
-        pandas_ta_indicators(df, res)
-        bars += len(df)
     elapsed = time.perf_counter() - start
     return {"seconds": elapsed, "bars": bars}
 
@@ -385,26 +202,11 @@ def _child_kafka_ours(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _child_kafka_raw(args: dict[str, Any]) -> dict[str, Any]:
-    from connectors.kafka import measure_raw_consume, source_fetch_config
-    from dataflows.core.config import Settings
-
-    settings = Settings.load(env={}, kafka_brokers=args["brokers"], bounded=True)
-    like_source = measure_raw_consume(settings, args["topic"], source_fetch_config(settings))
-    default = measure_raw_consume(settings, args["topic"])
-    return {
-        "seconds": like_source.seconds,
-        "ticks": like_source.messages,
-        "default_seconds": default.seconds,
-        "default_ticks": default.messages,
-    }
-
-
 def _kafka_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
     from dataflows.core.config import Settings
     from dataflows.replay import replay_ticks
 
-    path = _tick_path(opts, data, "kafka")
+    path = tick_path(opts, data, "kafka")
     with kafka_brokers(opts.brokers) as brokers:
         settings = Settings.load(
             env={}, kafka_brokers=brokers, kafka_partitions=opts.kafka_partitions
@@ -415,8 +217,8 @@ def _kafka_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
         try:
             ours, raw = [], []
             for _ in range(opts.repeats):
-                ours.append(_peak_rss_from_child("kafka_ours", args))
-                raw.append(_peak_rss_from_child("kafka_raw", args))
+                ours.append(peak_rss_from_child("kafka_ours", args))
+                raw.append(peak_rss_from_child("kafka_raw", args))
         finally:
             if opts.brokers:
                 _delete_topic(settings, topic)
@@ -581,7 +383,7 @@ def _cluster_run(tick_dir: str, processes: int) -> dict[str, Any]:
                 {"dir": tick_dir, "lake": lake, "process_id": i, "addresses": addresses}
                 for i in range(processes)
             ]
-        results = _children_in_parallel("process_of_cluster", specs)
+        results = children_in_parallel("process_of_cluster", specs)
     first = min(r["first_batch"] for r in results)
     return {
         "seconds": max(r["end"] for r in results) - first,
@@ -743,11 +545,6 @@ def soak_source(
     return Source()
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def _child_symbols10k(args: dict[str, Any]) -> dict[str, Any]:
     from dataflows.core.config import Settings
     from dataflows.runner import run
@@ -759,7 +556,7 @@ def _child_symbols10k(args: dict[str, Any]) -> dict[str, Any]:
 
     def sample() -> None:
         while not stop.is_set():
-            t, rss = round(time.monotonic() - started, 2), round(_rss_mb(), 1)
+            t, rss = round(time.monotonic() - started, 2), round(rss_mb(), 1)
             samples.append((t, rss, progress.ticks, progress.phase))
             stop.wait(args["sample_seconds"])
 
@@ -779,7 +576,7 @@ def _child_symbols10k(args: dict[str, Any]) -> dict[str, Any]:
     stop.set()
     sampler.join()
     samples.append(
-        (round(time.monotonic() - started, 2), round(_rss_mb(), 1), progress.ticks, "end")
+        (round(time.monotonic() - started, 2), round(rss_mb(), 1), progress.ticks, "end")
     )
     return {
         "seconds": summary.seconds,
@@ -887,7 +684,7 @@ def _symbols10k_scenario(opts: BenchOptions, data: Path | None) -> Result:
         "snapshot_interval": opts.soak_snapshot_interval,
         "recovery": opts.soak_recovery,
     }
-    run = _peak_rss_from_child("symbols10k", args)
+    run = peak_rss_from_child("symbols10k", args)
     # The first minute of the paced phase still emits the warm-up's last bars.
     stats = soak_stats(run["samples"], run["warmup_end_s"], margin_s=60.0)
     full = run["full_series_kib"]
@@ -1027,31 +824,6 @@ def paced_produce(
     return {"produced": produced, "seconds": elapsed, "start": start, "late_steps": late_steps}
 
 
-def _percentile(values: list[float], weights: list[int], q: float) -> float | None:
-    pairs = sorted(zip(values, weights, strict=True))
-    total = sum(w for _, w in pairs)
-    if not total:
-        return None
-    acc = 0
-    for v, w in pairs:
-        acc += w
-        if acc >= q * total:
-            return v
-    return pairs[-1][0]
-
-
-def _reap_within(child: subprocess.Popen[str], timeout: float) -> float | None:
-    """Wait up to `timeout` seconds for `child` to exit (without reaping it);
-    kill it if it does not. Returns how long it took, None if killed."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return round(time.monotonic() - start, 2)
-        time.sleep(0.05)
-    child.kill()
-    return None
-
-
 def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
     from connectors.kafka import ensure_topics
     from dataflows.core.config import Settings
@@ -1071,7 +843,7 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
             "snapshot_interval": opts.snapshot_interval,
             "lateness": opts.lateness,
         }
-        child = _start_child("latency_pipeline", args)
+        child = start_child("latency_pipeline", args)
         try:
             time.sleep(3.0)  # the pipeline connects and assigns its partitions
             if child.poll() is not None:
@@ -1089,7 +861,7 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
                 time.sleep(opts.lateness + 2 * opts.snapshot_interval + 3.0)
         finally:
             child.send_signal(signal.SIGINT)
-            stopped_in = _reap_within(child, 60.0)
+            stopped_in = reap_within(child, 60.0)
             try:
                 _, status, usage = os.wait4(child.pid, 0)
             except ChildProcessError:
@@ -1115,10 +887,10 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
             "lateness_s": opts.lateness,
             "bars": len(excess),
             "ticks_in_bars": sum(weights),
-            "p50_s": _round(_percentile(excess, weights, 0.50)),
-            "p99_s": _round(_percentile(excess, weights, 0.99)),
-            "max_s": _round(max(excess) if excess else None),
-            "p99_bars_s": _round(_percentile(excess, [1] * len(excess), 0.99)),
+            "p50_s": round_or_none(percentile(excess, weights, 0.50)),
+            "p99_s": round_or_none(percentile(excess, weights, 0.99)),
+            "max_s": round_or_none(max(excess) if excess else None),
+            "p99_bars_s": round_or_none(percentile(excess, [1] * len(excess), 0.99)),
             "producer_fell_behind_steps": produced["late_steps"],
             "pipeline_peak_rss_mb": round(usage.ru_maxrss / 1024, 1) if usage else None,
             # seconds from Ctrl-C to exit; None: it did not stop and was killed
@@ -1127,105 +899,9 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
     )
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
 # ---------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class Comparison:
-    """Ours vs a baseline, each a list of child measurements."""
-
-    scenario: str
-    unit: str
-    ours: list[dict[str, Any]]
-    baseline: list[dict[str, Any]]
-    baseline_name: str = "baseline"
-    ours_name: str = "stockflow"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def rate(self, runs: list[dict[str, Any]]) -> float:
-        return statistics.median(r[self.unit] / r["seconds"] for r in runs)
-
-    def as_dict(self) -> dict[str, Any]:
-        ours, base = self.rate(self.ours), self.rate(self.baseline)
-        out = {
-            "scenario": self.scenario,
-            "unit": f"{self.unit}/s",
-            "stockflow": round(ours, 1),
-            "baseline": round(base, 1),
-            "ratio": round(ours / base, 3) if base else None,
-            "repeats": len(self.ours),
-            "stockflow_is": self.ours_name,
-            "baseline_is": self.baseline_name,
-            # both sides must have done the same work
-            f"stockflow_{self.unit}": sorted({r[self.unit] for r in self.ours}),
-            f"baseline_{self.unit}": sorted({r[self.unit] for r in self.baseline}),
-            "stockflow_runs": [round(r[self.unit] / r["seconds"], 1) for r in self.ours],
-            "baseline_runs": [round(r[self.unit] / r["seconds"], 1) for r in self.baseline],
-        }
-        for side, runs in (("stockflow", self.ours), ("baseline", self.baseline)):
-            rss = [r.get("peak_rss_mb") for r in runs if r.get("peak_rss_mb")]
-            if rss:
-                out[f"{side}_peak_rss_mb"] = round(max(rss), 1)
-        if self.unit == "bars" and self.scenario == "gold":
-            out["stockflow_ns_per_bar"] = round(1e9 / ours, 0)
-        out.update(self.extra)
-        return out
-
-
-@dataclass
-class Result:
-    """A scenario without a same-run baseline (its figures are absolute)."""
-
-    scenario: str
-    figures: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, **self.figures}
-
-
-def render(r: dict[str, Any]) -> str:
-    """One scenario's result as a line (or a few) of text."""
-    s = r["scenario"]
-    if "ratio" in r:
-        line = (
-            f"{s:<10} {r['stockflow_is']} {r['stockflow']:>12,.0f} {r['unit']}  "
-            f"{r['baseline_is']} {r['baseline']:>12,.0f} {r['unit']}  ratio {r['ratio']:.2f}x"
-        )
-        if "stockflow_peak_rss_mb" in r and "baseline_peak_rss_mb" in r:
-            line += (
-                f"  peak RSS {r['stockflow_peak_rss_mb']:.0f} / {r['baseline_peak_rss_mb']:.0f} MB"
-            )
-        if s == "kafka":
-            line += (
-                f"\n{'':<10} (raw consume with librdkafka's default fetch.wait.max.ms: "
-                f"{r['raw_default_per_s']:,.0f} ticks/s, ratio {r['ratio_to_raw_default']:.2f}x)"
-            )
-        return line
-    if s == "symbols10k":
-        trend = (
-            f"RSS troughs after warm-up {r['rss_troughs_mb'][0]:,.0f} -> "
-            f"{r['rss_troughs_mb'][-1]:,.0f} MB (flat: {r['flat']})"
-            if "rss_troughs_mb" in r
-            else "soak too short for a trend"
-        )
-        return (
-            f"{s:<10} {r['symbols']:,} symbols, {r['soak_seconds']:.0f} s: peak RSS "
-            f"{r['peak_rss_mb']:,.0f} MB ({r['peak_rss_incl_shutdown_mb']:,.0f} MB incl. shutdown), "
-            f"{trend}; {r['ticks']:,} ticks, {r['bars_1m']:,} 1m bars"
-        )
-    if s == "latency":
-        return (
-            f"{s:<10} {r['achieved_rate']:,.0f} ticks/s over {r['symbols']} symbols: bar in the "
-            f"lake p50 {r['p50_s']} s, p99 {r['p99_s']} s after window end + "
-            f"{r['lateness_s']:g} s lateness ({r['bars']} bars)"
-        )
-    return json.dumps(r)
 
 
 # ---------------------------------------------------------------------------
@@ -1234,81 +910,22 @@ def render(r: dict[str, Any]) -> str:
 
 CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "file_ours": _child_file_ours,
-    "file_naive": _child_file_naive,
+    "file_naive": child_file_naive,
     "gold_ours": _child_gold_ours,
-    "gold_baseline": _child_gold_baseline,
+    "gold_baseline": child_gold_baseline,
     "backfill_ours": _child_backfill_ours,
-    "backfill_baseline": _child_gold_baseline,
+    "backfill_baseline": child_gold_baseline,
     "kafka_ours": _child_kafka_ours,
-    "kafka_raw": _child_kafka_raw,
+    "kafka_raw": child_kafka_raw,
     "process_of_cluster": _child_process_of_cluster,
     "symbols10k": _child_symbols10k,
     "latency_pipeline": _child_latency_pipeline,
 }
 
 
-def _child_command(name: str, *args: Any) -> list[str]:
-    if len(args) == 1 and isinstance(args[0], dict):
-        return [sys.executable, "-m", "dataflows.bench.scenarios", name, json.dumps(args[0])]
-    return [sys.executable, "-m", "dataflows.bench.scenarios", name, *map(str, args)]
-
-
-def _start_child(name: str, *args: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        _child_command(name, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _finish_child(name: str, proc: subprocess.Popen[str]) -> dict[str, Any]:
-    # wait4 reaps the child and returns its own resource usage
-    _, status, usage = os.wait4(proc.pid, 0)
-    out = proc.stdout.read() if proc.stdout else ""
-    err = proc.stderr.read() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"benchmark child {name} failed:\n{err[-2000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return result
-
-
-def _peak_rss_from_child(name: str, *args: Any) -> dict[str, Any]:
-    return _finish_child(name, _start_child(name, *args))
-
-
-def _children_in_parallel(name: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    procs = [_start_child(name, spec) for spec in specs]
-    try:
-        return [_finish_child(name, p) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-
 # ---------------------------------------------------------------------------
 # Scenarios
 # ---------------------------------------------------------------------------
-
-
-def _tick_path(opts: BenchOptions, data: Path | None, scenario: str) -> str:
-    if opts.path is not None:
-        return opts.path
-    if data is None:
-        raise UserError(
-            f"the {scenario} scenario needs --path or the real data (STOCKFLOW_REAL_DATA)"
-        )
-    return str(data / "ticks" / SPY_DAY)
-
-
-def _interleaved(
-    opts: BenchOptions, ours_name: str, base_name: str, args: tuple[Any, ...]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    ours, base = [], []
-    for _ in range(opts.repeats):
-        ours.append(_peak_rss_from_child(ours_name, *args))
-        base.append(_peak_rss_from_child(base_name, *args))
-    return ours, base
 
 
 def run_scenario(
@@ -1321,13 +938,13 @@ def run_scenario(
         options = BenchOptions(repeats=options, workers=workers, path=path)
     opts = options
     if scenario == "file":
-        path = _tick_path(opts, data, "file")
-        ours, base = _interleaved(opts, "file_ours", "file_naive", (path, opts.workers))
+        path = tick_path(opts, data, "file")
+        ours, base = interleaved(opts, "file_ours", "file_naive", (path, opts.workers))
         return Comparison("file", "ticks", ours, base, baseline_name="naive")
     if scenario in ("gold", "backfill"):
         if data is None:
             raise UserError(f"the {scenario} scenario needs the real data (STOCKFLOW_REAL_DATA)")
-        ours, base = _interleaved(opts, f"{scenario}_ours", f"{scenario}_baseline", (str(data),))
+        ours, base = interleaved(opts, f"{scenario}_ours", f"{scenario}_baseline", (str(data),))
         return Comparison(scenario, "bars", ours, base, baseline_name="pandas+ta")
     runners: dict[str, Callable[[BenchOptions, Path | None], Comparison | Result]] = {
         "kafka": _kafka_scenario,
@@ -1338,41 +955,6 @@ def run_scenario(
     if scenario not in runners:
         raise UserError(f"unknown scenario {scenario!r}; use {', '.join(SCENARIOS)}")
     return runners[scenario](opts, data)
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on (load: how busy the box was)."""
-    import platform
-
-    import pyarrow
-
-    def first(path: str, prefix: str) -> str | None:
-        with contextlib.suppress(OSError):
-            for line in Path(path).read_text().splitlines():
-                if line.startswith(prefix):
-                    return line.split(":", 1)[1].strip()
-        return None
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": first("/proc/cpuinfo", "model name"),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "load_average": [round(x, 2) for x in load] if load else None,
-        "python": platform.python_version(),
-        "pyarrow": pyarrow.__version__,
-        "bytewax": _version("bytewax"),
-        "platform": platform.platform(),
-    }
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def main_child(argv: list[str]) -> None:

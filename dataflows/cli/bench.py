@@ -1,0 +1,63 @@
+"""``stockflow bench``: the performance benchmark (see :mod:`dataflows.bench`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from dataflows.cli.main import cli
+
+
+@cli.command()
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(["file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency"]),
+    help="Scenario(s) to run (default: file, gold, backfill, kafka, processes).",
+)
+@click.option("--repeats", default=3, show_default=True, help="Interleaved repeats per side.")
+@click.option("--path", help="Tick file(s) for file/kafka/processes (default: the real SPY data).")
+@click.option("--workers", default=1, show_default=True, help="Bytewax workers (file, kafka).")
+@click.option("--seed", default=7, show_default=True, help="Seed of generated data.")
+@click.option("--brokers", help="Kafka bootstrap servers (default: start a Tansu broker).")
+@click.option("--kafka-partitions", default=1, show_default=True, help="Topic partitions.")
+@click.option("--processes", default=2, show_default=True, help="Processes (processes scenario).")
+@click.option("--files", default=16, show_default=True, help="Series to cut the SPY days into.")
+@click.option("--symbols", default=10_000, show_default=True, help="Symbols (symbols10k).")
+@click.option("--soak-seconds", default=600.0, show_default=True, help="Soak length (symbols10k).")
+@click.option("--soak-rate", default=20_000.0, show_default=True, help="Ticks/s during the soak.")
+@click.option(
+    "--soak-recovery",
+    is_flag=True,
+    help="Soak with a recovery store (state snapshots every 10 s, as in production).",
+)
+@click.option("--rate", default=50_000.0, show_default=True, help="Paced ticks/s (latency).")
+@click.option("--latency-seconds", default=150.0, show_default=True, help="Paced run length.")
+@click.option("--latency-symbols", default=200, show_default=True, help="Symbols (latency).")
+@click.option(
+    "--snapshot-interval", default=0.5, show_default=True, help="Seconds per snapshot (latency)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench(scenarios: tuple[str, ...], as_json: bool, **flags: Any) -> None:
+    """Measure stockflow against baselines run in the same invocation."""
+    import json
+
+    from dataflows.bench.harness import BenchOptions, machine, render
+    from dataflows.bench.scenarios import DEFAULT_SCENARIOS, run_scenario
+    from dataflows.testing.data import real_data_dir
+
+    data = real_data_dir()
+    options = BenchOptions(**flags)
+    results = []
+    for scenario in scenarios or DEFAULT_SCENARIOS:
+        if not as_json:
+            click.echo(f"running {scenario} ...", err=True)
+        results.append(run_scenario(scenario, options, data).as_dict())
+    report = {"machine": machine(), "results": results}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for r in results:
+        click.echo(render(r))
