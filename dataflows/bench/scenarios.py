@@ -66,8 +66,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +90,7 @@ from dataflows.bench.harness import (
     start_child,
     tick_path,
 )
+from dataflows.bench.soak import SOAK_START, SoakPlan, SoakProgress, SoakSource
 from dataflows.core.errors import UserError
 from dataflows.core.shards import DEFAULT_SHARDS, shard_of
 
@@ -440,111 +440,6 @@ def _processes_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
 # The warm-up's event time: 23:58 to 00:01 UTC crosses a day (so also an hour,
 # 15- and 5-minute) boundary: every resolution (1m ... 1d) emits a bar for
 # every symbol, so every (symbol, resolution) series exists after it.
-SOAK_START = datetime(2024, 1, 2, 23, 58, tzinfo=UTC)
-WARMUP_MINUTES = 3
-
-
-@dataclass
-class SoakProgress:
-    """Shared between the soak source and the RSS sampler (one process)."""
-
-    phase: str = "warm-up"
-    ticks: int = 0
-    warmup_end_s: float | None = None
-
-
-def soak_source(
-    symbols: int, rate: float, seconds: float, seed: int, progress: SoakProgress
-) -> Any:
-    """A seeded source of `symbols` symbols: a fast-forwarded warm-up (one
-    tick per symbol per event minute for WARMUP_MINUTES), then ticks at
-    `rate` per second of wall clock, event time = wall time since the end
-    of the warm-up, until `seconds` after the start."""
-    import numpy as np
-    import pyarrow as pa
-    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-
-    from dataflows.core.batches import RawTickBatch
-
-    names = pa.array([f"X{i:04d}" for i in range(symbols)], pa.string())
-    t0_us = int(SOAK_START.timestamp() * 1_000_000)
-
-    class Partition(StatefulSourcePartition[RawTickBatch, None]):
-        def __init__(self) -> None:
-            self._rng = np.random.default_rng(seed)
-            self._prices = self._rng.uniform(5, 500, symbols)
-            self._minute = 0
-            self._event_us = t0_us
-            self._started = time.monotonic()
-            self._paced_from: float | None = None
-            self._emitted = 0
-
-        def _batch(self, sym: np.ndarray, ts: np.ndarray) -> list[RawTickBatch]:
-            n = len(sym)
-            order = np.argsort(ts, kind="stable")
-            sym, ts = sym[order], ts[order]
-            self._prices *= np.exp(self._rng.normal(0, 0.001, symbols))
-            price = np.round(self._prices[sym] * (1 + self._rng.normal(0, 0.0002, n)), 2)
-            size = self._rng.choice([1.0, 50.0, 100.0, 100.0, 200.0, 500.0], n)
-            table = pa.table(
-                {
-                    "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-                    "symbol": names.take(pa.array(sym)),
-                    "price": pa.array(np.maximum(price, 0.01)),
-                    "size": pa.array(size),
-                }
-            )
-            lines = np.arange(self._emitted, self._emitted + n, dtype=np.int64)
-            self._emitted += n
-            progress.ticks = self._emitted
-            return [RawTickBatch(table=table, lines=lines, origin="soak", source="synthetic")]
-
-        def next_batch(self) -> list[RawTickBatch]:
-            now = time.monotonic()
-            if now - self._started >= seconds:
-                progress.phase = "shutdown"
-                raise StopIteration
-            if self._minute < WARMUP_MINUTES:  # fast-forward, a minute per batch
-                sym = np.arange(symbols)
-                ts = self._event_us + self._rng.integers(0, 60_000_000, symbols)
-                self._minute += 1
-                self._event_us += 60_000_000
-                return self._batch(sym, ts)
-            if self._paced_from is None:
-                self._paced_from = now
-                progress.phase, progress.warmup_end_s = "soak", now - self._started
-            # Paced: the event time since the last batch, at `rate` ticks/s.
-            span_us = int((now - self._paced_from) * 1e6) - (self._event_us - self._paced_start)
-            if span_us < 200_000:
-                return []
-            n = int(self._rng.poisson(rate * span_us / 1e6))
-            sym = self._rng.integers(0, symbols, n)
-            ts = self._event_us + self._rng.integers(0, span_us, n)
-            self._event_us += span_us
-            return self._batch(sym, ts)
-
-        @property
-        def _paced_start(self) -> int:
-            return t0_us + WARMUP_MINUTES * 60_000_000
-
-        def next_awake(self) -> datetime | None:
-            if self._paced_from is None:
-                return None
-            return datetime.now(UTC) + timedelta(seconds=0.2)
-
-        def snapshot(self) -> None:
-            return None
-
-    class Source(FixedPartitionedSource[RawTickBatch, None]):
-        def list_parts(self) -> list[str]:
-            return ["soak"]
-
-        def build_part(self, step_id: str, for_part: str, resume_state: None) -> Partition:
-            return Partition()
-
-    return Source()
-
-
 def _child_symbols10k(args: dict[str, Any]) -> dict[str, Any]:
     from dataflows.core.config import Settings
     from dataflows.runner import run
@@ -562,7 +457,9 @@ def _child_symbols10k(args: dict[str, Any]) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    source = soak_source(args["symbols"], args["rate"], args["seconds"], args["seed"], progress)
+    source = SoakSource(
+        SoakPlan(args["symbols"], args["rate"], args["seconds"], args["seed"]), progress
+    )
     with tempfile.TemporaryDirectory() as lake, tempfile.TemporaryDirectory() as store:
         settings = Settings.load(
             env={},
