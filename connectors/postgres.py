@@ -43,6 +43,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from connectors import ddl, upsert
+from connectors.upsert import FailureKind
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 
@@ -279,7 +280,7 @@ class PostgresWriter:
                 self._conn.close()
             self._conn = None
 
-    def classify(self, exc: Exception) -> tuple[upsert.FailureKind, str]:
+    def classify(self, exc: Exception) -> tuple[FailureKind, str]:
         reason = self._target.reason(exc)
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate in _PERMANENT_SQLSTATES:

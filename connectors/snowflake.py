@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors import ddl, upsert
+from connectors.upsert import FailureKind
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 
@@ -334,7 +335,7 @@ class SnowflakeWriter:
                 self._conn.close()
             self._conn = None
 
-    def classify(self, exc: Exception) -> tuple[upsert.FailureKind, str]:
+    def classify(self, exc: Exception) -> tuple[FailureKind, str]:
         from snowflake.connector import errors
 
         reason = self._target.reason(exc)

@@ -48,6 +48,9 @@ def make_source(settings: Settings) -> Source[Any]:
         )
     if kind == "synthetic":
         live = bool(settings.live)
+        symbols: dict[str, Any] = (
+            {"symbols": settings.synthetic_symbols} if settings.synthetic_symbols else {}
+        )
         cfg = SyntheticConfig(
             seed=settings.synthetic_seed,
             # Live synthetic ticks run until stopped unless --bounded.
@@ -55,7 +58,7 @@ def make_source(settings: Settings) -> Source[Any]:
             live=live,
             # Live: a batch a second, paced; simulated: big batches, fast.
             seconds_per_batch=1.0 if live else 600.0,
-            **({"symbols": settings.synthetic_symbols} if settings.synthetic_symbols else {}),
+            **symbols,
         )
         return SyntheticTickSource(cfg)
     if kind == "kafka":

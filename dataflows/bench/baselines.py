@@ -86,7 +86,9 @@ def naive_flow(path: str, out_dir: str) -> Any:
     lines = op.input("in", flow, TestingSource(gz_lines(path), batch_size=1000))
     ticks = op.filter_map("parse", lines, parse)
     keyed = op.key_on("key", ticks, lambda t: t["symbol"])
-    clock = win.EventClock(lambda t: t["ts"], wait_for_system_duration=timedelta(seconds=5))
+    clock: win.EventClock[dict[str, Any]] = win.EventClock(
+        lambda t: t["ts"], wait_for_system_duration=timedelta(seconds=5)
+    )
     windower = win.TumblingWindower(
         length=timedelta(minutes=1), align_to=datetime(2000, 1, 1, tzinfo=UTC)
     )

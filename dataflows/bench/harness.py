@@ -112,7 +112,7 @@ class Comparison:
             "baseline_runs": [round(r[self.unit] / r["seconds"], 1) for r in self.baseline],
         }
         for side, runs in (("stockflow", self.ours), ("baseline", self.baseline)):
-            rss = [r.get("peak_rss_mb") for r in runs if r.get("peak_rss_mb")]
+            rss: list[float] = [r["peak_rss_mb"] for r in runs if r.get("peak_rss_mb")]
             if rss:
                 out[f"{side}_peak_rss_mb"] = round(max(rss), 1)
         if self.unit == "bars" and self.scenario == "gold":

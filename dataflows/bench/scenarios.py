@@ -59,6 +59,7 @@ import contextlib
 import gzip
 import json
 import os
+import resource
 import signal
 import statistics
 import sys
@@ -375,6 +376,7 @@ def _cluster_run(tick_dir: str, processes: int) -> dict[str, Any]:
     from dataflows.testing.servers import free_port
 
     with tempfile.TemporaryDirectory() as lake:
+        specs: list[dict[str, Any]]
         if processes == 1:
             specs = [{"dir": tick_dir, "lake": lake}]
         else:
@@ -436,6 +438,7 @@ def _processes_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
 # ---------------------------------------------------------------------------
 # symbols10k: the state of a whole market, RSS over time
 # ---------------------------------------------------------------------------
+
 
 # The warm-up's event time: 23:58 to 00:01 UTC crosses a day (so also an hour,
 # 15- and 5-minute) boundary: every resolution (1m ... 1d) emits a bar for
@@ -744,7 +747,8 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
         try:
             time.sleep(3.0)  # the pipeline connects and assigns its partitions
             if child.poll() is not None:
-                raise RuntimeError(f"latency pipeline failed:\n{child.stderr.read()[-2000:]}")
+                err = child.stderr.read() if child.stderr else ""
+                raise RuntimeError(f"latency pipeline failed:\n{err[-2000:]}")
             with LakeWatcher(lake / "silver" / "bars_1m") as watcher:
                 produced = paced_produce(
                     settings,
@@ -759,6 +763,7 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
         finally:
             child.send_signal(signal.SIGINT)
             stopped_in = reap_within(child, 60.0)
+            usage: resource.struct_rusage | None
             try:
                 _, status, usage = os.wait4(child.pid, 0)
             except ChildProcessError:

@@ -383,6 +383,7 @@ class Settings:
     def load(
         cls,
         config_file: str | Path | None = None,
+        *,
         env: Mapping[str, str] | None = None,
         **flags: Any,
     ) -> Settings:
@@ -394,9 +395,9 @@ class Settings:
         gold = GoldConfig()
         if path:
             data = _read_toml(Path(path))
-            for opt, value in _toml_values(Path(path), data).items():
-                values[opt] = value
-                origin[opt] = f"{path} [{_option(opt).toml}]"
+            for name, value in _toml_values(Path(path), data).items():
+                values[name] = value
+                origin[name] = f"{path} [{_option(name).toml}]"
             gold = _gold_config(Path(path), data)
         for opt in OPTIONS:
             if opt.env in env and env[opt.env] != "":

@@ -36,7 +36,7 @@ import pyarrow.dataset as ds
 
 from connectors.lake import Lake
 from dataflows.core.errors import UserError
-from dataflows.report.page import charts
+from dataflows.report import charts
 
 KPI_DATES = 10
 DEFAULT_BARS = 300

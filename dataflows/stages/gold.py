@@ -39,7 +39,9 @@ class _Series:
         return {"indicators": self.indicators.snapshot(), "signals": self.signals.snapshot()}
 
 
-class GoldLogic(StatefulBatchLogic[tuple[str, pa.Table], tuple[str, pa.Table], dict[str, Any]]):
+class GoldLogic(
+    StatefulBatchLogic[tuple[str, pa.Table], tuple[str, pa.Table], dict[str, Any] | None]
+):
     """Indicators and signals of one shard's symbols, every resolution.
 
     Consumes ``(resolution, bars)`` and emits ``("indicators_<res>", table)``
