@@ -213,6 +213,8 @@ def _no_auction(n: int) -> dict[str, np.ndarray]:
 def _pick(group: np.ndarray, keys: tuple[np.ndarray, ...], last: bool = False) -> np.ndarray:
     """Per run of equal `group` values (sorted), the position of the first
     (or last) row by `keys` (lexsort order: last key most significant)."""
+    if not len(group):
+        return np.empty(0, np.int64)
     order = np.lexsort((*keys, group))
     g = group[order]
     bounds = np.flatnonzero(np.append(True, g[1:] != g[:-1]))
@@ -739,6 +741,8 @@ class BarBuilder:
             assert session is not None and day is not None
             new = self._bucket_rows(res, bars, session, day)
             cat = {k: np.concatenate([acc[k], new[k]]) for k in _ROLL_COLUMNS}
+            if not len(cat["sym"]):  # only closed minutes (no trading day)
+                return _EMPTY_BARS
             age = np.arange(len(cat["sym"]))  # older partials first
             o = np.lexsort((age, cat["start"], cat["sym"]))
             c = _take(cat, o)

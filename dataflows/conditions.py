@@ -261,11 +261,13 @@ def dialect_of(source: str, setting: str = "auto") -> str:
 
 def _combine(names: list[str]) -> tuple[int, int]:
     """Flags and reason code of a set of conditions (AND of uses, OR of marks)."""
-    flags, reason = ELIGIBLE, 0
+    flags, reason, allowed = ELIGIBLE, 0, 3
     for name in names:
         rule = RULES[name]
-        if (rule.flags & _USES) != ELIGIBLE and (flags & _USES) == ELIGIBLE:
-            reason = _REASON_CODE[name]
+        uses = rule.flags & _USES
+        # The reason is the condition that allows the fewest uses.
+        if uses != ELIGIBLE and bin(uses).count("1") < allowed:
+            reason, allowed = _REASON_CODE[name], bin(uses).count("1")
         flags = (flags & (rule.flags | ~_USES)) | (rule.flags & ~_USES)
     return flags, reason
 

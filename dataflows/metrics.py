@@ -98,6 +98,12 @@ BARS_OUT = Counter(
     "Bars emitted, per resolution.",
     ["resolution"],
 )
+INELIGIBLE_TICKS = Counter(
+    "stockflow_ineligible_ticks",
+    "Ticks whose sale conditions keep them from some bar value (open/close, high/low or "
+    "volume), by the condition; they stay in bronze/ticks.",
+    ["reason"],
+)
 SINK_WRITE_SECONDS = Histogram(
     "stockflow_sink_write_seconds",
     "Duration of one sink write (lake file, serving upsert, Kafka batch or flush).",
@@ -132,6 +138,12 @@ def count_bar_output(items: Iterable[tuple[str, pa.Table]]) -> None:
         if child is None:
             child = _BARS_BY_RES[name] = BARS_OUT.labels(name.removeprefix("bars_"))
         child.inc(n)
+
+
+def count_ineligible(counts: dict[str, int]) -> None:
+    """Ticks a bar step kept from some value, by reason (one call per batch)."""
+    for reason, n in counts.items():
+        INELIGIBLE_TICKS.labels(reason).inc(n)
 
 
 def observe_sink_write(sink: str, seconds: float) -> None:

@@ -56,6 +56,22 @@ class RejectCounter:
 REJECTS_BY_REASON = RejectCounter()
 
 
+class ReasonCounter:
+    """Ticks kept from some bar value by their sale conditions, by reason
+    (they stay in bronze/ticks; for run summaries)."""
+
+    def __init__(self) -> None:
+        self._lock = Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, counts: dict[str, int]) -> None:
+        with self._lock:
+            self.counts.update(counts)
+
+
+INELIGIBLE_BY_REASON = ReasonCounter()
+
+
 class Counter64:
     """A thread-safe counter (workers are threads of one process)."""
 
@@ -178,6 +194,9 @@ class BarLogic(StatefulBatchLogic[pa.Table, tuple[str, pa.Table], dict[str, Any]
         if result.late.num_rows:
             out.append(("late", result.late))
         metrics.count_bar_output(out)
+        if result.ineligible:
+            INELIGIBLE_BY_REASON.add(result.ineligible)
+            metrics.count_ineligible(result.ineligible)
         return out
 
     def on_batch(self, values: list[pa.Table]) -> tuple[list[tuple[str, pa.Table]], bool]:

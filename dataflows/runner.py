@@ -21,7 +21,7 @@ from dataflows.errors import (
     recovery_store_mismatch,
 )
 from dataflows.metrics import run_metrics
-from dataflows.operators import REJECTS_BY_REASON
+from dataflows.operators import INELIGIBLE_BY_REASON, REJECTS_BY_REASON
 from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
 
 
@@ -34,6 +34,7 @@ class RunSummary:
     files: dict[str, int]
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     lake: str = ""
+    ineligible_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
     def ticks_accepted(self) -> int:
@@ -69,6 +70,11 @@ class RunSummary:
         if self.rejects_by_reason:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejects_by_reason.items()))
             lines.append(f"rejects by reason: {reasons}")
+        if self.ineligible_by_reason:
+            reasons = ", ".join(
+                f"{k} {v:,}" for k, v in sorted(self.ineligible_by_reason.items())
+            )
+            lines.append(f"ticks kept from some bar value by sale condition: {reasons}")
         if self.lake:
             lines.append(f"lake: {self.lake}")
         return "\n".join(lines)
@@ -114,6 +120,7 @@ def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSu
     flow = build_flow(settings, source)
     before_rows, before_files = dict(WRITE_STATS.rows), dict(WRITE_STATS.files)
     before_reasons = dict(REJECTS_BY_REASON.counts)
+    before_ineligible = dict(INELIGIBLE_BY_REASON.counts)
     start = time.perf_counter()
     execute(flow, settings)
     seconds = time.perf_counter() - start
@@ -124,8 +131,15 @@ def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSu
         for k, v in REJECTS_BY_REASON.counts.items()
         if v - before_reasons.get(k, 0)
     }
+    ineligible = {
+        k: v - before_ineligible.get(k, 0)
+        for k, v in INELIGIBLE_BY_REASON.counts.items()
+        if v - before_ineligible.get(k, 0)
+    }
     lake = Lake(settings.lake, settings.s3_endpoint)
-    return RunSummary(seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root)
+    return RunSummary(
+        seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root, ineligible
+    )
 
 
 __all__ = ["RunSummary", "UserError", "run"]
