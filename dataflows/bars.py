@@ -318,9 +318,7 @@ class BarBuilder:
             self._max_ts = np.array(state["max_ts"], np.int64)
             self._closed = np.array(state["closed"], np.int64)
             n_open = len(state["open"]["sym"])
-            self._open = {
-                k: _column(state["open"], k, t, n_open) for k, t in _OPEN_COLUMNS.items()
-            }
+            self._open = {k: _column(state["open"], k, t, n_open) for k, t in _OPEN_COLUMNS.items()}
             self._roll = {}
             for res in config.rollups:
                 saved = state["roll"][res]
@@ -869,4 +867,3 @@ def _session_column(codes: np.ndarray) -> pa.Array:
     if (idx < 0).any():
         taken = pc.if_else(pa.array(idx >= 0), taken, pa.scalar(None, pa.string()))
     return taken
-

@@ -256,7 +256,9 @@ def dialect_of(source: str, setting: str = "auto") -> str:
     if setting != "auto":
         return setting
     # Tick files are modelled on Lean's AlgoSeek files; messages on Finnhub's.
-    return "algoseek" if source == "file" else "finnhub" if source in ("finnhub", "kafka") else "sip"
+    return (
+        "algoseek" if source == "file" else "finnhub" if source in ("finnhub", "kafka") else "sip"
+    )
 
 
 def _combine(names: list[str]) -> tuple[int, int]:

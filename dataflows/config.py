@@ -349,7 +349,9 @@ class Settings:
                 check_calendar(name)
             except UserError as exc:
                 where = self.origin.get("calendars" if name != self.calendar else "calendar")
-                raise UserError(f"bad setting calendar (from {where or 'default'}): {exc}") from None
+                raise UserError(
+                    f"bad setting calendar (from {where or 'default'}): {exc}"
+                ) from None
         return config
 
     @property

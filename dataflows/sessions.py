@@ -38,7 +38,13 @@ from dataflows.errors import UserError
 CLOSED, PRE, REGULAR, POST = 0, 1, 2, 3
 EXTENDED = 4  # a daily bar over pre-market, regular and post-market
 MIXED = 255  # a roll-up bucket spanning sessions (null in the bars)
-SESSION_NAMES = {CLOSED: "closed", PRE: "pre", REGULAR: "regular", POST: "post", EXTENDED: "extended"}
+SESSION_NAMES = {
+    CLOSED: "closed",
+    PRE: "pre",
+    REGULAR: "regular",
+    POST: "post",
+    EXTENDED: "extended",
+}
 ALWAYS_OPEN = "24/7"
 NO_DAY = -(2**62)
 DAY_US = 86_400_000_000

@@ -7,7 +7,7 @@ aggregations written here independently of dataflows/conditions.py.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +105,7 @@ def test_minute_bars_agree_with_the_vendors_better_with_sale_conditions(real_dat
         report.append(
             f"{path.name}: "
             + "  ".join(
-                f"{c} {per_mode['off'][c]:.4f}->{per_mode['cta'][c]:.4f}"
-                for c in (*OHLC, "volume")
+                f"{c} {per_mode['off'][c]:.4f}->{per_mode['cta'][c]:.4f}" for c in (*OHLC, "volume")
             )
         )
     print("\n1-minute agreement with the vendor, sale conditions off -> cta\n" + "\n".join(report))
@@ -186,13 +185,15 @@ def direct_bars(df: pd.DataFrame, freq: str) -> pd.DataFrame:
     return out.dropna(subset=["close"]).reset_index()
 
 
-@pytest.mark.parametrize("res,freq", [("1m", "1min"), ("5m", "5min"), ("15m", "15min"), ("1h", "1h")])
+@pytest.mark.parametrize(
+    "res,freq", [("1m", "1min"), ("5m", "5min"), ("15m", "15min"), ("1h", "1h")]
+)
 def test_bars_and_roll_ups_equal_direct_aggregation_of_eligible_ticks(real_data, lakes, res, freq):
     ticks = eligible_ticks(read_ticks_csv(real_data / "ticks" / "SPY_20131008.csv.gz"))
     expected = direct_bars(ticks, freq)
 
     ours = _bars(lakes["cta"], res)
-    ours = ours[(ours["symbol"] == "SPY") & (ours["start"].dt.date == datetime(2013, 10, 8).date())]
+    ours = ours[(ours["symbol"] == "SPY") & (ours["start"].dt.date == date(2013, 10, 8))]
     ours = ours.sort_values("start").reset_index(drop=True)
 
     assert list(ours["start"]) == list(expected["start"])
@@ -262,7 +263,7 @@ def test_a_us_holiday_has_no_session_and_no_daily_bar():
         ticks("SPY", (utc(2013, 11, 27, 15), 180.0, 100), (utc(2013, 11, 28, 15), 181.0, 100)),
     )
 
-    assert [b["start"].date() for b in out["1d"]] == [datetime(2013, 11, 27).date()]
+    assert [b["start"].date() for b in out["1d"]] == [date(2013, 11, 27)]
     assert [b["session"] for b in out["1m"]] == ["regular", "closed"]
 
 
