@@ -174,6 +174,7 @@ def load_bar_file(
             pa.array(f["volume"][idx]),
             pa.nulls(len(idx), pa.float64()),
             pa.nulls(len(idx), pa.int64()),
+            pa.nulls(len(idx), pa.string()),  # session: not known for bars from outside
         ],
         schema=BAR_SCHEMA,
     )

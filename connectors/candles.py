@@ -113,6 +113,7 @@ def candles_table(data: dict[str, Any], symbol: str, resolution: str) -> pa.Tabl
             pa.array(data["v"], pa.float64()),
             pa.nulls(n, pa.float64()),
             pa.nulls(n, pa.int64()),
+            pa.nulls(n, pa.string()),  # session: not known for bars from outside
         ],
         schema=BAR_SCHEMA,
     )

@@ -73,6 +73,19 @@ def _load(ref: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def bar_config(settings: Settings) -> BarConfig:
+    """How the settings cut bars: lateness, roll-ups, sale conditions, sessions."""
+    return BarConfig(
+        lateness_s=settings.lateness_s,
+        live=settings.is_live,
+        rollups=tuple(r for r in settings.resolutions if r != "1m"),
+        sale_conditions=settings.sale_conditions,
+        condition_codes=settings.condition_codes,
+        daily_session=settings.daily_session,
+        calendars=settings.calendar_config(),
+    )
+
+
 def build_flow(
     settings: Settings,
     source: Source[Any] | None = None,
@@ -92,11 +105,7 @@ def build_flow(
     raw = op.input("ticks_in", flow, source if source is not None else make_source(settings))
     ticks = parse_stage(raw, settings.shards, stats, select)
     rollups = tuple(r for r in settings.resolutions if r != "1m")
-    bars = bar_stage(
-        ticks.ticks,
-        BarConfig(lateness_s=settings.lateness_s, live=settings.is_live, rollups=rollups),
-        stats,
-    )
+    bars = bar_stage(ticks.ticks, bar_config(settings), stats)
     gold_config = replace(settings.gold, snapshots=settings.recovery_dir is not None)
     if settings.warmup:
         from dataflows.warmup import LakeWarmup

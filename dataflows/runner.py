@@ -35,13 +35,19 @@ class RunSummary:
     files: dict[str, int]
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     lake: str = ""
+    ineligible_by_reason: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stats: RunStats, seconds: float, lake: str = "") -> RunSummary:
         """The summary of the run that counted into `stats`."""
         figures = stats.snapshot()
         return cls(
-            seconds, figures["lake_rows"], figures["lake_files"], figures["rejects"], lake
+            seconds,
+            figures["lake_rows"],
+            figures["lake_files"],
+            figures["rejects"],
+            lake,
+            figures["ineligible"],
         )
 
     @property
@@ -78,6 +84,11 @@ class RunSummary:
         if self.rejects_by_reason:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejects_by_reason.items()))
             lines.append(f"rejects by reason: {reasons}")
+        if self.ineligible_by_reason:
+            reasons = ", ".join(
+                f"{k} {v:,}" for k, v in sorted(self.ineligible_by_reason.items())
+            )
+            lines.append(f"ticks kept from some bar value by sale condition: {reasons}")
         if self.lake:
             lines.append(f"lake: {self.lake}")
         return "\n".join(lines)

@@ -243,6 +243,8 @@ def test_finnhub_source_feeds_websocket_trades_straight_into_the_dataflow(real_d
         source="finnhub",
         lake=str(tmp_path / "lake"),
         live=False,  # bars by event time only: the fake replays 2013 at full speed
+        # The fake replays AlgoSeek-coded ticks, compared with a plain aggregation.
+        sale_conditions="off",
     )
 
     with FakeFinnhubWebsocket(read_trades(path), close_after=(500,)) as fake:

@@ -75,8 +75,9 @@ def test_replayed_tick_file_through_kafka_builds_the_same_lake_as_the_file_sourc
     topic = f"ticks-{time.time_ns()}"
 
     replay = cli("replay", str(path), "--brokers", kafka_broker.brokers, "--topic", topic)
+    # The replayed messages carry the file's AlgoSeek condition codes.
     kafka_lake, summary = run_pipeline(
-        "kafka", kafka_brokers=kafka_broker.brokers, topic_ticks=topic
+        "kafka", kafka_brokers=kafka_broker.brokers, topic_ticks=topic, condition_codes="algoseek"
     )
     file_lake, _ = run_pipeline(f"file:{path}")
 

@@ -23,7 +23,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from dataflows.core.conditions import DIALECTS, PROFILES
 from dataflows.core.errors import UserError
+from dataflows.core.sessions import CalendarConfig, check_calendar
 from dataflows.core.shards import DEFAULT_SHARDS
 from indicators import (
     RESOLUTIONS,
@@ -161,6 +163,37 @@ OPTIONS: tuple[Option, ...] = (
         "STOCKFLOW_LIVE",
         "bars.live",
         "watermarks also follow the wall clock (quiet symbols); default: on for live sources",
+    ),
+    Option(
+        "sale_conditions",
+        "STOCKFLOW_SALE_CONDITIONS",
+        "bars.sale_conditions",
+        "cta: trades set bar values by the consolidated tape's sale-condition rules | off",
+    ),
+    Option(
+        "condition_codes",
+        "STOCKFLOW_CONDITION_CODES",
+        "bars.condition_codes",
+        "how to read condition codes: auto (files: algoseek, messages: finnhub) | algoseek "
+        "| finnhub | sip",
+    ),
+    Option(
+        "daily_session",
+        "STOCKFLOW_DAILY_SESSION",
+        "bars.daily_session",
+        "daily bars over the regular session or the extended day: regular | extended",
+    ),
+    Option(
+        "calendar",
+        "STOCKFLOW_CALENDAR",
+        "bars.calendar",
+        "market calendar of symbols (exchange-calendars name, e.g. XNYS, or 24/7)",
+    ),
+    Option(
+        "calendars",
+        "STOCKFLOW_CALENDARS",
+        "bars.calendars",
+        "per-symbol calendars, comma list of SYMBOL=CALENDAR (symbols with ':' default to 24/7)",
     ),
     Option(
         "ts_unit",
@@ -330,6 +363,11 @@ class Settings:
     resolutions: tuple[str, ...] = RESOLUTIONS
     warmup: bool = False
     live: bool | None = None
+    sale_conditions: str = "cta"
+    condition_codes: str = "auto"
+    daily_session: str = "regular"
+    calendar: str = "XNYS"
+    calendars: tuple[str, ...] = ()
     ts_unit: str | None = None
     synthetic_ticks: int = 1_000_000
     synthetic_seed: int = 7
@@ -371,6 +409,24 @@ class Settings:
     @property
     def source_path(self) -> str:
         return self.source.split(":", 1)[1] if ":" in self.source else ""
+
+    def calendar_config(self) -> CalendarConfig:
+        """Which market calendar each symbol follows (names are checked
+        against the calendar library here, when a flow is built)."""
+        overrides = tuple(
+            (sym.strip().upper(), cal.strip())
+            for sym, _, cal in (item.partition("=") for item in self.calendars)
+        )
+        config = CalendarConfig(self.calendar, overrides)
+        for name in sorted(config.names()):
+            try:
+                check_calendar(name)
+            except UserError as exc:
+                where = self.origin.get("calendars" if name != self.calendar else "calendar")
+                raise UserError(
+                    f"bad setting calendar (from {where or 'default'}): {exc}"
+                ) from None
+        return config
 
     @property
     def is_live(self) -> bool:
@@ -446,6 +502,16 @@ class Settings:
                 "resolutions",
                 f"use 1m plus any of 5m, 15m, 1h, 1d (got {', '.join(self.resolutions)})",
             )
+        if self.sale_conditions not in PROFILES:
+            raise bad("sale_conditions", f"use one of {', '.join(PROFILES)}")
+        if self.condition_codes not in DIALECTS:
+            raise bad("condition_codes", f"use one of {', '.join(DIALECTS)}")
+        if self.daily_session not in ("regular", "extended"):
+            raise bad("daily_session", "use regular or extended")
+        for item in self.calendars:
+            sym, _, cal = item.partition("=")
+            if not sym.strip() or not cal.strip():
+                raise bad("calendars", f"{item!r} is not SYMBOL=CALENDAR")
         if self.ts_unit not in (None, "s", "ms", "us", "ns"):
             raise bad("ts_unit", "use one of s, ms, us, ns")
         if self.lake.startswith("s3://") and len(self.lake) <= len("s3://"):

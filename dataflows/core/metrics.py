@@ -97,6 +97,13 @@ def run_families(stats: RunStats) -> Iterator[Metric]:
     )
     yield counter("stockflow_rejects", "Rejected rows by reason code.", "reason", figures["rejects"])
     yield counter(
+        "stockflow_ineligible_ticks",
+        "Ticks whose sale conditions keep them from some bar value (open/close, high/low or "
+        "volume), by the condition; they stay in bronze/ticks.",
+        "reason",
+        figures["ineligible"],
+    )
+    yield counter(
         "stockflow_late_ticks",
         "Ticks later than the allowed lateness.",
         None,

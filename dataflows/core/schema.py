@@ -46,6 +46,9 @@ BAR_SCHEMA = pa.schema(
         pa.field("volume", pa.float64(), nullable=False),
         pa.field("vwap", pa.float64()),
         pa.field("trades", pa.int64()),  # null for bars from bar files
+        # pre | regular | post | closed (intraday), regular | extended (daily);
+        # null for bars from bar files and roll-ups spanning sessions
+        pa.field("session", pa.string()),
     ]
 )
 

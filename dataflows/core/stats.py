@@ -85,7 +85,8 @@ class RunStats:
 
     * ``ticks_in``: rows that entered the pipeline (accepted + rejected, after
       a backfill's selection); ``skipped``: valid ticks a backfill's selection
-      left out; ``rejects``: rejects by reason code;
+      left out; ``rejects``: rejects by reason code; ``ineligible``: ticks
+      whose sale conditions kept them from some bar value, by reason;
     * ``late_ticks``; ``bars_out``: bars emitted per resolution;
     * ``lake_rows`` / ``lake_files``: rows and data files written per lake table;
     * ``serving``: per serving sink (``postgres``, ``snowflake``);
@@ -99,6 +100,7 @@ class RunStats:
         self.skipped = 0
         self.late_ticks = 0
         self.rejects: Counter[str] = Counter()
+        self.ineligible: Counter[str] = Counter()
         self.bars_out: Counter[str] = Counter()
         self.lake_rows: Counter[str] = Counter()
         self.lake_files: Counter[str] = Counter()
@@ -130,6 +132,12 @@ class RunStats:
                     self.late_ticks += n
                 else:
                     self.bars_out[name.removeprefix("bars_")] += n
+
+    def count_ineligible(self, counts: dict[str, int]) -> None:
+        """Ticks a bar step kept from some bar value by their sale conditions
+        (they stay in bronze/ticks), by reason; once per batch."""
+        with self.lock:
+            self.ineligible.update(counts)
 
     def lake_written(self, table: str, rows: int, files: int = 1) -> None:
         with self.lock:
@@ -189,6 +197,7 @@ class RunStats:
                 "skipped": self.skipped,
                 "late_ticks": self.late_ticks,
                 "rejects": dict(self.rejects),
+                "ineligible": dict(self.ineligible),
                 "bars_out": dict(self.bars_out),
                 "lake_rows": dict(self.lake_rows),
                 "lake_files": dict(self.lake_files),

@@ -24,7 +24,25 @@ Semantics (PRODUCT.md, Bars):
   passed. After a restore from a snapshot the wall-clock anchors restart at
   the restore time: downtime does not count as quiet time, so a restart
   after an outage builds the same bars as an uninterrupted run;
-* :meth:`BarBuilder.flush` emits every open bar (end of a bounded input).
+* :meth:`BarBuilder.flush` emits every open bar (end of a bounded input);
+* with sale conditions on (``BarConfig.sale_conditions = "cta"``, see
+  :mod:`dataflows.core.conditions`) open/close come from the ticks eligible to
+  set the last sale, high/low from those eligible for high/low, volume,
+  VWAP and ``trades`` from those that count in volume. A minute without a
+  tick eligible for the last sale has no 1-minute bar (as the vendors'
+  1-minute bars); its volume and high/low still count in the roll-ups that
+  have a price, exactly as a direct aggregation of the ticks would;
+* every bar carries its ``session`` (:mod:`dataflows.core.sessions`): 1-minute
+  bars keep the UTC minute grid and say ``pre``, ``regular``, ``post`` or
+  ``closed``; 5m/15m/1h roll-ups say the same when all their minutes agree
+  (else null); daily bars cover one trading day of the symbol's calendar,
+  stamped ``start`` = that day at 00:00 UTC: its regular session by default
+  (``daily_session = "regular"``, emitted once the watermark is
+  :data:`CLOSING_PRINT_GRACE_US` past the close, as closing auction prints
+  arrive just after it) or pre-market to post-market (``"extended"``). The
+  regular daily bar takes its open and close from the day's opening and
+  closing prints where the source marks them (the largest such print: the
+  listing market's auction), else from the first and last eligible trade.
 """
 
 from __future__ import annotations
@@ -38,22 +56,53 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dataflows.core import conditions as cond
 from dataflows.core.schema import BAR_SCHEMA, LATE_TICK_SCHEMA, UTC_US
+from dataflows.core.sessions import (
+    EXTENDED,
+    MIXED,
+    NO_DAY,
+    REGULAR,
+    SESSION_NAMES,
+    CalendarConfig,
+    session_table,
+)
 from dataflows.stages.parse import single_symbol
 
 MINUTE_US = 60_000_000
 NEVER = -(2**62)  # "no tick yet": far below any valid time, safe from overflow
+LATEST = 2**62  # "no such tick" where the earliest is wanted
+# Closing auction prints are stamped a few seconds (NYSE: up to a minute or
+# more) after the regular close; the regular daily bar waits this long.
+CLOSING_PRINT_GRACE_US = 15 * MINUTE_US
+
+# Auction candidates (official open/close): price, size (-1: none), time, seq.
+_AUCTION_COLUMNS = {
+    "ao_px": np.float64,
+    "ao_sz": np.float64,
+    "ao_ts": np.int64,
+    "ao_seq": np.int64,
+    "ac_px": np.float64,
+    "ac_sz": np.float64,
+    "ac_ts": np.int64,
+    "ac_seq": np.int64,
+}
 
 _ROLL_COLUMNS = {
     "sym": np.int64,
     "start": np.int64,
     "open": np.float64,
+    "open_at": np.int64,
     "high": np.float64,
     "low": np.float64,
     "close": np.float64,
+    "close_at": np.int64,
     "volume": np.float64,
     "pv": np.float64,
     "trades": np.int64,
+    "session": np.uint8,
+    "due": np.int64,
+    **_AUCTION_COLUMNS,
 }
 
 _OPEN_COLUMNS = {
@@ -70,7 +119,9 @@ _OPEN_COLUMNS = {
     "volume": np.float64,
     "pv": np.float64,
     "trades": np.int64,
+    **_AUCTION_COLUMNS,
 }
+_DEFAULTS = {"ao_sz": -1.0, "ac_sz": -1.0, "ao_px": np.nan, "ac_px": np.nan}
 
 
 @dataclass(frozen=True)
@@ -82,16 +133,32 @@ class BarConfig:
     :arg live: advance watermarks with the wall clock too (live sources),
         so quiet symbols' bars are emitted; off for files and replays, which
         makes the result independent of processing speed.
+    :arg sale_conditions: ``cta`` (the consolidated tape's eligibility
+        rules) or ``off`` (every tick sets every value).
+    :arg condition_codes: dialect of the condition codes
+        (:data:`dataflows.core.conditions.DIALECTS`; ``auto``: by tick source).
+    :arg daily_session: ``regular`` or ``extended`` daily bars.
+    :arg calendars: the market calendar of each symbol.
     """
 
     lateness_s: float = 5.0
     live: bool = False
     rollups: tuple[str, ...] = ("5m", "15m", "1h", "1d")
+    sale_conditions: str = "cta"
+    condition_codes: str = "auto"
+    daily_session: str = "regular"
+    calendars: CalendarConfig = field(default_factory=CalendarConfig)
 
     def __post_init__(self) -> None:
         for res in self.rollups:
             if res not in ROLLUP_US:
                 raise ValueError(f"unknown roll-up {res!r}; use {', '.join(ROLLUP_US)}")
+        if self.sale_conditions not in cond.PROFILES:
+            raise ValueError(f"sale_conditions must be one of {', '.join(cond.PROFILES)}")
+        if self.condition_codes not in cond.DIALECTS:
+            raise ValueError(f"condition_codes must be one of {', '.join(cond.DIALECTS)}")
+        if self.daily_session not in ("regular", "extended"):
+            raise ValueError("daily_session must be regular or extended")
 
     @property
     def lateness_us(self) -> int:
@@ -108,11 +175,13 @@ ROLLUP_US = {
 
 @dataclass(frozen=True)
 class BarOutput:
-    """What one call emitted: 1-minute bars, roll-ups by resolution, late ticks."""
+    """What one call emitted: 1-minute bars, roll-ups by resolution, late
+    ticks, and the ticks the sale conditions kept from some value, by reason."""
 
     bars: pa.Table
     late: pa.Table
     rollups: dict[str, pa.Table] = field(default_factory=dict)
+    ineligible: dict[str, int] = field(default_factory=dict)
 
     def by_resolution(self) -> dict[str, pa.Table]:
         """Every non-empty bar table, ``{"1m": ..., "5m": ...}``."""
@@ -126,6 +195,60 @@ def _floor(ts: np.ndarray) -> np.ndarray:
 
 def _empty(columns: dict[str, type]) -> dict[str, np.ndarray]:
     return {name: np.empty(0, dtype) for name, dtype in columns.items()}
+
+
+def _column(state: dict[str, Any], name: str, dtype: type, n: int) -> np.ndarray:
+    """A state column; snapshots of earlier versions lack the newer ones."""
+    if name in state:
+        return np.array(state[name], dtype)
+    return np.full(n, _DEFAULTS.get(name, 0), dtype)
+
+
+def _no_auction(n: int) -> dict[str, np.ndarray]:
+    return {
+        name: np.full(n, _DEFAULTS.get(name, 0), dtype) for name, dtype in _AUCTION_COLUMNS.items()
+    }
+
+
+def _pick(group: np.ndarray, keys: tuple[np.ndarray, ...], last: bool = False) -> np.ndarray:
+    """Per run of equal `group` values (sorted), the position of the first
+    (or last) row by `keys` (lexsort order: last key most significant)."""
+    if not len(group):
+        return np.empty(0, np.int64)
+    order = np.lexsort((*keys, group))
+    g = group[order]
+    bounds = np.flatnonzero(np.append(True, g[1:] != g[:-1]))
+    if last:
+        bounds = np.append(bounds[1:] - 1, len(g) - 1)
+    return order[bounds]
+
+
+def _auction(
+    group: np.ndarray,
+    groups: int,
+    marked: np.ndarray,
+    price: np.ndarray,
+    size: np.ndarray,
+    ts: np.ndarray,
+    seq: np.ndarray,
+    closing: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group, the largest marked print (opening: ties earliest; closing:
+    ties latest): price, size (-1: none), time and sequence."""
+    px = np.full(groups, np.nan)
+    sz = np.full(groups, -1.0)
+    at = np.zeros(groups, np.int64)
+    sq = np.zeros(groups, np.int64)
+    idx = np.flatnonzero(marked)
+    if len(idx):
+        g = group[idx]
+        if closing:
+            best = idx[_pick(g, (seq[idx], ts[idx], size[idx]), last=True)]
+        else:
+            best = idx[_pick(g, (seq[idx], ts[idx], -size[idx]))]
+        gb = group[best]
+        px[gb], sz[gb], at[gb], sq[gb] = price[best], size[best], ts[best], seq[best]
+    return px, sz, at, sq
 
 
 def _empty_open() -> dict[str, np.ndarray]:
@@ -168,7 +291,7 @@ def _group_starts(*keys: np.ndarray) -> np.ndarray:
 class BarBuilder:
     """Open bars and watermarks of the symbols of one shard.
 
-    :arg config: lateness and live mode.
+    :arg config: lateness, live mode, sale conditions, sessions.
     :arg state: a :meth:`snapshot` to resume from.
     :arg clock: wall clock in seconds (injectable for tests).
     """
@@ -182,6 +305,7 @@ class BarBuilder:
         self.config = config
         self._clock = clock
         self._lateness = config.lateness_us
+        self._filter = config.sale_conditions != "off"
         if state is None:
             self._symbols: list[str] = []
             self._max_ts = np.empty(0, np.int64)
@@ -193,13 +317,20 @@ class BarBuilder:
             self._symbols = list(state["symbols"])
             self._max_ts = np.array(state["max_ts"], np.int64)
             self._closed = np.array(state["closed"], np.int64)
-            self._open = {k: np.array(state["open"][k], _OPEN_COLUMNS[k]) for k in _OPEN_COLUMNS}
-            self._roll = {
-                res: {k: np.array(state["roll"][res][k], t) for k, t in _ROLL_COLUMNS.items()}
-                for res in config.rollups
-            }
+            n_open = len(state["open"]["sym"])
+            self._open = {k: _column(state["open"], k, t, n_open) for k, t in _OPEN_COLUMNS.items()}
+            self._roll = {}
+            for res in config.rollups:
+                saved = state["roll"][res]
+                n = len(saved["sym"])
+                cols = {k: _column(saved, k, t, n) for k, t in _ROLL_COLUMNS.items()}
+                if "due" not in saved:  # an earlier version's bucket: due at its end
+                    cols["due"] = cols["start"] + ROLLUP_US[res]
+                    cols["session"] = np.full(n, MIXED, np.uint8)
+                self._roll[res] = cols
             self._seq = int(state["seq"])
         self._codes = {s: i for i, s in enumerate(self._symbols)}
+        self._calendar = [config.calendars.calendar_of(s) for s in self._symbols]
         # Wall-clock anchors restart now: downtime is not quiet time.
         self._anchor = np.full(len(self._symbols), clock(), np.float64)
 
@@ -240,6 +371,7 @@ class BarBuilder:
             if code is None:
                 code = self._codes[sym] = len(self._symbols)
                 self._symbols.append(sym)
+                self._calendar.append(self.config.calendars.calendar_of(sym))
                 added = True
             lut[i] = code
         if added:
@@ -248,6 +380,58 @@ class BarBuilder:
             self._closed = np.append(self._closed, np.full(grow, NEVER, np.int64))
             self._anchor = np.append(self._anchor, np.full(grow, self._clock()))
         return lut[enc.indices.to_numpy(zero_copy_only=False)]
+
+    def _sessions(self, sym: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(session, trading day) of times `ts` of symbols `sym` (codes)."""
+        cals = self._calendar
+        first = cals[int(sym[0])] if len(sym) else None
+        if all(c == first for c in cals):
+            return session_table(first, self.config.calendars).lookup(ts)
+        session = np.empty(len(ts), np.uint8)
+        day = np.empty(len(ts), np.int64)
+        by_code = np.asarray(cals, dtype=object)[sym]
+        for name in set(by_code.tolist()):
+            rows = np.flatnonzero(by_code == name)
+            session[rows], day[rows] = session_table(name, self.config.calendars).lookup(ts[rows])
+        return session, day
+
+    def _eligibility(
+        self, ticks: pa.Table, codes: np.ndarray, ts: np.ndarray
+    ) -> tuple[np.ndarray | None, dict[str, int]]:
+        """Per-tick eligibility flags (None: every tick is a regular trade)
+        and the ineligible ticks by reason."""
+        conditions = ticks.column("conditions")
+        values = pc.list_flatten(conditions)
+        if len(values) == 0:
+            return None, {}
+        sources = ticks.column("source")
+        only = single_symbol(sources)
+        if only is not None:
+            flags, reason = cond.eligibility(
+                conditions, cond.dialect_of(only, self.config.condition_codes)
+            )
+        else:
+            flags = np.empty(ticks.num_rows, np.uint8)
+            reason = np.empty(ticks.num_rows, np.uint8)
+            src = np.asarray(sources.to_numpy(zero_copy_only=False), dtype=object)
+            for name in set(src.tolist()):
+                rows = np.flatnonzero(src == name)
+                f, r = cond.eligibility(
+                    conditions.take(pa.array(rows)),
+                    cond.dialect_of(name, self.config.condition_codes),
+                )
+                flags[rows], reason[rows] = f, r
+        form_t = np.flatnonzero(flags & cond.FORM_T)
+        if len(form_t):
+            # Form T prints set prices in pre/post-market bars only.
+            session, _ = self._sessions(codes[form_t], ts[form_t])
+            demote = form_t[session == REGULAR]
+            flags[demote] &= np.uint8(~(cond.LAST | cond.HIGH_LOW) & 0xFF)
+            reason[demote] = np.where(
+                reason[demote] == 0, cond.FORM_T_IN_REGULAR, reason[demote]
+            ).astype(np.uint8)
+        plain = (flags & np.uint8(cond.ELIGIBLE | cond.OPENING | cond.CLOSING)) == cond.ELIGIBLE
+        return (None if plain.all() else flags), cond.count_reasons(reason)
 
     # -- ticks in ------------------------------------------------------------
 
@@ -265,6 +449,7 @@ class BarBuilder:
         size = ticks.column("size").to_numpy()
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
         self._seq += n
+        flags, ineligible = self._eligibility(ticks, codes, ts) if self._filter else (None, {})
 
         # Group by symbol, keeping arrival order inside each symbol (a batch
         # already grouped, e.g. one symbol's, needs no sort and no copies).
@@ -314,9 +499,13 @@ class BarBuilder:
                     (seq if grouped else seq[order])[keep],
                     (price if grouped else price[order])[keep],
                     (size if grouped else size[order])[keep],
+                    None if flags is None else (flags if grouped else flags[order])[keep],
                 )
             )
-        return self._emit(self._watermarks(self._clock()), late_table)
+        out = self._emit(self._watermarks(self._clock()), late_table)
+        if ineligible:
+            out = BarOutput(out.bars, out.late, out.rollups, ineligible)
+        return out
 
     @staticmethod
     def _partials(
@@ -326,28 +515,61 @@ class BarBuilder:
         seq: np.ndarray,
         price: np.ndarray,
         size: np.ndarray,
+        flags: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Aggregate ticks into one partial bar per (symbol, minute)."""
         if ((sym[1:] < sym[:-1]) | ((sym[1:] == sym[:-1]) & (ts[1:] < ts[:-1]))).any():
             o = np.lexsort((seq, ts, sym))  # event time, then arrival order
             sym, ts, start, seq, price, size = sym[o], ts[o], start[o], seq[o], price[o], size[o]
+            flags = None if flags is None else flags[o]
         # else: already in that order (ticks in time order, the usual case)
         gs = np.flatnonzero(_group_starts(sym, start))
         ge = np.append(gs[1:] - 1, len(sym) - 1)
+        if flags is None:  # every tick sets every value
+            return {
+                "sym": sym[gs],
+                "start": start[gs],
+                "open_ts": ts[gs],
+                "open_seq": seq[gs],
+                "open": price[gs],
+                "high": np.maximum.reduceat(price, gs),
+                "low": np.minimum.reduceat(price, gs),
+                "close_ts": ts[ge],
+                "close_seq": seq[ge],
+                "close": price[ge],
+                "volume": np.add.reduceat(size, gs),
+                "pv": np.add.reduceat(price * size, gs),
+                "trades": (ge - gs + 1).astype(np.int64),
+                **_no_auction(len(gs)),
+            }
+        n = len(sym)
+        last = (flags & cond.LAST) != 0
+        hl = (flags & cond.HIGH_LOW) != 0
+        counts = (flags & cond.VOLUME) != 0
+        pos = np.arange(n)
+        first = np.minimum.reduceat(np.where(last, pos, n), gs)
+        final = np.maximum.reduceat(np.where(last, pos, -1), gs)
+        has = first < n
+        first, final = np.minimum(first, n - 1), np.maximum(final, 0)
+        vsize = np.where(counts, size, 0.0)
+        group = np.cumsum(_group_starts(sym, start)) - 1
+        ao = _auction(group, len(gs), (flags & cond.OPENING) != 0, price, size, ts, seq, False)
+        ac = _auction(group, len(gs), (flags & cond.CLOSING) != 0, price, size, ts, seq, True)
         return {
             "sym": sym[gs],
             "start": start[gs],
-            "open_ts": ts[gs],
-            "open_seq": seq[gs],
-            "open": price[gs],
-            "high": np.maximum.reduceat(price, gs),
-            "low": np.minimum.reduceat(price, gs),
-            "close_ts": ts[ge],
-            "close_seq": seq[ge],
-            "close": price[ge],
-            "volume": np.add.reduceat(size, gs),
-            "pv": np.add.reduceat(price * size, gs),
-            "trades": (ge - gs + 1).astype(np.int64),
+            "open_ts": np.where(has, ts[first], LATEST),
+            "open_seq": np.where(has, seq[first], 0),
+            "open": np.where(has, price[first], np.nan),
+            "high": np.maximum.reduceat(np.where(hl, price, -np.inf), gs),
+            "low": np.minimum.reduceat(np.where(hl, price, np.inf), gs),
+            "close_ts": np.where(has, ts[final], NEVER),
+            "close_seq": np.where(has, seq[final], 0),
+            "close": np.where(has, price[final], np.nan),
+            "volume": np.add.reduceat(vsize, gs),
+            "pv": np.add.reduceat(price * vsize, gs),
+            "trades": np.add.reduceat(counts.astype(np.int64), gs),
+            **dict(zip(_AUCTION_COLUMNS, (*ao, *ac), strict=True)),
         }
 
     def _merge(self, new: dict[str, np.ndarray]) -> None:
@@ -362,7 +584,7 @@ class BarBuilder:
         b = _take(cat, by_close)
         gs = np.flatnonzero(_group_starts(a["sym"], a["start"]))
         ge = np.append(gs[1:] - 1, len(a["sym"]) - 1)
-        self._open = {
+        merged = {
             "sym": a["sym"][gs],
             "start": a["start"][gs],
             "open_ts": a["open_ts"][gs],
@@ -379,6 +601,17 @@ class BarBuilder:
             "pv": np.add.reduceat(a["pv"], gs),
             "trades": np.add.reduceat(a["trades"], gs),
         }
+        if (cat["ao_sz"] >= 0).any() or (cat["ac_sz"] >= 0).any():
+            group = np.cumsum(_group_starts(a["sym"], a["start"])) - 1
+            o = by_open[_pick(group, (a["ao_seq"], a["ao_ts"], -a["ao_sz"]))]
+            c = by_open[_pick(group, (a["ac_seq"], a["ac_ts"], a["ac_sz"]), last=True)]
+            for k in ("ao_px", "ao_sz", "ao_ts", "ao_seq"):
+                merged[k] = cat[k][o]
+            for k in ("ac_px", "ac_sz", "ac_ts", "ac_seq"):
+                merged[k] = cat[k][c]
+        else:
+            merged.update(_no_auction(len(gs)))
+        self._open = merged
 
     # -- bars out ------------------------------------------------------------
 
@@ -406,66 +639,173 @@ class BarBuilder:
             self._open = _take(op, np.flatnonzero(~done))
         else:
             out = _EMPTY_OPEN
-        rollups = {res: self._roll_up(res, out, final=watermark is None) for res in self._roll}
-        bars = self._bars_table(out, MINUTE_US) if len(out["sym"]) else _EMPTY_BARS
+        session = day = None
+        if len(out["sym"]):
+            session, day = self._sessions(out["sym"], out["start"])
+        rollups = {
+            res: self._roll_up(res, out, session, day, final=watermark is None)
+            for res in self._roll
+        }
+        bars = _EMPTY_BARS
+        if len(out["sym"]):
+            priced = ~np.isnan(out["close"])  # a minute of only ineligible ticks: no bar
+            if priced.all():
+                bars = self._bars_table(out, MINUTE_US, session)
+            elif priced.any():
+                idx = np.flatnonzero(priced)
+                bars = self._bars_table(_take(out, idx), MINUTE_US, session[idx])
         return BarOutput(bars, late, rollups)
 
-    def _roll_up(self, res: str, bars: dict[str, np.ndarray], final: bool) -> pa.Table:
-        """Fold emitted 1-minute bars into `res` buckets; emit complete ones.
-
-        Per symbol, 1-minute bars are emitted in start order, so within a
-        bucket the older partial holds the open and the newer the close. A
-        bucket is complete once every minute in it is closed.
-        """
+    def _bucket_rows(
+        self, res: str, bars: dict[str, np.ndarray], session: np.ndarray, day: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Emitted 1-minute partials as roll-up rows of resolution `res`."""
         size = ROLLUP_US[res]
+        starts = bars["start"]
+        rows = {
+            "sym": bars["sym"],
+            "start": (starts // size) * size,
+            "open": bars["open"],
+            "open_at": np.where(np.isnan(bars["open"]), LATEST, starts),
+            "high": bars["high"],
+            "low": bars["low"],
+            "close": bars["close"],
+            "close_at": np.where(np.isnan(bars["close"]), NEVER, starts),
+            "volume": bars["volume"],
+            "pv": bars["pv"],
+            "trades": bars["trades"],
+            "session": session,
+            "due": (starts // size) * size + size,
+            **{k: bars[k] for k in _AUCTION_COLUMNS},
+        }
+        if res != "1d":
+            return rows
+        keep = day != NO_DAY  # closed minutes (holidays, nights) are in no daily bar
+        rows = {k: v[keep] for k, v in rows.items()}
+        day, session = day[keep], session[keep]
+        rows["start"] = day
+        regular = self.config.daily_session == "regular"
+        rows["session"] = np.full(len(day), REGULAR if regular else EXTENDED, np.uint8)
+        rows["due"] = self._daily_due(rows["sym"], day, regular)
+        if regular:
+            # Only regular minutes count; the others may still hold the
+            # day's closing (or a late opening) auction print.
+            out = session != REGULAR
+            if out.any():
+                rows["open"] = np.where(out, np.nan, rows["open"])
+                rows["open_at"] = np.where(out, LATEST, rows["open_at"])
+                rows["close"] = np.where(out, np.nan, rows["close"])
+                rows["close_at"] = np.where(out, NEVER, rows["close_at"])
+                rows["high"] = np.where(out, -np.inf, rows["high"])
+                rows["low"] = np.where(out, np.inf, rows["low"])
+                rows["volume"] = np.where(out, 0.0, rows["volume"])
+                rows["pv"] = np.where(out, 0.0, rows["pv"])
+                rows["trades"] = np.where(out, 0, rows["trades"])
+        else:
+            rows.update(_no_auction(len(day)))  # official prints belong to the regular day
+        return rows
+
+    def _daily_due(self, sym: np.ndarray, day: np.ndarray, regular: bool) -> np.ndarray:
+        due = np.empty(len(day), np.int64)
+        by_code = np.asarray(self._calendar, dtype=object)[sym]
+        for name in set(by_code.tolist()):
+            rows = np.flatnonzero(by_code == name)
+            table = session_table(name, self.config.calendars)
+            if regular:
+                due[rows] = table.regular_close(day[rows]) + CLOSING_PRINT_GRACE_US
+            else:
+                due[rows] = table.extended_end(day[rows])
+        return due
+
+    def _roll_up(
+        self,
+        res: str,
+        bars: dict[str, np.ndarray],
+        session: np.ndarray | None,
+        day: np.ndarray | None,
+        final: bool,
+    ) -> pa.Table:
+        """Fold emitted 1-minute partials into `res` buckets; emit complete ones.
+
+        A bucket is complete once its due time (its end; for daily bars the
+        session's close plus the closing-print grace, or the post-market
+        end) is closed for its symbol. Open and close are taken by minute
+        time, so partials may arrive in any order.
+        """
         acc = self._roll[res]
         if not len(bars["sym"]) and not len(acc["sym"]):
             return _EMPTY_BARS
         if len(bars["sym"]):
-            order = np.lexsort((bars["start"], bars["sym"]))
-            b = _take(bars, order)
-            bucket = (b["start"] // size) * size
-            gs = np.flatnonzero(_group_starts(b["sym"], bucket))
-            ge = np.append(gs[1:] - 1, len(bucket) - 1)
-            new = {
-                "sym": b["sym"][gs],
-                "start": bucket[gs],
-                "open": b["open"][gs],
-                "high": np.maximum.reduceat(b["high"], gs),
-                "low": np.minimum.reduceat(b["low"], gs),
-                "close": b["close"][ge],
-                "volume": np.add.reduceat(b["volume"], gs),
-                "pv": np.add.reduceat(b["pv"], gs),
-                "trades": np.add.reduceat(b["trades"], gs),
-            }
+            assert session is not None and day is not None
+            new = self._bucket_rows(res, bars, session, day)
             cat = {k: np.concatenate([acc[k], new[k]]) for k in _ROLL_COLUMNS}
+            if not len(cat["sym"]):  # only closed minutes (no trading day)
+                return _EMPTY_BARS
             age = np.arange(len(cat["sym"]))  # older partials first
             o = np.lexsort((age, cat["start"], cat["sym"]))
             c = _take(cat, o)
-            gs = np.flatnonzero(_group_starts(c["sym"], c["start"]))
-            ge = np.append(gs[1:] - 1, len(o) - 1)
+            start_of = _group_starts(c["sym"], c["start"])
+            gs = np.flatnonzero(start_of)
+            group = np.cumsum(start_of) - 1
+            first = _pick(group, (np.arange(len(group)), c["open_at"]))
+            final_ = _pick(group, (np.arange(len(group)), c["close_at"]), last=True)
+            lo_s = np.minimum.reduceat(c["session"], gs)
+            hi_s = np.maximum.reduceat(c["session"], gs)
             acc = {
                 "sym": c["sym"][gs],
                 "start": c["start"][gs],
-                "open": c["open"][gs],
+                "open": c["open"][first],
+                "open_at": c["open_at"][first],
                 "high": np.maximum.reduceat(c["high"], gs),
                 "low": np.minimum.reduceat(c["low"], gs),
-                "close": c["close"][ge],
+                "close": c["close"][final_],
+                "close_at": c["close_at"][final_],
                 "volume": np.add.reduceat(c["volume"], gs),
                 "pv": np.add.reduceat(c["pv"], gs),
                 "trades": np.add.reduceat(c["trades"], gs),
+                "session": np.where(lo_s == hi_s, lo_s, MIXED).astype(np.uint8),
+                "due": np.maximum.reduceat(c["due"], gs),
             }
+            if (c["ao_sz"] >= 0).any() or (c["ac_sz"] >= 0).any():
+                ao = _pick(group, (c["ao_seq"], c["ao_ts"], -c["ao_sz"]))
+                ac = _pick(group, (c["ac_seq"], c["ac_ts"], c["ac_sz"]), last=True)
+                for k in ("ao_px", "ao_sz", "ao_ts", "ao_seq"):
+                    acc[k] = c[k][ao]
+                for k in ("ac_px", "ac_sz", "ac_ts", "ac_seq"):
+                    acc[k] = c[k][ac]
+            else:
+                acc.update(_no_auction(len(gs)))
         if final:
             done = np.ones(len(acc["sym"]), dtype=bool)
         else:
-            done = acc["start"] + size <= self._closed[acc["sym"]]
+            done = acc["due"] <= self._closed[acc["sym"]]
         if not done.any():
             self._roll[res] = acc
             return _EMPTY_BARS
         self._roll[res] = _take(acc, np.flatnonzero(~done))
-        return self._bars_table(_take(acc, np.flatnonzero(done)), size)
+        out = _take(acc, np.flatnonzero(done & ~np.isnan(acc["close"])))
+        if not len(out["sym"]):
+            return _EMPTY_BARS
+        if res == "1d":
+            out = self._official_prints(out)
+        return self._bars_table(out, ROLLUP_US[res], out["session"])
 
-    def _bars_table(self, b: dict[str, np.ndarray], size: int) -> pa.Table:
+    @staticmethod
+    def _official_prints(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The regular daily bar's open/close from the day's auction prints."""
+        ao, ac = b["ao_sz"] >= 0, b["ac_sz"] >= 0
+        if not (ao.any() or ac.any()):
+            return b
+        b = dict(b)
+        b["open"] = np.where(ao, b["ao_px"], b["open"])
+        b["close"] = np.where(ac, b["ac_px"], b["close"])
+        # An auction print is a trade of the regular session (a closing
+        # print is stamped after the close): it lies within the day's range.
+        b["high"] = np.maximum(b["high"], np.maximum(b["open"], b["close"]))
+        b["low"] = np.minimum(b["low"], np.minimum(b["open"], b["close"]))
+        return b
+
+    def _bars_table(self, b: dict[str, np.ndarray], size: int, session: np.ndarray) -> pa.Table:
         names = np.asarray(self._symbols, dtype=object)[b["sym"]]
         with np.errstate(invalid="ignore", divide="ignore"):
             vwap = b["pv"] / b["volume"]
@@ -483,6 +823,7 @@ class BarBuilder:
                 pa.array(b["volume"]),
                 pa.array(vwap, mask=b["volume"] == 0),
                 pa.array(b["trades"]),
+                _session_column(session),
             ],
             schema=BAR_SCHEMA,
         )
@@ -499,14 +840,30 @@ class BarBuilder:
         if not self.config.live:
             return None
         due = []
-        pending = [(self._open, MINUTE_US)] + [(self._roll[r], ROLLUP_US[r]) for r in self._roll]
-        for cols, size in pending:
+        pending = [(self._open, self._open["start"] + MINUTE_US)] + [
+            (self._roll[r], self._roll[r]["due"]) for r in self._roll
+        ]
+        for cols, ends in pending:
             if len(cols["sym"]):
                 sym = cols["sym"]
-                wait_us = cols["start"] + size + self._lateness - self._max_ts[sym]
+                wait_us = ends + self._lateness - self._max_ts[sym]
                 due.append(float(np.min(self._anchor[sym] + wait_us / 1e6)))
         return min(due) if due else None
 
     def flush(self) -> BarOutput:
         """Emit every open bar and roll-up bucket (the input is exhausted)."""
         return self._emit(None)
+
+
+_SESSION_DICTIONARY = pa.array([SESSION_NAMES[k] for k in sorted(SESSION_NAMES)], pa.string())
+_SESSION_INDEX = np.full(256, -1, np.int32)
+_SESSION_INDEX[sorted(SESSION_NAMES)] = np.arange(len(SESSION_NAMES), dtype=np.int32)
+
+
+def _session_column(codes: np.ndarray) -> pa.Array:
+    """Session codes as strings (MIXED: null), without a Python loop."""
+    idx = _SESSION_INDEX[codes]
+    taken = _SESSION_DICTIONARY.take(pa.array(np.maximum(idx, 0)))
+    if (idx < 0).any():
+        taken = pc.if_else(pa.array(idx >= 0), taken, pa.scalar(None, pa.string()))
+    return taken

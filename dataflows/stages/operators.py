@@ -138,6 +138,8 @@ class BarLogic(StatefulBatchLogic[pa.Table, tuple[str, pa.Table], dict[str, Any]
         if result.late.num_rows:
             out.append(("late", result.late))
         self._stats.count_bar_output(out)
+        if result.ineligible:
+            self._stats.count_ineligible(result.ineligible)
         return out
 
     def on_batch(self, values: list[pa.Table]) -> tuple[list[tuple[str, pa.Table]], bool]:

@@ -14,5 +14,6 @@ create table if not exists {{schema}}.bars_1m (
     volume  double precision not null,
     vwap    double precision,
     trades  bigint,
+    session text,
     primary key (symbol, start)
 );

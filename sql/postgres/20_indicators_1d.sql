@@ -14,6 +14,7 @@ create table if not exists {{schema}}.indicators_1d (
     volume         double precision not null,
     vwap           double precision,
     trades         bigint,
+    session        text,
     sma_5          double precision,
     sma_10         double precision,
     sma_20         double precision,

@@ -17,5 +17,6 @@ create table if not exists {{schema}}.bars_15m (
     volume   float           not null,
     vwap     float,
     trades   bigint,
+    session  varchar,
     primary key (symbol, "START")
 );

@@ -17,6 +17,7 @@ create table if not exists {{schema}}.indicators_15m (
     volume         float           not null,
     vwap           float,
     trades         bigint,
+    session        varchar,
     sma_5          float,
     sma_10         float,
     sma_20         float,

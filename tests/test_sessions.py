@@ -1,0 +1,335 @@
+"""Bars the way markets define them: sessions, calendars, sale conditions.
+
+Expected values come from the vendor's own bars (shared/data/daily,
+shared/data/bars_1m), the NYSE calendar's published hours, and pandas
+aggregations written here independently of dataflows/core/conditions.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from dataflows.core.conditions import ELIGIBLE, HIGH_LOW, LAST, VOLUME, eligibility
+from dataflows.core.schema import TICK_SCHEMA
+from dataflows.core.sessions import CalendarConfig
+from dataflows.stages.bars import BarBuilder, BarConfig
+from tests.conftest import read_table
+from tests.test_bars_real import read_ticks_csv
+
+SPY_DAYS = ["20131007", "20131008", "20131009", "20131010", "20131011"]
+OHLC = ("open", "high", "low", "close")
+
+
+@pytest.fixture(scope="module")
+def lakes(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Every real tick file through the pipeline, sale conditions off and on."""
+    from dataflows.core.config import Settings
+    from dataflows.runner import run
+
+    out = {}
+    for mode in ("off", "cta"):
+        lake = str(tmp_path_factory.mktemp(f"lake_{mode}"))
+        run(
+            Settings.load(
+                env={},
+                source=f"file:{real_data / 'ticks'}",
+                lake=lake,
+                bounded=True,
+                sale_conditions=mode,
+            )
+        )
+        out[mode] = lake
+    return out
+
+
+def _bars(lake: str, res: str) -> pd.DataFrame:
+    df = read_table(lake, f"silver/bars_{res}").to_pandas()
+    df["start"] = pd.to_datetime(df["start"], utc=True)
+    return df
+
+
+def test_daily_bars_from_spy_ticks_match_the_vendors_daily_bars(real_data, lakes):
+    vendor = pd.read_csv(real_data / "daily" / "SPY.csv.gz")
+    vendor["start"] = pd.to_datetime(vendor["date"], utc=True)
+
+    ours = _bars(lakes["cta"], "1d")
+    ours = ours[ours["symbol"] == "SPY"].merge(vendor, on="start", suffixes=("", "_v"))
+
+    assert sorted(ours["start"].dt.strftime("%Y%m%d")) == SPY_DAYS
+    assert (ours["session"] == "regular").all()
+    assert (ours["end"] - ours["start"] == pd.Timedelta(days=1)).all()
+    np.testing.assert_allclose(ours["volume"], ours["volume_v"], rtol=0.01)
+    for col in OHLC:
+        np.testing.assert_allclose(ours[col], ours[f"{col}_v"], rtol=0.0005, err_msg=col)
+    # The 1,002,411-share average-price print at 168.90 no longer sets the high.
+    assert ours.loc[ours["start"] == pd.Timestamp("2013-10-07", tz="UTC"), "high"].item() < 168.9
+
+
+def test_daily_bars_without_sale_conditions_are_utc_days_no_more(lakes):
+    # Even with filtering off the daily bar is the regular session (volume
+    # of 2013-10-07: 97.1 M for the UTC day, ~81.7 M for 09:30-16:00).
+    off = _bars(lakes["off"], "1d")
+    day = off[(off["symbol"] == "SPY") & (off["start"] == pd.Timestamp("2013-10-07", tz="UTC"))]
+    assert 80e6 < day["volume"].item() < 83e6
+
+
+def agreement(ours: pd.DataFrame, vendor: pd.DataFrame) -> dict[str, float]:
+    """Share of the vendor's bars whose value we reproduce exactly."""
+    m = vendor.merge(ours, on="start", how="left", suffixes=("_v", ""))
+    return {
+        col: float(np.isclose(m[col], m[f"{col}_v"], rtol=0, atol=1e-9).mean())
+        for col in (*OHLC, "volume")
+    }
+
+
+def test_minute_bars_agree_with_the_vendors_better_with_sale_conditions(real_data, lakes):
+    report = []
+    results = {}
+    for path in sorted((real_data / "bars_1m").glob("*_2013*.csv.gz")):
+        symbol = path.name.split("_")[0]
+        vendor = pd.read_csv(path)
+        vendor["start"] = pd.to_datetime(vendor["start"], utc=True)
+        day = vendor["start"].dt.date.iloc[0]
+        per_mode = {}
+        for mode, lake in lakes.items():
+            ours = _bars(lake, "1m")
+            ours = ours[(ours["symbol"] == symbol) & (ours["start"].dt.date == day)]
+            per_mode[mode] = agreement(ours, vendor)
+        results[path.name] = per_mode
+        report.append(
+            f"{path.name}: "
+            + "  ".join(
+                f"{c} {per_mode['off'][c]:.4f}->{per_mode['cta'][c]:.4f}" for c in (*OHLC, "volume")
+            )
+        )
+    print("\n1-minute agreement with the vendor, sale conditions off -> cta\n" + "\n".join(report))
+
+    assert len(results) == 8
+    for name, r in results.items():
+        for col in (*OHLC, "volume"):
+            assert r["cta"][col] >= 0.79, (name, col)
+        if name.startswith("SPY"):
+            # High and low gain most: block, average-price and derivatively
+            # priced prints no longer set them. The goal of 99.5 % is not
+            # reached: the vendor also leaves intermarket sweeps out in the
+            # regular session (docs/sale-conditions.md, "Where we differ").
+            for col in ("high", "low"):
+                assert r["cta"][col] > r["off"][col], (name, col)
+            assert r["cta"]["high"] >= 0.95 and r["cta"]["low"] >= 0.93, name
+
+
+# --- sale conditions, computed independently of dataflows.core.conditions ---------
+
+_BIT = {
+    "cash": 1,
+    "next_day": 2,
+    "seller": 3,
+    "deriv": 9,
+    "form_t": 10,
+    "ext": 13,
+    "oos": 14,
+    "avg": 20,
+    "var": 22,
+    "official_close": 24,
+    "prior_ref": 25,
+    "official_open": 26,
+    "odd_lot": 31,
+}
+
+
+def _has(flags: np.ndarray, *names: str) -> np.ndarray:
+    mask = sum(1 << _BIT[n] for n in names)
+    return (flags & mask) != 0
+
+
+def eligible_ticks(df: pd.DataFrame) -> pd.DataFrame:
+    """CTA/UTP eligibility of AlgoSeek-coded ticks, written out in pandas."""
+    f = df["condition"].map(lambda c: int(c, 16)).to_numpy(np.int64)
+    official = _has(f, "official_open", "official_close")
+    extended = _has(f, "ext", "form_t")
+    out_of_seq = _has(f, "oos")
+    no_price = _has(f, "cash", "next_day", "seller", "avg", "var", "odd_lot")
+    no_price |= official | (out_of_seq & extended)
+    no_last = no_price | _has(f, "deriv", "prior_ref") | out_of_seq
+    ny = df["ts"].dt.tz_convert("America/New_York")
+    minute = ny.dt.hour * 60 + ny.dt.minute
+    regular = ((minute >= 570) & (minute < 960)).to_numpy()
+    form_t_regular = extended & regular
+    return df.assign(
+        last=~(no_last | form_t_regular),
+        hl=~(no_price | form_t_regular),
+        vol=~official,
+    )
+
+
+def direct_bars(df: pd.DataFrame, freq: str) -> pd.DataFrame:
+    df = df.assign(arrival=np.arange(len(df))).sort_values(["ts", "arrival"], kind="stable")
+    df["start"] = df["ts"].dt.floor(freq)
+    last, hl, vol = df[df["last"]], df[df["hl"]], df[df["vol"]]
+    out = pd.DataFrame(
+        {
+            "open": last.groupby("start")["price"].first(),
+            "close": last.groupby("start")["price"].last(),
+            "high": hl.groupby("start")["price"].max(),
+            "low": hl.groupby("start")["price"].min(),
+            "volume": vol.groupby("start")["size"].sum(),
+            "trades": vol.groupby("start")["size"].size(),
+        }
+    )
+    return out.dropna(subset=["close"]).reset_index()
+
+
+@pytest.mark.parametrize(
+    "res,freq", [("1m", "1min"), ("5m", "5min"), ("15m", "15min"), ("1h", "1h")]
+)
+def test_bars_and_roll_ups_equal_direct_aggregation_of_eligible_ticks(real_data, lakes, res, freq):
+    ticks = eligible_ticks(read_ticks_csv(real_data / "ticks" / "SPY_20131008.csv.gz"))
+    expected = direct_bars(ticks, freq)
+
+    ours = _bars(lakes["cta"], res)
+    ours = ours[(ours["symbol"] == "SPY") & (ours["start"].dt.date == date(2013, 10, 8))]
+    ours = ours.sort_values("start").reset_index(drop=True)
+
+    assert list(ours["start"]) == list(expected["start"])
+    for col in (*OHLC, "volume", "trades"):
+        np.testing.assert_array_equal(ours[col].to_numpy(), expected[col].to_numpy(), err_msg=col)
+
+
+def test_condition_codes_of_each_source_map_to_the_tape_rules():
+    lists = pa.array(
+        [["1"], ["20100000"], ["4000000"], ["4800"], [], ["not-a-code"]], pa.list_(pa.string())
+    )
+    flags, _ = eligibility(lists, "algoseek")
+    assert list(flags & ELIGIBLE) == [
+        ELIGIBLE,  # regular
+        VOLUME,  # average price (the 168.90 block print)
+        0,  # a market center's official open: no trade, no volume
+        HIGH_LOW | VOLUME,  # sold out of sequence
+        ELIGIBLE,  # no conditions: a regular trade
+        ELIGIBLE,  # unknown: a regular trade (and counted)
+    ]
+    finnhub, _ = eligibility(pa.array([["1", "12"], ["1", "8"]], pa.list_(pa.string())), "finnhub")
+    assert list(finnhub & ELIGIBLE) == [VOLUME, ELIGIBLE]  # odd lot; intermarket sweep
+    sip, _ = eligibility(pa.array([["@", "W"], ["Z"]], pa.list_(pa.string())), "sip")
+    assert list(sip & ELIGIBLE) == [VOLUME, HIGH_LOW | VOLUME]
+    assert LAST & ELIGIBLE
+
+
+# --- calendars -----------------------------------------------------------------
+
+
+def ticks(symbol: str, *rows: tuple[datetime, float, float], conditions=()) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "symbol": symbol,
+                "ts": ts,
+                "price": p,
+                "size": q,
+                "exchange": None,
+                "conditions": list(conditions),
+                "source": "test",
+            }
+            for ts, p, q in rows
+        ],
+        schema=TICK_SCHEMA,
+    )
+
+
+def run_builder(config: BarConfig, table: pa.Table) -> dict[str, list[dict]]:
+    b = BarBuilder(config)
+    outs = [b.add_ticks(table), b.flush()]
+    result: dict[str, list[dict]] = {"1m": [], "1d": []}
+    for out in outs:
+        for res, t in out.by_resolution().items():
+            result.setdefault(res, []).extend(t.to_pylist())
+    return result
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def test_a_us_holiday_has_no_session_and_no_daily_bar():
+    # Thanksgiving, 2013-11-28: a print that day is in no session.
+    out = run_builder(
+        BarConfig(),
+        ticks("SPY", (utc(2013, 11, 27, 15), 180.0, 100), (utc(2013, 11, 28, 15), 181.0, 100)),
+    )
+
+    assert [b["start"].date() for b in out["1d"]] == [date(2013, 11, 27)]
+    assert [b["session"] for b in out["1m"]] == ["regular", "closed"]
+
+
+def test_the_day_after_thanksgiving_closes_at_13_00_new_york():
+    rows = [
+        (utc(2013, 11, 29, 14, 30), 100.0, 10),  # 09:30 New York: open
+        (utc(2013, 11, 29, 17, 59, 30), 101.0, 10),  # 12:59:30: last regular minute
+        (utc(2013, 11, 29, 18, 0), 105.0, 10),  # 13:00: post-market already
+    ]
+    out = run_builder(BarConfig(), ticks("SPY", *rows))
+
+    assert [b["session"] for b in out["1m"]] == ["regular", "regular", "post"]
+    (day,) = out["1d"]
+    assert (day["open"], day["high"], day["close"], day["volume"]) == (100.0, 101.0, 101.0, 20.0)
+
+
+def test_a_winter_post_market_trade_after_midnight_utc_belongs_to_its_new_york_day():
+    # 2013-12-02 19:30 New York is 2013-12-03 00:30 UTC.
+    rows = [(utc(2013, 12, 2, 15), 100.0, 10), (utc(2013, 12, 3, 0, 30), 99.0, 5)]
+    extended = run_builder(BarConfig(daily_session="extended"), ticks("SPY", *rows))
+    regular = run_builder(BarConfig(), ticks("SPY", *rows))
+
+    (day,) = extended["1d"]
+    assert day["start"] == utc(2013, 12, 2) and day["session"] == "extended"
+    assert (day["close"], day["volume"]) == (99.0, 15.0)
+    assert [b["session"] for b in extended["1m"]] == ["regular", "post"]
+    (reg,) = regular["1d"]
+    assert (reg["close"], reg["volume"], reg["session"]) == (100.0, 10.0, "regular")
+
+
+def test_crypto_bars_are_unaffected_utc_days_and_every_minute_regular(real_data):
+    trades = pd.read_csv(real_data / "crypto" / "binance_btcusdt_trades_2021-01-08.csv")
+    ts = pd.to_datetime(trades["timestamp"], utc=True, format="ISO8601")
+    table = pa.Table.from_pydict(
+        {
+            "symbol": ["BINANCE:BTCUSDT"] * len(trades),
+            "ts": pa.array(ts.dt.as_unit("us")),
+            "price": trades["price"].astype(float),
+            "size": trades["quantity"].astype(float),
+            "exchange": pa.nulls(len(trades), pa.string()),
+            "conditions": pa.array([[]] * len(trades), pa.list_(pa.string())),
+            "source": ["test"] * len(trades),
+        },
+        schema=TICK_SCHEMA,
+    )
+    expected = direct_bars(
+        pd.DataFrame({"ts": ts, "price": table["price"], "size": table["size"]}).assign(
+            last=True, hl=True, vol=True
+        ),
+        "1min",
+    )
+
+    out = run_builder(BarConfig(), table)
+
+    got = pd.DataFrame(out["1m"])
+    assert list(got["start"]) == list(expected["start"].dt.to_pydatetime())
+    for col in (*OHLC, "volume"):
+        np.testing.assert_array_equal(got[col], expected[col], err_msg=col)
+    assert set(got["session"]) == {"regular"}
+    (day,) = out["1d"]
+    assert day["start"] == datetime.combine(ts.iloc[0].date(), datetime.min.time(), UTC)
+    assert day["volume"] == pytest.approx(float(trades["quantity"].sum()), rel=1e-12)
+    assert day["end"] - day["start"] == timedelta(days=1)
+
+
+def test_a_per_symbol_calendar_override_wins():
+    config = CalendarConfig("XNYS", (("SAP", "XETR"),))
+    assert (config.calendar_of("SAP"), config.calendar_of("SPY")) == ("XETR", "XNYS")
+    assert config.calendar_of("BINANCE:BTCUSDT") == "24/7"
