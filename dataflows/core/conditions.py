@@ -48,8 +48,6 @@ FORM_T = 32
 ELIGIBLE = LAST | HIGH_LOW | VOLUME  # a regular trade
 _USES = LAST | HIGH_LOW | VOLUME
 
-PROFILES = ("cta", "off")
-DIALECTS = ("auto", "algoseek", "finnhub", "sip")
 
 
 @dataclass(frozen=True)

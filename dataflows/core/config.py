@@ -21,11 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dataflows.core.conditions import DIALECTS, PROFILES
 from dataflows.core.errors import UserError
-from dataflows.core.sessions import CalendarConfig, check_calendar
 from dataflows.core.shards import DEFAULT_SHARDS
 from indicators import (
     RESOLUTIONS,
@@ -35,6 +33,13 @@ from indicators import (
     SignalConfigError,
 )
 
+if TYPE_CHECKING:
+    from dataflows.core.sessions import CalendarConfig
+
+# Sale-condition rule sets and the condition-code dialects a source may speak
+# (dataflows.core.conditions applies them).
+PROFILES = ("cta", "off")
+DIALECTS = ("auto", "algoseek", "finnhub", "sip")
 SINKS = ("parquet", "postgres", "snowflake", "kafka")
 SOURCES = ("synthetic", "file:PATH", "kafka", "finnhub")
 
@@ -413,6 +418,8 @@ class Settings:
     def calendar_config(self) -> CalendarConfig:
         """Which market calendar each symbol follows (names are checked
         against the calendar library here, when a flow is built)."""
+        from dataflows.core.sessions import CalendarConfig, check_calendar  # numpy, calendars
+
         overrides = tuple(
             (sym.strip().upper(), cal.strip())
             for sym, _, cal in (item.partition("=") for item in self.calendars)

@@ -57,6 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataflows.core import conditions as cond
+from dataflows.core.config import DIALECTS, PROFILES
 from dataflows.core.schema import BAR_SCHEMA, LATE_TICK_SCHEMA, UTC_US
 from dataflows.core.sessions import (
     EXTENDED,
@@ -136,7 +137,7 @@ class BarConfig:
     :arg sale_conditions: ``cta`` (the consolidated tape's eligibility
         rules) or ``off`` (every tick sets every value).
     :arg condition_codes: dialect of the condition codes
-        (:data:`dataflows.core.conditions.DIALECTS`; ``auto``: by tick source).
+        (:data:`dataflows.core.config.DIALECTS`; ``auto``: by tick source).
     :arg daily_session: ``regular`` or ``extended`` daily bars.
     :arg calendars: the market calendar of each symbol.
     """
@@ -153,10 +154,10 @@ class BarConfig:
         for res in self.rollups:
             if res not in ROLLUP_US:
                 raise ValueError(f"unknown roll-up {res!r}; use {', '.join(ROLLUP_US)}")
-        if self.sale_conditions not in cond.PROFILES:
-            raise ValueError(f"sale_conditions must be one of {', '.join(cond.PROFILES)}")
-        if self.condition_codes not in cond.DIALECTS:
-            raise ValueError(f"condition_codes must be one of {', '.join(cond.DIALECTS)}")
+        if self.sale_conditions not in PROFILES:
+            raise ValueError(f"sale_conditions must be one of {', '.join(PROFILES)}")
+        if self.condition_codes not in DIALECTS:
+            raise ValueError(f"condition_codes must be one of {', '.join(DIALECTS)}")
         if self.daily_session not in ("regular", "extended"):
             raise ValueError("daily_session must be regular or extended")
 
