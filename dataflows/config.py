@@ -310,9 +310,16 @@ class Settings:
         cls,
         config_file: str | Path | None = None,
         env: Mapping[str, str] | None = None,
+        flag_names: Mapping[str, str] | None = None,
         **flags: Any,
     ) -> Settings:
-        """Merge the layers. `flags` with value None are "not given"."""
+        """Merge the layers. `flags` with value None are "not given".
+
+        :arg flag_names: the command-line option a flag came from, where its
+            setting has another name (``{"synthetic_ticks": "--ticks"}``);
+            other flags are looked up among the running click command's
+            options, so an error names the option the user typed.
+        """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
@@ -331,7 +338,7 @@ class Settings:
         for name, value in flags.items():
             if value is not None:
                 values[name] = value
-                origin[name] = f"--{name.replace('_', '-')}"
+                origin[name] = _flag_of(name, flag_names or {})
         settings = cls()
         kinds = {f.name: f.type for f in fields(cls)}
         # "indicators"/"signals" come from their TOML tables, not from OPTIONS
@@ -377,6 +384,22 @@ class Settings:
             raise bad("ts_unit", "use one of s, ms, us, ns")
         if self.lake.startswith("s3://") and len(self.lake) <= len("s3://"):
             raise bad("lake", "an s3:// lake needs a bucket: s3://bucket/prefix")
+
+
+def _flag_of(name: str, flag_names: Mapping[str, str]) -> str:
+    """Where setting `name` came from when it was passed to :meth:`Settings.load`
+    as a flag: the option of the running click command that holds it (``--sink``
+    for ``sinks``), else ``argument <name>`` (a caller in Python, or a value the
+    command set itself)."""
+    if name in flag_names:
+        return flag_names[name]
+    import click  # the CLI's own dependency; only needed when flags are given
+
+    ctx = click.get_current_context(silent=True)
+    for param in ctx.command.params if ctx is not None else ():
+        if param.name == name and isinstance(param, click.Option):
+            return max(param.opts, key=len)
+    return f"argument {name}"
 
 
 def _option(name: str) -> Option:
