@@ -12,7 +12,7 @@ from bytewax.run import cli_main
 
 from connectors.files import RawTickBatch
 from connectors.lake import WRITE_STATS, Lake
-from dataflows.config import Settings
+from dataflows.config import RESOLUTIONS, Settings
 from dataflows.errors import (
     UserError,
     find_user_error,
@@ -23,6 +23,19 @@ from dataflows.errors import (
 from dataflows.metrics import run_metrics
 from dataflows.operators import REJECTS_BY_REASON
 from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
+
+_LAYERS = ("bronze", "silver", "gold")
+
+
+def table_order(table: str) -> tuple[int, str, str, int]:
+    """Sort key of lake tables: layer (bronze, silver, gold), table, then
+    resolution in time order (``bars_1m`` before ``bars_5m`` and ``bars_1d``)."""
+    layer, _, name = table.partition("/")
+    base, _, res = name.rpartition("_")
+    if res not in RESOLUTIONS:
+        base, res = name, ""
+    rank = _LAYERS.index(layer) if layer in _LAYERS else len(_LAYERS)
+    return (rank, layer, base, RESOLUTIONS.index(res) if res else -1)
 
 
 @dataclass
@@ -52,8 +65,8 @@ class RunSummary:
         return self.ticks_in / self.seconds if self.seconds > 0 else 0.0
 
     def render(self) -> str:
-        tables = [LakeTables.ticks, LakeTables.rejects, LakeTables.late, LakeTables.bars]
-        tables += sorted(t for t in self.rows if t not in tables)
+        shown = {LakeTables.ticks, LakeTables.rejects, LakeTables.late, LakeTables.bars}
+        tables = sorted(shown | set(self.rows), key=table_order)
         width = max(len(t) for t in tables)
         lines = [f"{'table'.ljust(width)}  {'rows':>12}  {'files':>6}"]
         for t in tables:

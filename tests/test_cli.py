@@ -12,6 +12,23 @@ import pytest
 
 from tests.conftest import ROOT, cli, free_port
 
+DEMO_TABLES = [
+    "bronze/late_ticks",
+    "bronze/rejects",
+    "bronze/ticks",
+    "silver/bars_1m",
+    "silver/bars_5m",
+    "silver/bars_15m",
+    "silver/bars_1h",
+    "silver/bars_1d",
+    "gold/indicators_1m",
+    "gold/indicators_5m",
+    "gold/indicators_15m",
+    "gold/indicators_1h",
+    "gold/indicators_1d",
+    "gold/signals",
+]
+
 
 def test_demo_runs_without_servers_and_leaves_a_readable_lake(tmp_path):
     lake = tmp_path / "lake"
@@ -20,6 +37,9 @@ def test_demo_runs_without_servers_and_leaves_a_readable_lake(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert "silver/bars_1m" in result.stdout and "ticks in 300,000" in result.stdout
+    # The summary lists tables by layer, table, then resolution in time order.
+    listed = re.findall(r"^(\w+/\w+) +[\d,]+ +[\d,]+$", result.stdout, re.MULTILINE)
+    assert listed == DEMO_TABLES, listed
     counts = {}
     for table in ("bronze/ticks", "bronze/rejects", "bronze/late_ticks", "silver/bars_1m"):
         counts[table] = ds.dataset(lake / table, partitioning="hive").count_rows()
