@@ -120,25 +120,48 @@ def execute(
         raise
 
 
+@dataclass(frozen=True)
+class RunFigures:
+    """The sinks' counters when a run starts: the run's own figures are what
+    they counted since (the counters are per process, and a process may run
+    several flows one after the other)."""
+
+    start: float
+    rows: dict[str, int]
+    files: dict[str, int]
+    reasons: dict[str, int]
+
+    @classmethod
+    def now(cls) -> RunFigures:
+        return cls(
+            time.perf_counter(),
+            dict(WRITE_STATS.rows),
+            dict(WRITE_STATS.files),
+            dict(REJECTS_BY_REASON.counts),
+        )
+
+    def summary(self, settings: Settings) -> RunSummary:
+        """What was written since :meth:`now`."""
+        seconds = time.perf_counter() - self.start
+        rows = {t: n - self.rows.get(t, 0) for t, n in dict(WRITE_STATS.rows).items()}
+        files = {t: n - self.files.get(t, 0) for t, n in dict(WRITE_STATS.files).items()}
+        reasons = {
+            k: v - self.reasons.get(k, 0)
+            for k, v in dict(REJECTS_BY_REASON.counts).items()
+            if v - self.reasons.get(k, 0)
+        }
+        lake = Lake(settings.lake, settings.s3_endpoint)
+        return RunSummary(seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root)
+
+
 def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSummary:
     """Run the pipeline to completion (bounded sources) in this process."""
     if "parquet" in settings.sinks:
         Lake(settings.lake, settings.s3_endpoint).check()
     flow = build_flow(settings, source)
-    before_rows, before_files = dict(WRITE_STATS.rows), dict(WRITE_STATS.files)
-    before_reasons = dict(REJECTS_BY_REASON.counts)
-    start = time.perf_counter()
+    figures = RunFigures.now()
     execute(flow, settings)
-    seconds = time.perf_counter() - start
-    rows = {t: n - before_rows.get(t, 0) for t, n in WRITE_STATS.rows.items()}
-    files = {t: n - before_files.get(t, 0) for t, n in WRITE_STATS.files.items()}
-    reasons = {
-        k: v - before_reasons.get(k, 0)
-        for k, v in REJECTS_BY_REASON.counts.items()
-        if v - before_reasons.get(k, 0)
-    }
-    lake = Lake(settings.lake, settings.s3_endpoint)
-    return RunSummary(seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root)
+    return figures.summary(settings)
 
 
-__all__ = ["RunSummary", "UserError", "run"]
+__all__ = ["RunFigures", "RunSummary", "UserError", "run"]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, fields
 
 import click
+import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
@@ -472,3 +476,39 @@ def test_a_bad_flag_value_is_blamed_on_the_flag_the_user_typed(
     assert f"bad setting {setting} (from --" in line
     named = set(_FLAG.findall(line))
     assert named and named <= _options(command), (line, sorted(_options(command)))
+
+
+def test_bytewax_run_of_the_market_flow_ends_with_the_run_summary_on_stderr(real_data, tmp_path):
+    ticks = real_data / "ticks" / "IBM_20131007.csv.gz"
+    lake = tmp_path / "lake"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKFLOW_", "BYTEWAX_"))}
+    env.update(STOCKFLOW_SOURCE=f"file:{ticks}", STOCKFLOW_LAKE=str(lake))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflows.market:flow", "-w", "2"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ""
+    # Every table with the rows and files the lake holds, counted independently.
+    listed = {
+        table: (int(rows.replace(",", "")), int(files.replace(",", "")))
+        for table, rows, files in re.findall(
+            r"^(\w+/\w+) +([\d,]+) +([\d,]+)$", done.stderr, re.MULTILINE
+        )
+    }
+    assert [t for t in DEMO_TABLES if t in listed] == list(listed)
+    for table, (rows, files) in listed.items():
+        path = lake / table
+        written = ds.dataset(path, partitioning="hive") if path.exists() else None
+        assert rows == (written.count_rows() if written else 0), table
+        assert files == (len(written.files) if written else 0), table
+    in_file = len(pd.read_csv(ticks))
+    assert listed["bronze/ticks"][0] == in_file
+    assert f"ticks in {in_file:,} = accepted {in_file:,} + rejected 0" in done.stderr
+    assert f"lake: {lake}" in done.stderr
