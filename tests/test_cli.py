@@ -178,6 +178,7 @@ SHOWN_BY: dict[tuple[str, str], frozenset[str]] = {
     # Only `run` serves metrics (demo loads no environment, backfill turns them off).
     ("dataflows/metrics.py", "serve"): frozenset({"run"}),
     ("dataflows/report.py", "write_report"): frozenset({"report"}),
+    ("dataflows/report.py", "_require_resolution"): frozenset({"report"}),
     # The recovery texts need a recovery store: only `run` has one.
     ("dataflows/runner.py", "execute"): frozenset({"run"}),
     ("dataflows/testservers.py", "tansu_broker"): frozenset({"bench"}),
