@@ -160,17 +160,17 @@ def load_report_data(
     # The views are defined on 1-minute bars; a lake without them (a backfill
     # of daily or hourly bars) gets the same figures from the chosen bars.
     kpi_resolution = "1m" if _has(lake, LakeTables.bars) else resolution
-    days = DAILY_VOLATILITY_DAYS if kpi_resolution == "1d" else 1
+    volatility_days = DAILY_VOLATILITY_DAYS if kpi_resolution == "1d" else 1
     bar_table = LakeTables.bars_of(kpi_resolution)
     if not _has(lake, bar_table):
         bar_table = LakeTables.indicators_of(resolution)  # bar columns + indicators
     bar_rows = lake.dataset(bar_table)
-    recent_dates = _dates(bar_rows)[: max(KPI_DATES, days)]
+    recent_dates = _dates(bar_rows)[: max(KPI_DATES, volatility_days)]
     recent = bar_rows.to_table(
         filter=ds.field("date").isin(recent_dates),
         columns=["symbol", "start", "close", "volume"],
     ).to_pandas()
-    volatility = charts.volatility_from_bars(recent, days)
+    volatility = charts.volatility_from_bars(recent, volatility_days)
     kpi = charts.kpi_from_bars(recent)
     chosen = [s.upper() for s in symbols]
     if not chosen:
@@ -183,7 +183,7 @@ def load_report_data(
             f"at {lake.url}; symbols there: {', '.join(kpi['symbol']) or '(none)'}"
         )
     indicators = _latest(lake.dataset(LakeTables.indicators_of(resolution)), chosen, bars)
-    data = ReportData(lake.url, resolution, kpi, volatility, kpi_resolution, days)
+    data = ReportData(lake.url, resolution, kpi, volatility, kpi_resolution, volatility_days)
     signals_path = lake.path("gold/signals")
     signal_rows = pd.DataFrame()
     if lake.fs.exists(signals_path) and lake.files("gold/signals") and not indicators.empty:
