@@ -259,7 +259,10 @@ def _texts_naming_flags() -> list[_Text]:
 
     class Visitor(ast.NodeVisitor):
         def __init__(self, module: str) -> None:
-            self.module, self.stack, self.docs, self.found = module, [], set(), []
+            self.module = module
+            self.stack: list[str] = []
+            self.docs: set[int] = set()
+            self.found: list[_Text] = []
 
         def _scope(self, node: ast.AST, name: str | None) -> None:
             body = getattr(node, "body", [])
@@ -285,14 +288,15 @@ def _texts_naming_flags() -> list[_Text]:
         def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
             # not descending: format specs are not text
             self._text(
-                node, "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+                node,
+                "".join(str(v.value) if isinstance(v, ast.Constant) else "{}" for v in node.values),
             )
 
         def visit_Constant(self, node: ast.Constant) -> None:
             if isinstance(node.value, str) and id(node) not in self.docs:
                 self._text(node, node.value)
 
-        def _text(self, node: ast.AST, text: str) -> None:
+        def _text(self, node: ast.expr, text: str) -> None:
             if re.fullmatch(r"--[\w-]+(/--[\w-]+)?", text.strip()) or not _FLAG.search(text):
                 return
             self.found.append(_Text(self.module, ".".join(self.stack), node.lineno, text))
@@ -341,6 +345,7 @@ def _callbacks(commands: dict[str, click.Command]) -> dict[tuple[str, str], str]
     out = {}
     for path, cmd in commands.items():
         fn = cmd.callback
+        assert fn is not None, path
         module = fn.__module__.replace(".", "/") + ".py"
         out[(module, fn.__qualname__)] = path
     return out

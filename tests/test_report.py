@@ -256,7 +256,7 @@ def test_daily_report_figures_equal_pandas_on_the_daily_file(
     expected = spy_daily["close"].rolling(200).mean().tail(300).to_numpy()
     np.testing.assert_allclose(np.asarray(sma_200.get_ydata(), float), expected, rtol=1e-9)
     assert volume.get_ylabel() == "volume"
-    heights = [bar.get_height() for bar in volume.patches]
+    heights = [bar.get_height() for bar in volume.patches]  # type: ignore[attr-defined]
     assert heights == spy_daily["volume"].tail(300).astype(float).tolist()
 
 
