@@ -10,8 +10,8 @@ Retry budget: a request that fails with a network error (no route, name
 resolution, connection refused or reset, no answer) or a 5xx answer is
 retried with exponential backoff and jitter until :data:`RETRY_BUDGET_S`
 (10 s) after its first attempt, each attempt's own timeout included; one
-answered 429 (rate limited) until :data:`RATE_LIMIT_BUDGET_S` (60 s, a whole
-window of a per-minute plan limit). Then the backfill ends with one line
+that was answered 429 (rate limited) until :data:`RATE_LIMIT_BUDGET_S` (60 s,
+a whole window of a per-minute plan limit). Then the backfill ends with one line
 naming the host, the cause and the attempts made. A rejected key, a plan
 without candle access or a symbol with no candles at all ends it at once.
 Finnhub serves ``/stock/candle`` on paid plans only (the free tier lost it
@@ -131,11 +131,12 @@ def fetch_candles(
     docstring); returns Finnhub's dict (``s`` = ok/no_data)."""
     first = clock()
     attempts = 0
+    budget = RETRY_BUDGET_S  # RATE_LIMIT_BUDGET_S once Finnhub answered 429
     while True:
         sleep(limiter.delay())
         limiter.take()
         # An attempt never outlasts the budget (a server that accepts and stays silent).
-        timeout = min(REQUEST_TIMEOUT_S, max(1.0, first + RETRY_BUDGET_S - clock()))
+        timeout = min(REQUEST_TIMEOUT_S, max(1.0, first + budget - clock()))
         client.DEFAULT_TIMEOUT = timeout
         attempts += 1
         try:
@@ -157,11 +158,11 @@ def fetch_candles(
                 ) from None
             if status != 429 and (status is None or status < 500):
                 raise UserError(f"Finnhub answered {status} for {symbol}: {exc}") from None
-            budget = RATE_LIMIT_BUDGET_S if status == 429 else RETRY_BUDGET_S
+            if status == 429:
+                budget = RATE_LIMIT_BUDGET_S
             failure = f"Finnhub at {_host(client)} kept answering {status} for {symbol}"
             fix = "try later"
         except (OSError, ValueError, finnhub.FinnhubRequestException) as exc:  # network, bad JSON
-            budget = RETRY_BUDGET_S
             failure = f"cannot reach Finnhub at {_host(client)} ({network_cause(exc, timeout)})"
             fix = (
                 "check STOCKFLOW_FINNHUB_API_URL"
