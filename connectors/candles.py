@@ -4,11 +4,18 @@
 intraday candles or 365 days of daily candles per request), within the rate
 limit (the producer's :class:`connectors.finnhub.RateLimiter`: calls spaced
 evenly for the ``finnhub_calls_per_minute`` setting per minute, default the
-free tier's 60, and at most 30 per second), retrying 429 and 5xx answers with
-exponential backoff and jitter (6 attempts). A rejected key, a plan without
-candle access or a symbol with no candles at all ends the backfill with one
-clear line. Finnhub serves ``/stock/candle`` on paid plans only (the free
-tier lost it in 2024); the fake server in the tests stands in for it.
+free tier's 60, and at most 30 per second).
+
+Retry budget: a request that fails with a network error (no route, name
+resolution, connection refused or reset, no answer) or a 5xx answer is
+retried with exponential backoff and jitter until :data:`RETRY_BUDGET_S`
+(10 s) after its first attempt, each attempt's own timeout included; one
+that was answered 429 (rate limited) until :data:`RATE_LIMIT_BUDGET_S` (60 s,
+a whole window of a per-minute plan limit). Then the backfill ends with one line
+naming the host, the cause and the attempts made. A rejected key, a plan
+without candle access or a symbol with no candles at all ends it at once.
+Finnhub serves ``/stock/candle`` on paid plans only (the free tier lost it
+in 2024); the fake server in the tests stands in for it.
 
 Settings: ``FINNHUB_API_KEY`` (required), ``finnhub_calls_per_minute`` (plan
 limit), ``finnhub_api_url`` (a proxy or test server); see ``stockflow config``.
@@ -20,14 +27,18 @@ bars are emitted in one batch.
 from __future__ import annotations
 
 import random
+import socket
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import finnhub
 import numpy as np
 import pyarrow as pa
+import requests
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.bar_files import RESOLUTION_US, BarBatch
@@ -37,7 +48,9 @@ from dataflows.core.schema import BAR_SCHEMA, UTC_US, rejects_table
 
 FINNHUB_RESOLUTION = {"1m": "1", "5m": "5", "15m": "15", "1h": "60", "1d": "D"}
 CHUNK = {"1m": 30, "5m": 30, "15m": 30, "1h": 30, "1d": 365}
-MAX_ATTEMPTS = 6
+RETRY_BUDGET_S = 10.0
+RATE_LIMIT_BUDGET_S = 60.0
+REQUEST_TIMEOUT_S = 10.0  # finnhub-python's default; cut to what is left of the budget
 
 
 def finnhub_limiter(
@@ -55,6 +68,54 @@ def _client(api_key: str, api_url: str | None) -> finnhub.Client:
     return client
 
 
+def _host(client: finnhub.Client) -> str:
+    """``host[:port]`` of the client's API URL (no path, no credentials)."""
+    url = urlsplit(client.API_URL)
+    return f"{url.hostname}:{url.port}" if url.port else str(url.hostname)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: requests and urllib3 keep the socket error
+    in ``reason``, in ``args`` or as the cause."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        wrapped = [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]
+        todo.extend(w for w in wrapped if isinstance(w, BaseException))
+
+
+def network_cause(exc: BaseException, timeout_s: float) -> str:
+    """What went wrong on the way to the server, in words. Never the
+    exception's text: requests puts the URL, API key included, in it."""
+    causes = list(_causes(exc))
+    for e in causes:
+        if isinstance(e, socket.gaierror):
+            return (
+                f"name resolution failed: {e.strerror}" if e.strerror else "name resolution failed"
+            )
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused: nothing listens there"
+        if isinstance(e, ConnectionResetError):
+            return "connection reset by the server"
+        if isinstance(e, requests.ConnectTimeout):
+            return f"no connection within {timeout_s:.0f} s"
+        if isinstance(e, requests.Timeout | TimeoutError):
+            return f"no answer within {timeout_s:.0f} s"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS failed: {e.reason or type(e).__name__}"
+    for e in causes:
+        if isinstance(e, OSError) and e.strerror:  # e.g. network unreachable, no route to host
+            return e.strerror[0].lower() + e.strerror[1:]
+    if any(isinstance(e, ValueError | finnhub.FinnhubRequestException) for e in causes):
+        return "the answer was not JSON"
+    return type(exc).__name__
+
+
 def fetch_candles(
     client: finnhub.Client,
     limiter: RateLimiter,
@@ -63,11 +124,20 @@ def fetch_candles(
     start: datetime,
     end: datetime,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """One request with retries; returns Finnhub's dict (``s`` = ok/no_data)."""
-    for attempt in range(MAX_ATTEMPTS):
+    """One request, retried within the retry budget (see the module's
+    docstring); returns Finnhub's dict (``s`` = ok/no_data)."""
+    first = clock()
+    attempts = 0
+    budget = RETRY_BUDGET_S  # RATE_LIMIT_BUDGET_S once Finnhub answered 429
+    while True:
         sleep(limiter.delay())
         limiter.take()
+        # An attempt never outlasts the budget (a server that accepts and stays silent).
+        timeout = min(REQUEST_TIMEOUT_S, max(1.0, first + budget - clock()))
+        client.DEFAULT_TIMEOUT = timeout
+        attempts += 1
         try:
             return client.stock_candles(
                 symbol,
@@ -87,12 +157,24 @@ def fetch_candles(
                 ) from None
             if status != 429 and (status is None or status < 500):
                 raise UserError(f"Finnhub answered {status} for {symbol}: {exc}") from None
+            if status == 429:
+                budget = RATE_LIMIT_BUDGET_S
+            failure = f"Finnhub at {_host(client)} kept answering {status} for {symbol}"
+            fix = "try later"
         except (OSError, ValueError, finnhub.FinnhubRequestException) as exc:  # network, bad JSON
-            if attempt == MAX_ATTEMPTS - 1:
-                raise UserError(f"cannot reach Finnhub ({type(exc).__name__})") from None
-        backoff = min(30.0, 0.5 * 2**attempt) * (0.5 + random.random())
+            failure = f"cannot reach Finnhub at {_host(client)} ({network_cause(exc, timeout)})"
+            fix = (
+                "check STOCKFLOW_FINNHUB_API_URL"
+                if client.API_URL != finnhub.Client.API_URL
+                else "check the network connection"
+            )
+        backoff = min(8.0, 0.5 * 2 ** (attempts - 1)) * (0.5 + random.random())
         limiter.hold_off(backoff)
-    raise UserError(f"Finnhub kept failing for {symbol} after {MAX_ATTEMPTS} attempts; try later")
+        if clock() + limiter.delay() - first > budget:
+            raise UserError(
+                f"{failure}; gave up after {attempts} attempt(s) in {clock() - first:.1f} s "
+                f"(retry budget {budget:.0f} s); {fix}"
+            ) from None
 
 
 def candles_table(data: dict[str, Any], symbol: str, resolution: str) -> pa.Table:

@@ -789,7 +789,8 @@ def make_source(settings: Settings) -> FinnhubWebsocketSource:
     if settings.bounded:
         raise UserError(
             "the finnhub source is a live stream and cannot be --bounded; "
-            "use stockflow produce and --source kafka --bounded"
+            "publish it with stockflow produce, then read it with "
+            "stockflow run --source kafka --bounded"
         )
     symbols = [s.upper() for s in settings.finnhub_symbols]
     return FinnhubWebsocketSource(key, symbols, settings.finnhub_ws_url)

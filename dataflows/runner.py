@@ -12,7 +12,7 @@ from bytewax.run import cli_main
 
 from connectors.lake import Lake
 from dataflows.core.batches import RawTickBatch
-from dataflows.core.config import Settings
+from dataflows.core.config import RESOLUTIONS, Settings
 from dataflows.core.errors import (
     UserError,
     find_user_error,
@@ -21,9 +21,22 @@ from dataflows.core.errors import (
     recovery_store_mismatch,
 )
 from dataflows.core.metrics import run_metrics
+from dataflows.core.schema import LakeTables
 from dataflows.core.stats import RunStats
 from dataflows.pipeline import build_flow, epoch_interval, recovery_config
-from dataflows.streams import LakeTables
+
+_LAYERS = ("bronze", "silver", "gold")
+
+
+def table_order(table: str) -> tuple[int, str, str, int]:
+    """Sort key of lake tables: layer (bronze, silver, gold), table, then
+    resolution in time order (``bars_1m`` before ``bars_5m`` and ``bars_1d``)."""
+    layer, _, name = table.partition("/")
+    base, _, res = name.rpartition("_")
+    if res not in RESOLUTIONS:
+        base, res = name, ""
+    rank = _LAYERS.index(layer) if layer in _LAYERS else len(_LAYERS)
+    return (rank, layer, base, RESOLUTIONS.index(res) if res else -1)
 
 
 @dataclass
@@ -67,8 +80,8 @@ class RunSummary:
         return self.ticks_in / self.seconds if self.seconds > 0 else 0.0
 
     def render(self) -> str:
-        tables = [LakeTables.ticks, LakeTables.rejects, LakeTables.late, LakeTables.bars]
-        tables += sorted(t for t in self.rows if t not in tables)
+        shown = {LakeTables.ticks, LakeTables.rejects, LakeTables.late, LakeTables.bars}
+        tables = sorted(shown | set(self.rows), key=table_order)
         width = max(len(t) for t in tables)
         lines = [f"{'table'.ljust(width)}  {'rows':>12}  {'files':>6}"]
         for t in tables:
@@ -149,8 +162,13 @@ def run(
     start = time.perf_counter()
     execute(flow, settings, stats=stats)
     seconds = time.perf_counter() - start
+    return RunSummary.of(stats, seconds, lake_label(settings))
+
+
+def lake_label(settings: Settings) -> str:
+    """The lake as a summary names it: the S3 URL, or the local root."""
     lake = Lake(settings.lake, settings.s3_endpoint)
-    return RunSummary.of(stats, seconds, lake.url if lake.is_s3 else lake.root)
+    return lake.url if lake.is_s3 else lake.root
 
 
-__all__ = ["RunSummary", "UserError", "run"]
+__all__ = ["RunSummary", "UserError", "lake_label", "run"]

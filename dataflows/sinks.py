@@ -19,8 +19,8 @@ from bytewax.operators import KeyedStream
 
 from connectors.ddl import serving_tables
 from dataflows.core.config import Settings
-from dataflows.core.schema import REJECT_SCHEMA
-from dataflows.streams import LakeTables, PipelineStreams
+from dataflows.core.schema import REJECT_SCHEMA, LakeTables
+from dataflows.streams import PipelineStreams
 
 
 def attach_parquet(streams: PipelineStreams) -> None:

@@ -15,25 +15,6 @@ from dataflows.stages.operators import only_resolution
 
 
 @dataclass(frozen=True)
-class LakeTables:
-    """Where each stream lands in the lake."""
-
-    ticks: str = "bronze/ticks"
-    rejects: str = "bronze/rejects"
-    late: str = "bronze/late_ticks"
-    bars: str = "silver/bars_1m"
-    signals: str = "gold/signals"
-
-    @staticmethod
-    def bars_of(res: str) -> str:
-        return f"silver/bars_{res}"
-
-    @staticmethod
-    def indicators_of(res: str) -> str:
-        return f"gold/indicators_{res}"
-
-
-@dataclass(frozen=True)
 class PipelineStreams:
     """Every stream a sink may consume, each item ``(shard_key, pa.Table)``.
 

@@ -7,9 +7,19 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import finnhub
 import pytest
 
+from connectors.candles import RATE_LIMIT_BUDGET_S, RETRY_BUDGET_S, fetch_candles, finnhub_limiter
 from connectors.finnhub import (
     FREE_TIER,
     FinnhubProducer,
@@ -19,7 +29,8 @@ from connectors.finnhub import (
 )
 from dataflows.core.backoff import Backoff
 from dataflows.core.config import Settings
-from tests.conftest import cli
+from dataflows.core.errors import UserError
+from tests.conftest import cli, free_port
 from tests.fakes_finnhub import FakeFinnhubRest, FakeFinnhubWebsocket, read_trades
 from tests.fixtures_kafka import kafka_broker  # noqa: F401
 
@@ -259,3 +270,112 @@ def test_finnhub_source_feeds_websocket_trades_straight_into_the_dataflow(real_d
     assert_bars_equal(
         read_table(settings.lake, "silver/bars_1m"), pandas_bars(read_ticks_csv(path))
     )
+
+
+# --- candle backfills when Finnhub cannot be reached: one line, within the budget ----------
+
+DAY0, DAY1 = datetime(2015, 1, 1, tzinfo=UTC), datetime(2015, 3, 1, tzinfo=UTC)
+BACKFILL_ARGS = ("backfill", "--source", "finnhub", "--symbols", "SPY")
+BACKFILL_RANGE = ("--start", "2015-01-01", "--end", "2015-03-01")
+_GAVE_UP = re.compile(r"gave up after (\d+) attempt\(s\) in ([\d.]+) s \(retry budget (\d+) s\)")
+
+
+@contextmanager
+def answering(status: int) -> Iterator[str]:
+    """A Finnhub stand-in on 127.0.0.1 that answers every request with `status`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            data = json.dumps({"error": "try later"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _client_at(url: str) -> finnhub.Client:
+    client = finnhub.Client(api_key="secret-key-123")
+    client.API_URL = url
+    return client
+
+
+def test_candle_backfill_against_a_closed_port_names_host_and_cause_within_the_budget(tmp_path):
+    port = free_port()  # nothing listens here
+
+    result = cli(
+        *BACKFILL_ARGS,
+        *BACKFILL_RANGE,
+        "--lake",
+        str(tmp_path / "lake"),
+        env={
+            "FINNHUB_API_KEY": "secret-key-123",
+            "STOCKFLOW_FINNHUB_API_URL": f"http://127.0.0.1:{port}/api/v1",
+        },
+    )
+
+    line = one_line_error(result)
+    assert f"cannot reach Finnhub at 127.0.0.1:{port} (connection refused" in line, line
+    assert "check STOCKFLOW_FINNHUB_API_URL" in line
+    attempts, seconds, budget = _GAVE_UP.search(line).groups()
+    assert int(budget) == RETRY_BUDGET_S
+    assert int(attempts) >= 3 and float(seconds) <= RETRY_BUDGET_S  # it retried, then gave up
+    assert "secret-key-123" not in result.stderr + result.stdout
+
+
+def test_a_server_that_never_answers_is_given_up_within_the_budget():
+    # A listening socket that never accepts: the kernel completes the
+    # handshake, the request goes out, no answer ever comes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        client = _client_at(f"http://127.0.0.1:{silent.getsockname()[1]}/api/v1")
+        start = time.monotonic()
+
+        with pytest.raises(UserError) as failed:
+            fetch_candles(client, finnhub_limiter(60), "SPY", "1d", DAY0, DAY1)
+        elapsed = time.monotonic() - start
+
+    assert "no answer within" in str(failed.value)
+    # Each attempt's timeout is cut to what is left of the budget (at least 1 s).
+    assert RETRY_BUDGET_S - 1 <= elapsed <= RETRY_BUDGET_S + 1.5, elapsed
+
+
+@pytest.mark.parametrize(("status", "budget"), [(503, RETRY_BUDGET_S), (429, RATE_LIMIT_BUDGET_S)])
+def test_failing_answers_are_retried_for_their_budget_then_end_in_one_line(status, budget):
+    now = [0.0]  # the retries' waits pass on this clock, the requests are real
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with answering(status) as url, pytest.raises(UserError) as failed:
+        fetch_candles(
+            _client_at(url),
+            finnhub_limiter(60, clock=lambda: now[0]),
+            "SPY",
+            "1d",
+            DAY0,
+            DAY1,
+            sleep=sleep,
+            clock=lambda: now[0],
+        )
+
+    message = str(failed.value)
+    assert f"kept answering {status} for SPY" in message and url.split("/")[2] in message
+    attempts, _, said_budget = _GAVE_UP.search(message).groups()
+    assert float(said_budget) == budget
+    assert now[0] <= budget  # never waited past the budget ...
+    assert now[0] > budget - 2 * 8.0 * 1.5  # ... and used it (backoff <= 8 s, jitter 1.5x)
+    assert int(attempts) >= 4

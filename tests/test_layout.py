@@ -72,6 +72,30 @@ def imports_of(module: str) -> set[str]:
 GRAPH = {m: imports_of(m) for m in MODULES}
 
 
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every `import X` / `from X import ...` of ours in a file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.append((node.lineno, node.module))
+    return [(line, m) for line, m in out if m.split(".")[0] in PACKAGES]
+
+
+def test_every_import_of_ours_names_a_module_that_exists():
+    # An import of a moved module must fail here, not be found elsewhere (an
+    # editable install of another checkout would still resolve it).
+    files = [*MODULES.values(), *sorted((ROOT / "tests").glob("*.py"))]
+    stale = [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in files
+        for line, module in _imported_modules(path)
+        if module not in MODULES
+    ]
+    assert not stale, "imports of modules that do not exist:\n" + "\n".join(stale)
+
+
 def _layer(module: str) -> str:
     parts = module.split(".")
     if (

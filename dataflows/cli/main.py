@@ -53,6 +53,7 @@ def demo(lake: str, ticks: int, seed: int, workers: int) -> None:
         synthetic_seed=seed,
         workers=workers,
         bounded=True,
+        flag_names={"synthetic_ticks": "--ticks", "synthetic_seed": "--seed"},
     )
     click.echo(f"stockflow demo: {ticks:,} synthetic ticks -> {lake}")
     summary = run(settings)

@@ -319,7 +319,7 @@ OPTIONS: tuple[Option, ...] = (
         "finnhub_symbols",
         "STOCKFLOW_FINNHUB_SYMBOLS",
         "finnhub.symbols",
-        "symbols of --source finnhub and stockflow produce (default AAPL,MSFT,TSLA,GOOGL,AMZN)",
+        "symbols of the finnhub source and of stockflow produce (default AAPL,MSFT,TSLA,GOOGL,AMZN)",
     ),
     Option(
         "finnhub_calls_per_minute",
@@ -448,9 +448,16 @@ class Settings:
         config_file: str | Path | None = None,
         *,
         env: Mapping[str, str] | None = None,
+        flag_names: Mapping[str, str] | None = None,
         **flags: Any,
     ) -> Settings:
-        """Merge the layers. `flags` with value None are "not given"."""
+        """Merge the layers. `flags` with value None are "not given".
+
+        :arg flag_names: the command-line option a flag came from, where its
+            setting has another name (``{"synthetic_ticks": "--ticks"}``);
+            other flags are looked up among the running click command's
+            options, so an error names the option the user typed.
+        """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         origin: dict[str, str] = {}
@@ -469,7 +476,7 @@ class Settings:
         for name, value in flags.items():
             if value is not None:
                 values[name] = value
-                origin[name] = f"--{name.replace('_', '-')}"
+                origin[name] = _flag_of(name, flag_names or {})
         settings = cls()
         kinds = {f.name: f.type for f in fields(cls)}
         # "indicators"/"signals" come from their TOML tables, not from OPTIONS
@@ -535,6 +542,22 @@ class Settings:
             url = getattr(self, name)
             if url is not None and (not url.startswith(schemes) or len(url) <= len(schemes[0])):
                 raise bad(name, f"{url!r} is not a URL; it must start with {' or '.join(schemes)}")
+
+
+def _flag_of(name: str, flag_names: Mapping[str, str]) -> str:
+    """Where setting `name` came from when it was passed to :meth:`Settings.load`
+    as a flag: the option of the running click command that holds it (``--sink``
+    for ``sinks``), else ``argument <name>`` (a caller in Python, or a value the
+    command set itself)."""
+    if name in flag_names:
+        return flag_names[name]
+    import click  # the CLI's own dependency; only needed when flags are given
+
+    ctx = click.get_current_context(silent=True)
+    for param in ctx.command.params if ctx is not None else ():
+        if param.name == name and isinstance(param, click.Option):
+            return max(param.opts, key=len)
+    return f"argument {name}"
 
 
 def _option(name: str) -> Option:

@@ -27,9 +27,8 @@ start until it ends. One endpoint carries three kinds of series:
   Postgres/Snowflake, and their reconnect-and-retry rounds.
 
 ``sink`` is ``parquet``, ``postgres``, ``snowflake`` or ``kafka``. Rejects,
-lake and serving figures are read at scrape time from the counters the run
-summary already keeps (:data:`~dataflows.stages.operators.REJECTS_BY_REASON`,
-:data:`~connectors.lake.WRITE_STATS`, :data:`~connectors.serving.SERVING_STATS`), so
+lake and serving figures are read at scrape time from the run's own
+:class:`~dataflows.core.stats.RunStats` (the counters its summary reads), so
 they cost the data path nothing.
 
 **Bytewax's**: from its Rust runtime ``bytewax_item_inp_count_total``,

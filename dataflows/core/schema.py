@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -156,3 +157,25 @@ def rejects_table(records: Sequence[dict[str, Any]], keep_original: bool = False
     cols = {name: [r[name] for r in records] for name in schema.names}
     cols["received_at"] = pa.array(cols["received_at"], pa.int64()).cast(UTC_US)
     return pa.Table.from_pydict(cols, schema=schema)
+
+
+# --- lake tables ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LakeTables:
+    """Where each stream lands in the lake."""
+
+    ticks: str = "bronze/ticks"
+    rejects: str = "bronze/rejects"
+    late: str = "bronze/late_ticks"
+    bars: str = "silver/bars_1m"
+    signals: str = "gold/signals"
+
+    @staticmethod
+    def bars_of(res: str) -> str:
+        return f"silver/bars_{res}"
+
+    @staticmethod
+    def indicators_of(res: str) -> str:
+        return f"gold/indicators_{res}"

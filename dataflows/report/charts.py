@@ -6,9 +6,9 @@ names, so a frame read from the lake (``gold/indicators_<res>``,
 ``candlestick`` and ``volatility`` views, ``indicators_<res>``, ``signals``)
 plot the same way.
 
-* :func:`technical_chart`: candlesticks with SMA/EMA and Bollinger overlays,
-  buy/sell signals marked on the bars, an RSI(14) panel and a MACD(12, 26, 9)
-  panel, on one time axis.
+* :func:`technical_chart`: candlesticks with SMA 20/50/200, EMA 12/26 and
+  Bollinger overlays, buy/sell signals marked on the bars, a volume panel, an
+  RSI(14) panel and a MACD(12, 26, 9) panel, on one time axis.
 * :func:`volatility_treemap`: one tile per symbol, area = traded volume,
   colour = relative price volatility (:func:`squarify` lays the tiles out).
 * :func:`volatility_from_bars` and :func:`kpi_from_bars`: the ``volatility``
@@ -34,6 +34,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter
 
 UP = "#26a69a"
 DOWN = "#ef5350"
@@ -41,6 +42,7 @@ OVERLAYS = (
     # column, label, colour, line style
     ("sma_20", "SMA 20", "#1f77b4", "-"),
     ("sma_50", "SMA 50", "#9467bd", "-"),
+    ("sma_200", "SMA 200", "#37474f", "-"),  # the golden/death cross rules compare 50 and 200
     ("ema_12", "EMA 12", "#ff7f0e", "--"),
     ("ema_26", "EMA 26", "#8c564b", "--"),
 )
@@ -52,6 +54,7 @@ NUMERIC = (
     "volume",
     "sma_20",
     "sma_50",
+    "sma_200",
     "ema_12",
     "ema_26",
     "bb_upper",
@@ -86,20 +89,22 @@ def technical_chart(
     signals: pd.DataFrame | None = None,
     title: str = "",
 ) -> Figure:
-    """Candlesticks + overlays + signals, RSI and MACD panels.
+    """Candlesticks + overlays + signals, volume, RSI and MACD panels.
 
     :arg bars: one symbol's bars with indicators (``start, end, open, high,
-        low, close`` and any of ``sma_20, sma_50, ema_12, ema_26, bb_upper,
-        bb_middle, bb_lower, rsi_14, macd, macd_signal, macd_hist``).
+        low, close`` and any of ``volume, sma_20, sma_50, sma_200, ema_12,
+        ema_26, bb_upper, bb_middle, bb_lower, rsi_14, macd, macd_signal,
+        macd_hist``).
     :arg signals: that symbol's ``start, signal`` rows (``buy``/``sell``
         are marked; ``hold`` is not).
     """
     frame = _numeric(bars)
-    fig = Figure(figsize=(12, 8.5), dpi=100, layout="constrained")
-    grid = fig.add_gridspec(3, 1, height_ratios=(3.2, 1, 1))
+    fig = Figure(figsize=(12, 10), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(4, 1, height_ratios=(3.2, 0.9, 1, 1))
     price = fig.add_subplot(grid[0])
-    rsi = fig.add_subplot(grid[1], sharex=price)
-    macd = fig.add_subplot(grid[2], sharex=price)
+    volume = fig.add_subplot(grid[1], sharex=price)
+    rsi = fig.add_subplot(grid[2], sharex=price)
+    macd = fig.add_subplot(grid[3], sharex=price)
     fig.suptitle(title or "bars", fontsize=13, fontweight="bold")
     if frame.empty:
         price.text(0.5, 0.5, "no bars", ha="center", va="center", transform=price.transAxes)
@@ -140,6 +145,12 @@ def technical_chart(
     price.legend(loc="upper left", fontsize=8, ncols=4, frameon=False)
     price.grid(alpha=0.25)
 
+    if "volume" in frame.columns:
+        volume.bar(x, frame["volume"].fillna(0.0), width, color=colours, alpha=0.7)
+    volume.set_ylabel("volume")
+    volume.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _compact(v)))
+    volume.grid(alpha=0.25)
+
     if "rsi_14" in frame.columns:
         rsi.plot(x, frame["rsi_14"], color="#6a1b9a", linewidth=1.0, label="RSI 14")
     rsi.axhspan(30, 70, color="#ede7f6", alpha=0.6)
@@ -164,7 +175,7 @@ def technical_chart(
     locator = mdates.AutoDateLocator()
     macd.xaxis.set_major_locator(locator)
     macd.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    for ax in (price, rsi):
+    for ax in (price, volume, rsi):
         ax.tick_params(labelbottom=False)
     macd.set_xlabel("UTC")
     return fig
@@ -254,12 +265,17 @@ def squarify(sizes: Sequence[float], width: float = 1.0, height: float = 1.0) ->
     return tiles
 
 
-def volatility_treemap(volatility: pd.DataFrame, title: str = "") -> Figure:
+def volatility_treemap(
+    volatility: pd.DataFrame,
+    title: str = "",
+    measure: str = "std of 1-minute closes, % of mean",
+) -> Figure:
     """One tile per symbol: area = ``volume``, colour = ``price_std_pct``.
 
     :arg volatility: rows of the ``volatility`` view (or
         :func:`volatility_from_bars`): ``symbol, volume, avg_price,
         price_std, price_std_pct``.
+    :arg measure: what the colour scale measures (its label).
     """
     frame = volatility.copy()
     for col in ("volume", "avg_price", "price_std", "price_std_pct"):
@@ -304,7 +320,7 @@ def volatility_treemap(volatility: pd.DataFrame, title: str = "") -> Figure:
         ScalarMappable(norm=norm, cmap=cmap),
         ax=ax,
         shrink=0.8,
-        label="std of 1-minute closes, % of mean",
+        label=measure,
     )
     colorbar.outline.set_visible(False)
     return fig
@@ -327,15 +343,19 @@ def _trading_days(bars: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def volatility_from_bars(bars_1m: pd.DataFrame) -> pd.DataFrame:
+def volatility_from_bars(bars_1m: pd.DataFrame, days: int = 1) -> pd.DataFrame:
     """The ``volatility`` view from 1-minute bars: per symbol, over its latest
     trading day (UTC date), bars, volume, mean close, sample std of the close
-    and that std in percent of the mean."""
+    and that std in percent of the mean.
+
+    :arg days: over each symbol's latest `days` trading days instead (for
+        daily bars, where one day is one bar); ``trade_date`` is the latest.
+    """
     frame = _trading_days(bars_1m)
-    latest = frame.groupby("symbol")["trade_date"].transform("max")
-    day = frame[frame["trade_date"] == latest]
+    rank = frame.groupby("symbol")["trade_date"].rank(method="dense", ascending=False)
+    day = frame[rank <= days].sort_values(["symbol", "start"])
     out = day.groupby("symbol", as_index=False).agg(
-        trade_date=("trade_date", "first"),
+        trade_date=("trade_date", "last"),
         bars=("close", "size"),
         volume=("volume", "sum"),
         avg_price=("close", "mean"),

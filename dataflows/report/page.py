@@ -8,15 +8,21 @@ it. What it shows:
 
 * a KPI table per symbol (latest price, change and % change against the
   previous trading day's last close: the ``kpi`` view's definition);
-* the volatility treemap (the ``volatility`` view's definition);
+* the volatility treemap (the ``volatility`` view's definition: the std of
+  1-minute closes over each symbol's latest trading day; a lake without
+  1-minute bars uses the chosen resolution's, and daily bars over the latest
+  :data:`DAILY_VOLATILITY_DAYS` days);
 * per symbol, the last ``bars`` bars of the chosen resolution as
-  candlesticks with SMA/EMA and Bollinger overlays, buy/sell signals marked,
-  RSI and MACD panels, and the latest non-hold signals in words.
+  candlesticks with SMA 20/50/200, EMA 12/26 and Bollinger overlays, buy/sell
+  signals marked, volume, RSI and MACD panels, and the latest non-hold
+  signals in words.
 
 Only what the page needs is read: the symbols' latest date partitions of
 ``gold/indicators_<res>`` and ``gold/signals``, and the latest
-:data:`KPI_DATES` date partitions of ``silver/bars_1m`` (a symbol whose
-previous trading day is older than that shows no change).
+:data:`KPI_DATES` date partitions of ``silver/bars_1m`` (or of the chosen
+resolution's bars; a symbol whose previous trading day is older than that
+shows no change). A lake with no bars at the chosen resolution is refused in
+one line naming the resolutions it has (a daily backfill fills only ``1d``).
 """
 
 from __future__ import annotations
@@ -35,13 +41,17 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from connectors.lake import Lake
+from dataflows.core.config import RESOLUTIONS
 from dataflows.core.errors import UserError
+from dataflows.core.schema import LakeTables
 from dataflows.report import charts
 
 KPI_DATES = 10
+DAILY_VOLATILITY_DAYS = 20
 DEFAULT_BARS = 300
 DEFAULT_TOP = 8
 _DATE_DIR = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+_BAR_NAMES = {"1m": "1-minute", "5m": "5-minute", "15m": "15-minute", "1h": "hourly", "1d": "daily"}
 
 
 @dataclass
@@ -52,6 +62,8 @@ class ReportData:
     resolution: str
     kpi: pd.DataFrame
     volatility: pd.DataFrame
+    kpi_resolution: str = "1m"  # the bars the KPI table and the treemap come from
+    volatility_days: int = 1
     series: dict[str, pd.DataFrame] = field(default_factory=dict)
     signals: dict[str, pd.DataFrame] = field(default_factory=dict)
 
@@ -70,13 +82,29 @@ class ReportSummary:
         )
 
 
-def _require(lake: Lake, table: str) -> Any:
-    if not lake.fs.exists(lake.path(table)) or not lake.files(table):
+def _has(lake: Lake, table: str) -> bool:
+    return bool(lake.fs.exists(lake.path(table)) and lake.files(table))
+
+
+def lake_resolutions(lake: Lake) -> list[str]:
+    """The resolutions the lake has indicators (charts) of, in time order."""
+    return [r for r in RESOLUTIONS if _has(lake, LakeTables.indicators_of(r))]
+
+
+def _require_resolution(lake: Lake, resolution: str) -> None:
+    if _has(lake, LakeTables.indicators_of(resolution)):
+        return
+    have = lake_resolutions(lake)
+    if not have:
         raise UserError(
-            f"the lake at {lake.url} has no {table} yet; run the pipeline into it first "
+            f"the lake at {lake.url} has no bars yet; run the pipeline into it first "
             "(stockflow run / stockflow demo --lake ...)"
         )
-    return lake.dataset(table)
+    raise UserError(
+        f"the lake at {lake.url} has no {resolution} bars "
+        f"({LakeTables.indicators_of(resolution)}); it has {', '.join(have)}: "
+        f"use --resolution {have[0] if len(have) == 1 else ' or --resolution '.join(have)}"
+    )
 
 
 def _dates(dataset: Any) -> list[str]:
@@ -128,13 +156,21 @@ def load_report_data(
         their latest day.
     :arg bars: bars per chart (the newest).
     """
-    bars_1m = _require(lake, "silver/bars_1m")
-    recent_dates = _dates(bars_1m)[:KPI_DATES]
-    recent = bars_1m.to_table(
+    _require_resolution(lake, resolution)
+    # The views are defined on 1-minute bars; a lake without them (a backfill
+    # of daily or hourly bars) gets the same figures from the chosen bars.
+    kpi_resolution = "1m" if _has(lake, LakeTables.bars) else resolution
+    volatility_days = DAILY_VOLATILITY_DAYS if kpi_resolution == "1d" else 1
+    bar_table = LakeTables.bars_of(kpi_resolution)
+    if not _has(lake, bar_table):
+        bar_table = LakeTables.indicators_of(resolution)  # bar columns + indicators
+    bar_rows = lake.dataset(bar_table)
+    recent_dates = _dates(bar_rows)[: max(KPI_DATES, volatility_days)]
+    recent = bar_rows.to_table(
         filter=ds.field("date").isin(recent_dates),
         columns=["symbol", "start", "close", "volume"],
     ).to_pandas()
-    volatility = charts.volatility_from_bars(recent)
+    volatility = charts.volatility_from_bars(recent, volatility_days)
     kpi = charts.kpi_from_bars(recent)
     chosen = [s.upper() for s in symbols]
     if not chosen:
@@ -146,8 +182,8 @@ def load_report_data(
             f"no bars for {', '.join(unknown)} in the lake's latest {len(recent_dates)} days "
             f"at {lake.url}; symbols there: {', '.join(kpi['symbol']) or '(none)'}"
         )
-    indicators = _latest(_require(lake, f"gold/indicators_{resolution}"), chosen, bars)
-    data = ReportData(lake.url, resolution, kpi, volatility)
+    indicators = _latest(lake.dataset(LakeTables.indicators_of(resolution)), chosen, bars)
+    data = ReportData(lake.url, resolution, kpi, volatility, kpi_resolution, volatility_days)
     signals_path = lake.path("gold/signals")
     signal_rows = pd.DataFrame()
     if lake.fs.exists(signals_path) and lake.files("gold/signals") and not indicators.empty:
@@ -251,18 +287,26 @@ def render_report(data: ReportData, generated_at: datetime | None = None) -> tup
     ]
     count = 0
     if not data.volatility.empty:
+        closes = f"{_BAR_NAMES[data.kpi_resolution]} closes"
+        window = (
+            "latest trading day"
+            if data.volatility_days == 1
+            else f"latest {data.volatility_days} trading days"
+        )
         tree = charts.volatility_treemap(
-            data.volatility, "Volatility on each symbol's latest day (tile area = volume)"
+            data.volatility,
+            f"Volatility over each symbol's {window} (tile area = volume)",
+            f"std of {closes}, % of mean",
         )
         parts += [
             "<h2>Volatility</h2><figure>",
             _img(
                 charts.png_bytes(tree),
                 "Volatility treemap: one tile per symbol sized by traded volume, coloured by "
-                "the standard deviation of 1-minute closes in percent of the mean price",
+                f"the standard deviation of {closes} in percent of the mean price",
             ),
-            "<figcaption>Standard deviation of the 1-minute closes over each symbol's latest "
-            "trading day, in percent of the mean close.</figcaption></figure>",
+            f"<figcaption>Standard deviation of the {closes} over each symbol's {window}, "
+            "in percent of the mean close.</figcaption></figure>",
         ]
         count += 1
     for symbol, series in data.series.items():
@@ -274,8 +318,9 @@ def render_report(data: ReportData, generated_at: datetime | None = None) -> tup
             f"<h2>{html.escape(symbol)}</h2><figure>",
             _img(
                 charts.png_bytes(fig),
-                f"{symbol} {data.resolution} candlestick chart with SMA 20/50, EMA 12/26 and "
-                "Bollinger bands, buy and sell signals marked, RSI 14 and MACD panels",
+                f"{symbol} {data.resolution} candlestick chart with SMA 20/50/200, EMA 12/26 "
+                "and Bollinger bands, buy and sell signals marked, volume, RSI 14 and MACD "
+                "panels",
             ),
             f"<figcaption>{len(series):,} bars; triangles mark buy (up) and sell (down) "
             "signals.</figcaption></figure>",
