@@ -20,7 +20,6 @@ so a resumed run re-reads that file and skips exactly those rows.
 
 from __future__ import annotations
 
-import csv
 import glob
 import re
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow._csv as pyarrow_csv_module
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
@@ -72,107 +72,325 @@ def expand_paths(spec: str) -> list[Path]:
     raise UserError(f"{spec}: no such tick file (give a file, a directory or a glob)")
 
 
-def _rename(names: list[str]) -> dict[str, str]:
-    out = {}
-    for name in names:
+def column_names(path: Path) -> list[str]:
+    """The header of a CSV (plain or compressed) or the schema of a Parquet file.
+
+    Raises :class:`UserError` (one line naming the file) for a file whose
+    header cannot be read: empty, not UTF-8, UTF-16/32, corrupt.
+    """
+    if path.name.lower().endswith((".parquet", ".pq")):
+        try:
+            return _parquet_file(path).schema_arrow.names
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read as Parquet ({_brief(exc)})") from None
+    return _csv_head(path)[0]
+
+
+# The head of a CSV read to find its header and judge its first rows; a
+# longer header line is refused.
+_HEAD_BYTES = 1 << 20
+# At most this many header columns (a file of random bytes may hold many commas).
+_MAX_COLUMNS = 10_000
+_FOREIGN_BOMS = (  # longest first: UTF-32 LE starts like UTF-16 LE
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
+def _brief(exc: BaseException) -> str:
+    """An error's text on one short line: Arrow's may quote a whole row,
+    line breaks and all, and the CLI promises one line."""
+    text = " ".join(str(exc).split())
+    if "straddl" in text:  # Arrow's words for a row longer than its block
+        text = "a row longer than 4 MiB, or a quote that never closes"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _shown(names: list[str]) -> str:
+    """Column names for an error line: odd characters escaped, cut short."""
+    text = ", ".join(n if n.isprintable() else ascii(n) for n in names)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _not_readable(path: Path, exc: BaseException) -> UserError:
+    kind = "gzip CSV" if path.name.lower().endswith(".gz") else "CSV"
+    return UserError(f"{path}: cannot read as a {kind} tick file ({_brief(exc)})")
+
+
+def _csv_input(path: Path) -> pa.NativeFile:
+    return pa.input_stream(str(path), compression="detect")
+
+
+def _parse_options(handler: Callable[[Any], str]) -> pcsv.ParseOptions:
+    # Quoted values may hold line breaks (RFC 4180): without this, Arrow
+    # splits blocks at any newline and a quoted one fails or misreads rows
+    # depending on where the block ends. parse_columns rejects such rows.
+    _undecodable_invalid_rows_reach_the_handler()
+    return pcsv.ParseOptions(
+        invalid_row_handler=handler, ignore_empty_lines=False, newlines_in_values=True
+    )
+
+
+def _csv_head(path: Path) -> tuple[list[str], pa.Table]:
+    """The header's names and the rows that follow it in the file's first
+    MiB (as bytes, columns named as the road names them).
+
+    The head is read whole and split in memory by Arrow's own CSV parser,
+    the one that reads the rows, so quoting and line ends agree; a UTF-8
+    byte-order mark is skipped as Arrow skips it. (A streaming reader left
+    half-read over a compressed file can crash the process at exit,
+    apache/arrow#43604; reading into memory leaves none behind.)
+    """
+    try:
+        with _csv_input(path) as stream:
+            head = stream.read(_HEAD_BYTES)
+    except (OSError, pa.ArrowException) as exc:
+        raise _not_readable(path, exc) from None
+    for bom, encoding in _FOREIGN_BOMS:
+        if head.startswith(bom):
+            raise UserError(
+                f"{path}: the file is {encoding} text (byte-order mark {bom.hex(' ')}); "
+                "save it as UTF-8"
+            )
+    if head.startswith(b"\x1f\x8b"):
+        raise UserError(f"{path}: the file is gzip-compressed; name it .csv.gz")
+    if not head.removeprefix(b"\xef\xbb\xbf"):
+        raise UserError(f"{path}: the file is empty; a tick file starts with a header line")
+    if len(head) == _HEAD_BYTES:  # more follows: keep whole lines only
+        cut = max(head.rfind(b"\n"), head.rfind(b"\r"))
+        if cut < 0:
+            raise UserError(f"{path}: the first line is longer than {_HEAD_BYTES >> 20} MiB")
+        head = head[: cut + 1]
+    elif not head.endswith((b"\n", b"\r")):
+        head += b"\n"  # Arrow cannot split a file of one line without a line end
+    width = min(head.count(b","), _MAX_COLUMNS) + 1
+    try:
+        table = pcsv.read_csv(
+            pa.BufferReader(head),
+            read_options=pcsv.ReadOptions(
+                use_threads=False, block_size=len(head) + 1, autogenerate_column_names=True
+            ),
+            parse_options=_parse_options(lambda row: "skip"),
+            convert_options=pcsv.ConvertOptions(
+                column_types={f"f{i}": pa.binary() for i in range(width)},
+                strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file or block" in str(exc):
+            raise UserError(f"{path}: the header never ends (a quote that never closes?)") from None
+        raise _not_readable(path, exc) from None
+    if table.num_columns > width:
+        raise UserError(f"{path}: the header has more than {_MAX_COLUMNS:,} columns")
+    names = []
+    for i, cell in enumerate(table.slice(0, 1).to_pylist()[0].values()):
+        try:
+            names.append(cell.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{path}: the header is not UTF-8 text (column {i + 1} is {ascii(cell)[:60]}); "
+                "save the file as UTF-8"
+            ) from None
+    if any("\x00" in name for name in names):
+        raise UserError(
+            f"{path}: the header holds NUL bytes (UTF-16 text without a byte-order mark?); "
+            "save the file as UTF-8"
+        )
+    return names, table.slice(1).rename_columns(_reader_names(names))
+
+
+def _reader_names(header: list[str]) -> list[str]:
+    """The columns as the road names them: aliases resolved, and a name that
+    repeats among ignored columns made unique (tables need unique names)."""
+    out: list[str] = []
+    for i, name in enumerate(header):
         key = name.strip().lower()
-        out[name] = ALIASES.get(key, key)
+        key = ALIASES.get(key, key)
+        out.append(f"{key}#{i + 1}" if key in out else key)
     return out
 
 
-def column_names(path: Path) -> list[str]:
-    """The header of a CSV (plain or compressed) or the schema of a Parquet file."""
-    if path.name.lower().endswith((".parquet", ".pq")):
-        return pq.ParquetFile(str(path)).schema_arrow.names
-    return _csv_header(path)
+def _check_columns(path: Path, names: list[str]) -> None:
+    """Refuse a header without the required columns, or with two columns
+    that both give one of the road's columns."""
+    given: dict[str, list[str]] = {}
+    for name in names:
+        key = name.strip().lower()
+        given.setdefault(ALIASES.get(key, key), []).append(name)
+    missing = [c for c in REQUIRED if c not in given]
+    if missing:
+        raise UserError(
+            f"{path}: missing column(s) {', '.join(missing)}; a tick file needs "
+            f"{', '.join(REQUIRED)} (found {_shown(names) or 'no columns'})"
+        )
+    for column in REQUIRED + OPTIONAL:
+        if len(given.get(column, [])) > 1:
+            raise UserError(f"{path}: columns {_shown(given[column])} all give {column}; keep one")
 
 
-def _csv_header(path: Path) -> list[str]:
-    with pa.input_stream(str(path), compression="detect") as stream:
-        head = stream.read(1 << 16).decode("utf-8", errors="replace")
-    line = head.splitlines()[0] if head else ""
-    return next(csv.reader([line]), [])
+_strict_frombytes = pyarrow_csv_module.frombytes
 
 
-def _csv_stream(path: Path, handler: Any, block_size: int = 1 << 22) -> pcsv.CSVStreamingReader:
+def _frombytes(value: Any, *, safe: bool = False) -> str:
+    try:
+        return _strict_frombytes(value, safe=safe)
+    except UnicodeDecodeError:
+        return bytes(value).decode("utf-8", "surrogateescape")
+
+
+def _undecodable_invalid_rows_reach_the_handler() -> None:
+    """pyarrow decodes an invalid row's text as strict UTF-8 before calling
+    the invalid-row handler; a row with the wrong column count *and* a
+    non-UTF-8 byte then fails the whole read instead of becoming a reject.
+    Its module looks ``frombytes`` up at call time, so a lenient one (the
+    same result wherever strict decoding succeeds; surrogate escapes, which
+    ``unreadable_rows`` turns back into the exact bytes, where it fails)
+    lets such rows through. tests/test_file_fuzz.py fails if a pyarrow
+    upgrade changes this."""
+    pyarrow_csv_module.frombytes = _frombytes
+
+
+def _csv_stream(
+    path: Path, header: list[str], handler: Callable[[Any], str]
+) -> pcsv.CSVStreamingReader:
     """Stream a CSV with every column as bytes: validation decides types (and
-    rejects invalid UTF-8 row by row instead of failing the whole block)."""
-    stream = pa.input_stream(str(path), compression="detect")
-    return pcsv.open_csv(
-        stream,
-        read_options=pcsv.ReadOptions(use_threads=False, block_size=block_size),
-        parse_options=pcsv.ParseOptions(invalid_row_handler=handler, ignore_empty_lines=False),
-        convert_options=pcsv.ConvertOptions(
-            column_types={name: pa.binary() for name in _csv_header(path)},
-            strings_can_be_null=False,
+    rejects invalid UTF-8 row by row instead of failing the whole block).
+    Every column is named in ``column_types``, so Arrow infers none (a
+    guessed ``timestamp`` for ``ts`` would bypass validation)."""
+    options = {
+        "read_options": pcsv.ReadOptions(use_threads=False, block_size=1 << 22),
+        "parse_options": _parse_options(handler),
+        "convert_options": pcsv.ConvertOptions(
+            column_types={name: pa.binary() for name in header}, strings_can_be_null=False
         ),
+    }
+    try:
+        reader = pcsv.open_csv(_csv_input(path), **options)
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file or block" not in str(exc):
+            raise
+        # One line without a line end (a header, no rows; _csv_head
+        # checked it): small, so read with the line end added.
+        with _csv_input(path) as stream:
+            reader = pcsv.open_csv(pa.BufferReader(stream.read() + b"\n"), **options)
+    if any(typ != pa.binary() for typ in reader.schema.types):
+        raise RuntimeError(f"{path}: Arrow split the header unlike _csv_head")
+    return reader
+
+
+def _plain(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """A Parquet column as the types validation reads: dictionaries (pandas
+    categories) decoded, decimals as float64, views as plain strings/bytes."""
+    typ = column.type
+    if pa.types.is_dictionary(typ):
+        column, typ = pc.cast(column, typ.value_type), typ.value_type
+    if pa.types.is_decimal(typ):
+        return pc.cast(column, pa.float64())
+    if pa.types.is_string_view(typ):
+        return pc.cast(column, pa.string())
+    if pa.types.is_binary_view(typ):
+        return pc.cast(column, pa.binary())
+    return column
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or pa.types.is_string_view(typ)
+        or pa.types.is_binary(typ)
+        or pa.types.is_large_binary(typ)
+        or pa.types.is_binary_view(typ)
     )
+
+
+def _parquet_type_problem(column: str, typ: pa.DataType) -> str | None:
+    """Why a Parquet column's type cannot carry its field, or None. A wrong
+    type is a property of the file, so it is refused up front, not as one
+    reject per row."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    number = pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)
+    if column == "ts":
+        if pa.types.is_timestamp(typ) and typ.tz is None:
+            return (
+                "ts is a timestamp without a time zone; write it with one "
+                "(stockflow never guesses the zone)"
+            )
+        ok = _is_text(typ) or number or pa.types.is_timestamp(typ)
+    elif column in ("price", "size"):
+        ok = _is_text(typ) or number
+    elif column in ("conditions", "condition") and (
+        pa.types.is_list(typ) or pa.types.is_large_list(typ)
+    ):
+        ok = _is_text(typ.value_type)
+    else:  # symbol, exchange, a condition code
+        ok = _is_text(typ) or pa.types.is_integer(typ)
+    return None if ok else f"column {column} has type {typ}, which cannot hold a tick's {column}"
 
 
 def inspect_tick_file(path: Path, ts_unit: str | None) -> None:
     """Refuse, with one clear line, a file that cannot be a tick file."""
     suffix = _suffix(path)
-    try:
-        if suffix in (".parquet", ".pq"):
-            names = pq.ParquetFile(str(path)).schema_arrow.names
-            first = (
-                pq.ParquetFile(str(path)).read_row_group(0)
-                if pq.ParquetFile(str(path)).num_row_groups
-                else None
-            )
-        else:
-            # A 64 KiB first block settles most files (ISO times) at a
-            # fraction of the cost; the readers' own first block decides
-            # when it does not.
-            try:
-                names, first = _csv_first_block(path, 1 << 16)
-                settled = first is None or (first.num_rows and not _numeric_ts(first, names))
-            except pa.ArrowInvalid:  # e.g. a row longer than the small block
-                settled = False
-            if not settled:
-                names, first = _csv_first_block(path, 1 << 22)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise UserError(f"{path}: cannot read as a tick file ({exc})") from None
-    renamed = set(_rename(names).values())
-    missing = [c for c in REQUIRED if c not in renamed]
-    if missing:
-        raise UserError(
-            f"{path}: missing column(s) {', '.join(missing)}; a tick file needs "
-            f"{', '.join(REQUIRED)} (found {', '.join(names)})"
-        )
     if ts_unit is not None and ts_unit not in TS_UNITS:
         raise UserError(f"bad ts unit {ts_unit!r}; use one of {', '.join(TS_UNITS)}")
-    if first is not None and ts_unit is None and first.num_rows and _numeric_ts(first, names):
+    if suffix in (".parquet", ".pq"):
+        first = _parquet_first(path)
+    else:
+        names, first = _csv_head(path)
+        _check_columns(path, names)
+    if first is not None and ts_unit is None and first.num_rows and _numeric_ts(first):
         raise UserError(
             f"{path}: ts holds epoch numbers; say their unit with --ts-unit "
             f"{'|'.join(TS_UNITS)} (stockflow never guesses it)"
         )
 
 
-def _csv_first_block(path: Path, block_size: int) -> tuple[list[str], pa.Table | None]:
-    reader = _csv_stream(path, lambda row: "skip", block_size)
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    # Pages written with checksums are verified, so a damaged page fails in
+    # one line instead of passing on altered values.
+    return pq.ParquetFile(str(path), page_checksum_verification=True)
+
+
+def _parquet_first(path: Path) -> pa.Table | None:
+    """Check a Parquet file's columns and types; its first row group's ts."""
     try:
-        return reader.schema.names, pa.Table.from_batches([reader.read_next_batch()])
-    except StopIteration:
-        return reader.schema.names, None
+        file = _parquet_file(path)
+        schema = file.schema_arrow
+        names = schema.names
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read as a Parquet tick file ({_brief(exc)})") from None
+    _check_columns(path, names)
+    for name, renamed in zip(names, _reader_names(names), strict=True):
+        if renamed in REQUIRED + OPTIONAL:
+            problem = _parquet_type_problem(renamed, schema.field(name).type)
+            if problem:
+                raise UserError(f"{path}: {problem}")
+    if not file.num_row_groups:
+        return None
+    ts = names[_reader_names(names).index("ts")]
+    try:
+        first = file.read_row_group(0, columns=[ts])
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"{path}: cannot read as a Parquet tick file ({_brief(exc)})") from None
+    return pa.table({"ts": _plain(first.column(0))})
 
 
-def _numeric_ts(first: pa.Table, names: list[str]) -> bool:
+def _numeric_ts(first: pa.Table) -> bool:
     """Whether every ``ts`` of a first block is an epoch number."""
-    first = first.rename_columns([_rename(names)[n] for n in first.column_names])
-    if "ts" not in first.column_names:
-        return False
     ts = first.column("ts")
-    if pa.types.is_binary(ts.type):
+    if pa.types.is_binary(ts.type) or pa.types.is_large_binary(ts.type):
         try:
             ts = pc.cast(ts, pa.string())
         except pa.ArrowInvalid:
-            ts = pa.chunked_array([], pa.string())
-    return (
-        pa.types.is_integer(ts.type)
-        or pa.types.is_floating(ts.type)
-        or (len(ts) > 0 and pc.all(pc.match_substring_regex(ts, r"^-?\d+(\.\d+)?$")).as_py())
-    )
+            return False
+    if pa.types.is_integer(ts.type) or pa.types.is_floating(ts.type):
+        return True
+    if not (pa.types.is_string(ts.type) or pa.types.is_large_string(ts.type)) or not len(ts):
+        return False
+    return bool(pc.all(pc.match_substring_regex(ts, r"^-?\d+(\.\d+)?$")).as_py())
 
 
 class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
@@ -188,8 +406,12 @@ class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
         self._rows_done = 0 if resume is None else resume["rows"]
         self._skip_invalid_before = 0 if resume is None else resume["line"]
         self._last_line = 1
-        self._reader = _csv_stream(path, self._on_invalid)
-        self._rename = _rename(self._reader.schema.names)
+        header = _csv_head(path)[0]
+        self._names = _reader_names(header)
+        try:
+            self._reader = _csv_stream(path, header, self._on_invalid)
+        except (OSError, pa.ArrowException) as exc:
+            raise _not_readable(path, exc) from None
         self._batches = self._rebatch(batch_size)
 
     def _on_invalid(self, row: Any) -> str:
@@ -226,7 +448,13 @@ class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
             if self._pending:
                 return [self._flush_pending(pa.table({}), np.empty(0, np.int64))]
             raise
-        table = table.rename_columns([self._rename[n] for n in table.column_names])
+        except (OSError, pa.ArrowException) as exc:
+            # e.g. a gzip stream cut short: the rows before it went on; the
+            # rest of the file cannot be split into rows, so the run stops.
+            raise UserError(
+                f"{self._path}: cannot read on after line {self._last_line} ({_brief(exc)})"
+            ) from None
+        table = table.rename_columns(self._names)
         lines = self._lines(self._rows_done, table.num_rows)
         self._rows_done += table.num_rows
         if len(lines):
@@ -243,7 +471,7 @@ class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
             origin=self._origin,
             ts_unit=self._ts_unit,
             unreadable=pending,
-            expected_columns=len(self._rename),
+            expected_columns=len(self._names),
         )
 
     def snapshot(self) -> dict[str, int]:
@@ -254,18 +482,30 @@ class _ParquetPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
     def __init__(
         self, path: Path, batch_size: int, ts_unit: str | None, resume: dict[str, int] | None
     ) -> None:
-        self._file = pq.ParquetFile(str(path))
+        self._path = path
         self._origin = path.name
         self._ts_unit = ts_unit
         self._rows_done = 0 if resume is None else resume["rows"]
-        names = self._file.schema_arrow.names
-        self._rename = _rename(names)
-        wanted = [n for n in names if self._rename[n] in REQUIRED + OPTIONAL]
-        self._batches = self._file.iter_batches(batch_size=batch_size, columns=wanted)
+        try:
+            file = _parquet_file(path)
+            names = file.schema_arrow.names
+            renamed = _reader_names(names)
+            wanted = [i for i, name in enumerate(renamed) if name in REQUIRED + OPTIONAL]
+            self._names = [renamed[i] for i in wanted]
+            self._batches = file.iter_batches(
+                batch_size=batch_size, columns=[names[i] for i in wanted]
+            )
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read as a Parquet tick file ({_brief(exc)})") from None
         self._skip = self._rows_done
 
     def next_batch(self) -> list[RawTickBatch]:
-        batch = next(self._batches)
+        try:
+            batch = next(self._batches)
+        except (OSError, pa.ArrowException) as exc:
+            raise UserError(
+                f"{self._path}: cannot read on after row {self._rows_done} ({_brief(exc)})"
+            ) from None
         table = pa.Table.from_batches([batch])
         if self._skip:
             cut = min(self._skip, table.num_rows)
@@ -273,7 +513,7 @@ class _ParquetPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
             self._skip -= cut
             if not table.num_rows:
                 return []
-        table = table.rename_columns([self._rename[n] for n in table.column_names])
+        table = pa.table([_plain(c) for c in table.columns], names=self._names)
         rows = np.arange(self._rows_done, self._rows_done + table.num_rows, dtype=np.int64)
         self._rows_done += table.num_rows
         return [RawTickBatch(table=table, lines=rows, origin=self._origin, ts_unit=self._ts_unit)]

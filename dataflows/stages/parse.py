@@ -88,6 +88,17 @@ def _cast_isolating(arr: pa.Array, to: pa.DataType) -> tuple[pa.Array, np.ndarra
     return pa.concat_arrays([left, right]), np.concatenate([lbad, rbad])
 
 
+def _line_breaks(arr: pa.Array) -> np.ndarray:
+    """Per value of a binary array, whether it holds a CR or LF byte."""
+    found = np.zeros(len(arr), dtype=bool)
+    if not (_contains_byte(arr, 0x0A) or _contains_byte(arr, 0x0D)):
+        return found
+    offsets, values = _value_bytes(arr)
+    at = np.flatnonzero((values == 0x0A) | (values == 0x0D))
+    found[np.searchsorted(offsets, at, side="right") - 1] = True
+    return found
+
+
 def _is_missing(arr: pa.Array) -> np.ndarray:
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         # An empty value has equal offsets: no kernel, no UTF-8 decoding.
@@ -181,13 +192,17 @@ def _coerce_ts(arr: pa.Array, unit: str | None) -> tuple[np.ndarray, np.ndarray,
     if pa.types.is_timestamp(typ):
         if typ.tz is None:
             return np.zeros(n, np.int64), np.ones(n, bool), "timestamp column has no time zone"
-        us = pc.cast(pc.cast(arr, pa.timestamp(typ.unit, "UTC")), UTC_US, safe=False)
-        return _int64(us), np.zeros(n, bool), ""
+        # Stored as UTC epoch counts in the type's unit whatever its zone;
+        # scaled like integer epochs, so a huge value saturates (and fails
+        # the range check) instead of wrapping around into a plausible time.
+        return _epoch_int_to_us(_int64(arr), typ.unit), np.zeros(n, bool), ""
     if pa.types.is_integer(typ) or pa.types.is_floating(typ):
         if unit is None:
             return np.zeros(n, np.int64), np.ones(n, bool), "epoch number without a unit"
         if pa.types.is_integer(typ):
-            return _epoch_int_to_us(_int64(arr), unit), np.asarray(arr.is_null()), ""
+            values, bad = _cast_isolating(arr, pa.int64())  # uint64 past int64
+            bad |= _np_bool(arr.is_null())
+            return _epoch_int_to_us(_int64(values), unit), bad, "epoch beyond int64"
         return _epoch_to_us(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), unit)
     if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
         return np.zeros(n, np.int64), np.ones(n, bool), f"unsupported type {typ}"
@@ -416,6 +431,15 @@ def parse_columns(
     col: dict[str, pa.Array] = {}
     for name, arr in raw.items():
         if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+            # No tick field holds a line break, and a quote that never closes
+            # makes one value of every line after it: rejecting the row keeps
+            # those lines (in its payload) from passing as one tick.
+            spans = _line_breaks(arr)
+            _mark(code, spans, RejectReason.UNREADABLE_ROW)
+            for i in np.flatnonzero(spans).tolist():
+                details.setdefault(
+                    i, f"column {name} holds a line break (a quoted value spans lines)"
+                )
             arr, not_utf8 = _cast_isolating(arr, pa.string())
             _mark(code, not_utf8, RejectReason.UNREADABLE_ROW)
             for i in np.flatnonzero(not_utf8).tolist():
@@ -435,15 +459,21 @@ def parse_columns(
     for i in np.flatnonzero(code == _CODE[RejectReason.WRONG_TYPE]).tolist():
         if i not in details:
             field = "price" if bad_price[i] else "size"
-            details[i] = f"{field} {col[field][i].as_py()!r} is not a number"
+            details[i] = f"{field} {_py(col[field], i)!r} is not a number"
 
     ts, bad_ts, why = _coerce_ts(col["ts"], ts_unit)
     _mark(code, bad_ts, RejectReason.BAD_TIMESTAMP)
     for i in np.flatnonzero(code == _CODE[RejectReason.BAD_TIMESTAMP]).tolist():
-        details.setdefault(i, f"ts {col['ts'][i].as_py()!r}: {why}")
+        details.setdefault(i, f"ts {_py(col['ts'], i)!r}: {why}")
 
     exchange = col.get("exchange")
-    exchange = pc.cast(exchange, pa.string()) if exchange is not None else pa.nulls(n, pa.string())
+    if exchange is None:
+        exchange = pa.nulls(n, pa.string())
+    else:
+        exchange, bad_exchange = _cast_isolating(exchange, pa.string())
+        _mark(code, bad_exchange, RejectReason.WRONG_TYPE)
+        for i in np.flatnonzero(bad_exchange).tolist():
+            details.setdefault(i, f"exchange {_short(_py(raw['exchange'], i))} is not text")
     conditions = _conditions(col.get("conditions", col.get("condition")), n)
     checked = _validate(col["symbol"], ts, price, size, exchange, conditions, code, now)
     checked.detail.update(details)
@@ -451,12 +481,12 @@ def parse_columns(
     names = table.column_names
 
     def raw_value(i: int) -> dict[str, Any]:
-        return {name: col[name][i].as_py() for name in names}
+        return {name: _py(col[name], i) for name in names}
 
     def payload(i: int) -> bytes:
         parts = []
         for name in names:
-            value = raw[name][i].as_py()
+            value = _py(raw[name], i)
             if value is None:
                 value = b""
             elif not isinstance(value, bytes):
@@ -467,6 +497,18 @@ def parse_columns(
     return _assemble(
         checked, source, lambda i: f"{origin}:{int(lines[i])}", payload, raw_value, now
     )
+
+
+def _py(arr: pa.Array, i: int) -> Any:
+    """One value as Python, for reject details and payloads; a time Python
+    cannot hold (a Parquet timestamp past year 9999) as its raw number."""
+    try:
+        return arr[i].as_py()
+    except (OverflowError, ValueError):
+        try:
+            return arr.slice(i, 1).cast(pa.int64())[0].as_py()
+        except pa.ArrowException:
+            return f"<a {arr.type} value Python cannot hold>"
 
 
 def unreadable_rows(
