@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.files import TickFileSource
-from dataflows.errors import UserError
-from dataflows.operators import parse_raw
-from dataflows.schema import RejectReason
+from dataflows.core.errors import UserError
+from dataflows.core.schema import RejectReason
+from dataflows.stages.operators import parse_raw
 from tests.conftest import cli, read_table
 
 REASONS = {r.value for r in RejectReason}
