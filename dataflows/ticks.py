@@ -231,7 +231,8 @@ def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def _coerce_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Numbers from strings or numeric columns; returns (values, wrong_type)."""
     if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type):
-        values = pc.cast(arr, pa.float64())
+        # an integer past 2**53 has no exact float: the nearest is the value
+        values = pc.cast(arr, pa.float64(), safe=False)
         return values.to_numpy(zero_copy_only=False), np.zeros(len(arr), dtype=bool)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         values, bad = _cast_isolating(arr, pa.float64())
@@ -251,8 +252,6 @@ def _coerce_ts(arr: pa.Array, unit: str | None) -> tuple[np.ndarray, np.ndarray,
     n = len(arr)
     typ = arr.type
     if pa.types.is_timestamp(typ):
-        if typ.tz is None:
-            return np.zeros(n, np.int64), np.ones(n, bool), "timestamp column has no time zone"
         # Stored as UTC epoch counts in the type's unit whatever its zone;
         # scaled like integer epochs, so a huge value saturates (and fails
         # the range check) instead of wrapping around into a plausible time.
@@ -492,6 +491,57 @@ def rejects_table(records: Sequence[dict[str, Any]], keep_original: bool = False
 # ---------------------------------------------------------------------------
 
 
+def plain_column(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A typed column (Parquet) as the types validation reads: dictionaries
+    (pandas categories) decoded, decimals as float64, views and large lists
+    as their plain kinds."""
+    typ = arr.type
+    if pa.types.is_dictionary(typ):
+        arr, typ = pc.cast(arr, typ.value_type), typ.value_type
+    if pa.types.is_decimal(typ):
+        return pc.cast(arr, pa.float64())
+    if pa.types.is_string_view(typ):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_binary_view(typ):
+        return pc.cast(arr, pa.binary())
+    if pa.types.is_large_list(typ) or pa.types.is_list_view(typ):
+        return pc.cast(arr, pa.list_(typ.value_type))
+    return arr
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or pa.types.is_binary(typ)
+        or pa.types.is_large_binary(typ)
+    )
+
+
+def column_type_problem(name: str, typ: pa.DataType) -> str | None:
+    """Why a column of type `typ` (after :func:`plain_column`) cannot carry
+    the tick field `name`, or None (also for columns that are no field)."""
+    number = pa.types.is_integer(typ) or pa.types.is_floating(typ)
+    if pa.types.is_null(typ):  # no values at all: each row a missing field
+        return None
+    if name == "ts":
+        if pa.types.is_timestamp(typ) and typ.tz is None:
+            return (
+                "ts is a timestamp without a time zone; write it with one "
+                "(stockflow never guesses the zone)"
+            )
+        ok = _is_text(typ) or number or pa.types.is_timestamp(typ)
+    elif name in ("price", "size"):
+        ok = _is_text(typ) or number
+    elif name in ("condition", "conditions") and pa.types.is_list(typ):
+        ok = pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)
+    elif name in ("symbol", "exchange", "condition", "conditions"):
+        ok = _is_text(typ) or pa.types.is_integer(typ)
+    else:
+        return None
+    return None if ok else f"column {name} has type {typ}, which cannot hold a tick's {name}"
+
+
 def parse_columns(
     table: pa.Table | pa.RecordBatch,
     *,
@@ -523,7 +573,15 @@ def parse_columns(
     # Files are read as bytes so one bad byte cannot sink a whole batch.
     col: dict[str, pa.Array] = {}
     for name, arr in raw.items():
-        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        arr = plain_column(arr)
+        problem = column_type_problem(name, arr.type)
+        if problem is not None:  # files.py refuses such files up front
+            reason = RejectReason.BAD_TIMESTAMP if name == "ts" else RejectReason.WRONG_TYPE
+            _mark(code, np.ones(n, dtype=bool), reason)
+            for i in range(n):
+                details.setdefault(i, problem)
+            arr = pa.nulls(n, pa.string())
+        elif pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
             # No tick field holds a line break, and a quote that never closes
             # makes one value of every line after it: rejecting the row keeps
             # those lines (in its payload) from passing as one tick.
