@@ -63,8 +63,8 @@ class RawTickBatch:
     """Raw rows of one file batch, before validation.
 
     :arg table: the file's columns (renamed to the contract's names).
-    :arg lines: per row, the CSV line number (1 = header) or Parquet row
-        index, for reject positions.
+    :arg lines: per row, the CSV line number (1 = header; a quoted value
+        spanning lines counts once) or Parquet row index, for reject positions.
     :arg origin: the file name used in positions.
     :arg unreadable: rows that could not be split into columns.
     """
@@ -215,6 +215,8 @@ def _csv_head(path: Path) -> tuple[list[str], pa.Table]:
         raise _not_readable(path, exc) from None
     if table.num_columns > width:
         raise UserError(f"{path}: the header has more than {_MAX_COLUMNS:,} columns")
+    if not table.num_rows:
+        raise UserError(f"{path}: no header line")
     names = []
     for i, cell in enumerate(table.slice(0, 1).to_pylist()[0].values()):
         try:
@@ -232,14 +234,17 @@ def _csv_head(path: Path) -> tuple[list[str], pa.Table]:
     return names, table.slice(1).rename_columns(_reader_names(names))
 
 
+def _road_name(name: str) -> str:
+    key = name.strip().lower()
+    return ALIASES.get(key, key)
+
+
 def _reader_names(header: list[str]) -> list[str]:
     """The columns as the road names them: aliases resolved, and a name that
     repeats among ignored columns made unique (tables need unique names)."""
     out: list[str] = []
-    for i, name in enumerate(header):
-        key = name.strip().lower()
-        key = ALIASES.get(key, key)
-        out.append(f"{key}#{i + 1}" if key in out else key)
+    for i, name in enumerate(map(_road_name, header)):
+        out.append(f"{name}#{i + 1}" if name in out else name)
     return out
 
 
@@ -248,8 +253,7 @@ def _check_columns(path: Path, names: list[str]) -> None:
     that both give one of the road's columns."""
     given: dict[str, list[str]] = {}
     for name in names:
-        key = name.strip().lower()
-        given.setdefault(ALIASES.get(key, key), []).append(name)
+        given.setdefault(_road_name(name), []).append(name)
     missing = [c for c in REQUIRED if c not in given]
     if missing:
         raise UserError(
@@ -433,7 +437,7 @@ class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
             # e.g. a gzip stream cut short: the rows before it went on; the
             # rest of the file cannot be split into rows, so the run stops.
             raise UserError(
-                f"{self._path}: cannot read on after line {self._last_line} ({_brief(exc)})"
+                f"{self._path}: cannot read past line {self._last_line} ({_brief(exc)})"
             ) from None
         table = table.rename_columns(self._names)
         lines = self._lines(self._rows_done, table.num_rows)
@@ -485,7 +489,7 @@ class _ParquetPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
             batch = next(self._batches)
         except (OSError, pa.ArrowException) as exc:
             raise UserError(
-                f"{self._path}: cannot read on after row {self._rows_done} ({_brief(exc)})"
+                f"{self._path}: cannot read past row {self._rows_done} ({_brief(exc)})"
             ) from None
         table = pa.Table.from_batches([batch])
         if self._skip:

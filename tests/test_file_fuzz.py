@@ -503,8 +503,8 @@ def test_a_gzip_file_cut_after_some_blocks_stops_in_one_line_after_the_rows_it_r
 
     message = read_or_refuse(path, batch_size=65_536)
 
-    assert isinstance(message, str) and "cannot read on after line" in message, message
-    assert int(message.split("after line ")[1].split()[0]) > 1
+    assert isinstance(message, str) and "cannot read past line" in message, message
+    assert int(message.split("past line ")[1].split()[0]) > 1
 
 
 def _parquet(tmp_path: Path, columns: dict) -> Path:
