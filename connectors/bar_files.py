@@ -65,8 +65,11 @@ def _read(path: Path) -> pa.Table:
             pa.input_stream(str(path), compression="detect"),
             convert_options=pcsv.ConvertOptions(strings_can_be_null=True),
         )
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise UserError(f"{path}: cannot read as a bar file ({exc})") from None
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        # a header that is not UTF-8 fails as UnicodeDecodeError; Arrow's
+        # text may quote a row: one line, cut short
+        why = " ".join(str(exc).split())[:200]
+        raise UserError(f"{path}: cannot read as a bar file ({why})") from None
 
 
 def _time_column(table: pa.Table, path: Path) -> str:

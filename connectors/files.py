@@ -13,6 +13,16 @@ Format (PRODUCT.md): columns ``ts, symbol, price, size`` and optionally
 must be given (``ts_unit``): a file with numeric ``ts`` and no unit is
 refused up front rather than guessed.
 
+CSV is read as UTF-8 (a byte-order mark skipped) with ``\n``, ``\r\n`` or
+``\r`` line ends and RFC 4180 quoting; every column reaches validation as
+bytes, never typed by Arrow's guess. Parquet columns are read as stored and
+normalised (dictionaries decoded, decimals as floats); a column type that
+cannot hold its field is refused up front. Whatever a file holds, it is read
+to its last row or the run ends in one :class:`UserError` line naming it
+(also for a gzip or Parquet file found damaged mid-way, after the rows
+before the damage went on; Parquet pages are verified where the writer
+stored checksums): never a traceback, never a silent drop.
+
 Delivery: exactly-once with Bytewax recovery. The resume state is the
 series and file being read and the number of its data rows already emitted,
 so a resumed run re-reads that file and skips exactly those rows.
@@ -37,6 +47,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.core.batches import RawTickBatch
 from dataflows.core.errors import UserError
+from dataflows.core.schema import column_type_problem, plain_column
 from dataflows.core.shards import DEFAULT_SHARDS, shard_key, shard_keys, shard_of
 
 REQUIRED = ("ts", "symbol", "price", "size")
@@ -184,6 +195,8 @@ def _csv_head(path: Path) -> tuple[list[str], pa.Table]:
         raise _not_readable(path, exc) from None
     if table.num_columns > width:
         raise UserError(f"{path}: the header has more than {_MAX_COLUMNS:,} columns")
+    if not table.num_rows:
+        raise UserError(f"{path}: no header line")
     names = []
     for i, cell in enumerate(table.slice(0, 1).to_pylist()[0].values()):
         try:
@@ -201,14 +214,17 @@ def _csv_head(path: Path) -> tuple[list[str], pa.Table]:
     return names, table.slice(1).rename_columns(_reader_names(names))
 
 
+def _road_name(name: str) -> str:
+    key = name.strip().lower()
+    return ALIASES.get(key, key)
+
+
 def _reader_names(header: list[str]) -> list[str]:
     """The columns as the road names them: aliases resolved, and a name that
     repeats among ignored columns made unique (tables need unique names)."""
     out: list[str] = []
-    for i, name in enumerate(header):
-        key = name.strip().lower()
-        key = ALIASES.get(key, key)
-        out.append(f"{key}#{i + 1}" if key in out else key)
+    for i, name in enumerate(map(_road_name, header)):
+        out.append(f"{name}#{i + 1}" if name in out else name)
     return out
 
 
@@ -217,8 +233,7 @@ def _check_columns(path: Path, names: list[str]) -> None:
     that both give one of the road's columns."""
     given: dict[str, list[str]] = {}
     for name in names:
-        key = name.strip().lower()
-        given.setdefault(ALIASES.get(key, key), []).append(name)
+        given.setdefault(_road_name(name), []).append(name)
     missing = [c for c in REQUIRED if c not in given]
     if missing:
         raise UserError(
@@ -280,57 +295,6 @@ def _csv_stream(
     return reader
 
 
-def _plain(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """A Parquet column as the types validation reads: dictionaries (pandas
-    categories) decoded, decimals as float64, views as plain strings/bytes."""
-    typ = column.type
-    if pa.types.is_dictionary(typ):
-        column, typ = pc.cast(column, typ.value_type), typ.value_type
-    if pa.types.is_decimal(typ):
-        return pc.cast(column, pa.float64())
-    if pa.types.is_string_view(typ):
-        return pc.cast(column, pa.string())
-    if pa.types.is_binary_view(typ):
-        return pc.cast(column, pa.binary())
-    return column
-
-
-def _is_text(typ: pa.DataType) -> bool:
-    return (
-        pa.types.is_string(typ)
-        or pa.types.is_large_string(typ)
-        or pa.types.is_string_view(typ)
-        or pa.types.is_binary(typ)
-        or pa.types.is_large_binary(typ)
-        or pa.types.is_binary_view(typ)
-    )
-
-
-def _parquet_type_problem(column: str, typ: pa.DataType) -> str | None:
-    """Why a Parquet column's type cannot carry its field, or None. A wrong
-    type is a property of the file, so it is refused up front, not as one
-    reject per row."""
-    if pa.types.is_dictionary(typ):
-        typ = typ.value_type
-    number = pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)
-    if column == "ts":
-        if pa.types.is_timestamp(typ) and typ.tz is None:
-            return (
-                "ts is a timestamp without a time zone; write it with one "
-                "(stockflow never guesses the zone)"
-            )
-        ok = _is_text(typ) or number or pa.types.is_timestamp(typ)
-    elif column in ("price", "size"):
-        ok = _is_text(typ) or number
-    elif column in ("conditions", "condition") and (
-        pa.types.is_list(typ) or pa.types.is_large_list(typ)
-    ):
-        ok = _is_text(typ.value_type)
-    else:  # symbol, exchange, a condition code
-        ok = _is_text(typ) or pa.types.is_integer(typ)
-    return None if ok else f"column {column} has type {typ}, which cannot hold a tick's {column}"
-
-
 def inspect_tick_file(path: Path, ts_unit: str | None) -> None:
     """Refuse, with one clear line, a file that cannot be a tick file."""
     suffix = _suffix(path)
@@ -363,9 +327,10 @@ def _parquet_first(path: Path) -> pa.Table | None:
     except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read as a Parquet tick file ({_brief(exc)})") from None
     _check_columns(path, names)
-    for name, renamed in zip(names, _reader_names(names), strict=True):
+    for i, renamed in enumerate(_reader_names(names)):
         if renamed in REQUIRED + OPTIONAL:
-            problem = _parquet_type_problem(renamed, schema.field(name).type)
+            typ = plain_column(pa.nulls(0, schema.field(i).type)).type
+            problem = column_type_problem(renamed, typ)
             if problem:
                 raise UserError(f"{path}: {problem}")
     if not file.num_row_groups:
@@ -375,7 +340,7 @@ def _parquet_first(path: Path) -> pa.Table | None:
         first = file.read_row_group(0, columns=[ts])
     except (OSError, pa.ArrowException) as exc:
         raise UserError(f"{path}: cannot read as a Parquet tick file ({_brief(exc)})") from None
-    return pa.table({"ts": _plain(first.column(0))})
+    return pa.table({"ts": plain_column(first.column(0))})
 
 
 def _numeric_ts(first: pa.Table) -> bool:
@@ -452,7 +417,7 @@ class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
             # e.g. a gzip stream cut short: the rows before it went on; the
             # rest of the file cannot be split into rows, so the run stops.
             raise UserError(
-                f"{self._path}: cannot read on after line {self._last_line} ({_brief(exc)})"
+                f"{self._path}: cannot read past line {self._last_line} ({_brief(exc)})"
             ) from None
         table = table.rename_columns(self._names)
         lines = self._lines(self._rows_done, table.num_rows)
@@ -504,7 +469,7 @@ class _ParquetPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
             batch = next(self._batches)
         except (OSError, pa.ArrowException) as exc:
             raise UserError(
-                f"{self._path}: cannot read on after row {self._rows_done} ({_brief(exc)})"
+                f"{self._path}: cannot read past row {self._rows_done} ({_brief(exc)})"
             ) from None
         table = pa.Table.from_batches([batch])
         if self._skip:
@@ -513,7 +478,7 @@ class _ParquetPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
             self._skip -= cut
             if not table.num_rows:
                 return []
-        table = pa.table([_plain(c) for c in table.columns], names=self._names)
+        table = table.rename_columns(self._names)
         rows = np.arange(self._rows_done, self._rows_done + table.num_rows, dtype=np.int64)
         self._rows_done += table.num_rows
         return [RawTickBatch(table=table, lines=rows, origin=self._origin, ts_unit=self._ts_unit)]

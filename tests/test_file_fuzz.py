@@ -22,10 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectors.bar_files import load_bar_file, looks_like_bar_file
 from connectors.files import TickFileSource
 from dataflows.core.errors import UserError
 from dataflows.core.schema import RejectReason
 from dataflows.stages.operators import parse_raw
+from dataflows.stages.parse import parse_columns
 from tests.conftest import cli, read_table
 
 REASONS = {r.value for r in RejectReason}
@@ -293,7 +295,7 @@ def _tick_rows(n: int) -> bytes:
     )
 
 
-GZ_ROWS, PARQUET_ROWS = 3000, 2000
+GZ_ROWS, PARQUET_ROWS = 3000, 1200
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +325,7 @@ def test_a_damaged_gzip_file_is_read_whole_or_refused_never_cut_short(
     path.write_bytes(blob)
 
     # Act
-    outcome = read_or_refuse(path)
+    outcome = read_or_refuse(path, batch_size=1000)
 
     # Assert: never a silent loss: either refused, or every row is there.
     if not isinstance(outcome, str):
@@ -364,7 +366,7 @@ def parquet_ticks(tmp_path_factory) -> Path:
         }
     )
     path = tmp_path_factory.mktemp("pq") / "t.parquet"
-    pq.write_table(table, path, row_group_size=500, write_page_checksum=True)
+    pq.write_table(table, path, row_group_size=300, write_page_checksum=True)
     return path
 
 
@@ -386,7 +388,7 @@ def test_a_corrupt_parquet_file_is_read_whole_or_refused_in_one_line(
     path = tmp_path / f"p{next(_names)}.parquet"
     path.write_bytes(blob)
 
-    outcome = read_or_refuse(path)
+    outcome = read_or_refuse(path, batch_size=1000)
 
     if not isinstance(outcome, str):
         got, rejects = outcome
@@ -501,8 +503,8 @@ def test_a_gzip_file_cut_after_some_blocks_stops_in_one_line_after_the_rows_it_r
 
     message = read_or_refuse(path, batch_size=65_536)
 
-    assert isinstance(message, str) and "cannot read on after line" in message, message
-    assert int(message.split("after line ")[1].split()[0]) > 1
+    assert isinstance(message, str) and "cannot read past line" in message, message
+    assert int(message.split("past line ")[1].split()[0]) > 1
 
 
 def _parquet(tmp_path: Path, columns: dict) -> Path:
@@ -525,7 +527,7 @@ def test_parquet_columns_of_other_types_are_read_as_the_values_they_hold(tmp_pat
             ),
             "qty": pa.array([100, 7], pa.uint32()),
             "exchange": pa.array(["N", "P"], pa.large_string()),
-            "conditions": pa.array([["@", "F"], []]),
+            "conditions": pa.array([["@", "F"], []], pa.large_list(pa.large_string())),
         },
     )
 
@@ -615,3 +617,73 @@ def test_the_cli_ends_a_bad_tick_file_in_one_line_with_exit_2(
     line = _one_line_error(cli(command, *source, "--lake", str(tmp_path / "lake")))
 
     assert name in line and needle in line, line
+
+
+def test_a_bar_file_header_shares_the_tick_file_header_rules(tmp_path):
+    # Arrange: one bar file plain, with Excel's BOM, and with a Latin-1 header.
+    text = b"date,symbol,open,high,low,close,volume\n2020-01-02,IBM,1,2,0.5,1.5,100\n"
+    plain, bom = (
+        _csv(tmp_path, "plain.csv", text),
+        _csv(tmp_path, "bom.csv", b"\xef\xbb\xbf" + text),
+    )
+    latin = _csv(tmp_path, "latin.csv", text.replace(b"volume", b"volum\xe9"))
+
+    # Act
+    loaded = [load_bar_file(p, "1d", None, None, None, None)[0].bars for p in (plain, bom)]
+    with pytest.raises(UserError) as refused:
+        looks_like_bar_file(latin)
+
+    # Assert
+    assert looks_like_bar_file(plain) and looks_like_bar_file(bom)
+    assert loaded[0].num_rows == 1 and loaded[0].equals(loaded[1])
+    assert "latin.csv: the header is not UTF-8 text" in str(refused.value)
+
+
+def _typed_pool() -> list[pa.Array]:
+    """Three values of many Arrow types, as Parquet files may hold them."""
+    when = datetime(2013, 10, 7, 13, 30, tzinfo=UTC)
+    return [
+        pa.array(["2013-10-07T13:30:00Z", "IBM", None]),
+        pa.array(["180.5", "x", ""], pa.large_string()),
+        pa.array(["N", "P", "N"]).dictionary_encode(),
+        pa.array([b"\xff", b"IBM", b"1"]),
+        pa.array([1_381_152_600_000, 2**62, None], pa.int64()),
+        pa.array([2**64 - 1, 1, 0], pa.uint64()),
+        pa.array([180.5, float("nan"), -1.0]),
+        pa.array([decimal.Decimal("180.25"), None, decimal.Decimal("0")], pa.decimal128(9, 2)),
+        pa.array([when, None, when], pa.timestamp("ns", "Asia/Tokyo")),
+        pa.array([2**62, 0, 1], pa.int64()).cast(pa.timestamp("s", "UTC")),
+        pa.array([1, 2, 3], pa.timestamp("us")),
+        pa.array([when.date()] * 3),
+        pa.array([True, False, None]),
+        pa.nulls(3),
+        pa.array([["@"], [], None]),
+        pa.array([["@"], [], None], pa.large_list(pa.string())),
+        pa.array([[b"\xff"], [], None]),
+        pa.array([{"a": 1}, None, {"a": 2}]),
+        pa.array(["x", "y", "z"], pa.string_view()),
+    ]
+
+
+@FUZZ
+@given(
+    st.fixed_dictionaries(
+        {
+            name: st.integers(0, len(_typed_pool()) - 1)
+            for name in ("ts", "symbol", "price", "size", "exchange", "conditions")
+        }
+    ),
+    st.sampled_from([None, "ms"]),
+)
+def test_typed_columns_of_any_kind_give_each_row_a_tick_or_a_reject(picks, ts_unit):
+    pool = _typed_pool()
+    table = pa.table({name: pool[i] for name, i in picks.items()})
+
+    parsed = parse_columns(
+        table, source="fuzz", origin="f.parquet", lines=np.arange(3), ts_unit=ts_unit
+    )
+
+    assert parsed.ticks.num_rows + parsed.rejects.num_rows == 3
+    assert set(parsed.rejects.column("reason_code").to_pylist()) <= REASONS
+    for t in parsed.ticks.to_pylist():
+        assert t["price"] > 0 and t["size"] >= 0 and t["ts"].year >= 1970

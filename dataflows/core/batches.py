@@ -20,8 +20,8 @@ class RawTickBatch:
     """Raw rows of one file batch, before validation.
 
     :arg table: the file's columns (renamed to the contract's names).
-    :arg lines: per row, the CSV line number (1 = header) or Parquet row
-        index, for reject positions.
+    :arg lines: per row, the CSV line number (1 = header; a quoted value
+        spanning lines counts once) or Parquet row index, for reject positions.
     :arg origin: the file name used in positions.
     :arg unreadable: rows that could not be split into columns.
     """

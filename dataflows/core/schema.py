@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from indicators import COLUMNS as INDICATOR_COLUMNS
 
@@ -122,11 +123,6 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-# ---------------------------------------------------------------------------
-# Column coercion: raw Arrow arrays -> typed numpy arrays + error masks
-# ---------------------------------------------------------------------------
-
-
 def reject_record(
     source: str,
     position: str,
@@ -179,3 +175,57 @@ class LakeTables:
     @staticmethod
     def indicators_of(res: str) -> str:
         return f"gold/indicators_{res}"
+
+
+# --- the types a tick field may arrive as (typed files) ---------------------------
+
+
+def plain_column(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A typed column (Parquet) as the types validation reads: dictionaries
+    (pandas categories) decoded, decimals as float64, views and large lists
+    as their plain kinds."""
+    typ = arr.type
+    if pa.types.is_dictionary(typ):
+        arr, typ = pc.cast(arr, typ.value_type), typ.value_type
+    if pa.types.is_decimal(typ):
+        return pc.cast(arr, pa.float64())
+    if pa.types.is_string_view(typ):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_binary_view(typ):
+        return pc.cast(arr, pa.binary())
+    if pa.types.is_large_list(typ) or pa.types.is_list_view(typ):
+        return pc.cast(arr, pa.list_(typ.value_type))
+    return arr
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or pa.types.is_binary(typ)
+        or pa.types.is_large_binary(typ)
+    )
+
+
+def column_type_problem(name: str, typ: pa.DataType) -> str | None:
+    """Why a column of type `typ` (after :func:`plain_column`) cannot carry
+    the tick field `name`, or None (also for columns that are no field)."""
+    number = pa.types.is_integer(typ) or pa.types.is_floating(typ)
+    if pa.types.is_null(typ):  # no values at all: each row a missing field
+        return None
+    if name == "ts":
+        if pa.types.is_timestamp(typ) and typ.tz is None:
+            return (
+                "ts is a timestamp without a time zone; write it with one "
+                "(stockflow never guesses the zone)"
+            )
+        ok = _is_text(typ) or number or pa.types.is_timestamp(typ)
+    elif name in ("price", "size"):
+        ok = _is_text(typ) or number
+    elif name in ("condition", "conditions") and pa.types.is_list(typ):
+        ok = pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)
+    elif name in ("symbol", "exchange", "condition", "conditions"):
+        ok = _is_text(typ) or pa.types.is_integer(typ)
+    else:
+        return None
+    return None if ok else f"column {name} has type {typ}, which cannot hold a tick's {name}"

@@ -12,7 +12,9 @@ import pyarrow as pa
 from dataflows.core.batches import ParsedTicks
 from dataflows.core.schema import (
     RejectReason,
+    column_type_problem,
     now_us,
+    plain_column,
     reject_record,
     rejects_table,
 )
@@ -62,7 +64,15 @@ def parse_columns(
     # Files are read as bytes so one bad byte cannot sink a whole batch.
     col: dict[str, pa.Array] = {}
     for name, arr in raw.items():
-        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        arr = plain_column(arr)
+        problem = column_type_problem(name, arr.type)
+        if problem is not None:  # files.py refuses such files up front
+            reason = RejectReason.BAD_TIMESTAMP if name == "ts" else RejectReason.WRONG_TYPE
+            _mark(code, np.ones(n, dtype=bool), reason)
+            for i in range(n):
+                details.setdefault(i, problem)
+            arr = pa.nulls(n, pa.string())
+        elif pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
             # No tick field holds a line break, and a quote that never closes
             # makes one value of every line after it: rejecting the row keeps
             # those lines (in its payload) from passing as one tick.

@@ -151,7 +151,8 @@ def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def _coerce_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Numbers from strings or numeric columns; returns (values, wrong_type)."""
     if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type):
-        values = pc.cast(arr, pa.float64())
+        # an integer past 2**53 has no exact float: the nearest is the value
+        values = pc.cast(arr, pa.float64(), safe=False)
         return values.to_numpy(zero_copy_only=False), np.zeros(len(arr), dtype=bool)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         values, bad = _cast_isolating(arr, pa.float64())
@@ -171,8 +172,6 @@ def _coerce_ts(arr: pa.Array, unit: str | None) -> tuple[np.ndarray, np.ndarray,
     n = len(arr)
     typ = arr.type
     if pa.types.is_timestamp(typ):
-        if typ.tz is None:
-            return np.zeros(n, np.int64), np.ones(n, bool), "timestamp column has no time zone"
         # Stored as UTC epoch counts in the type's unit whatever its zone;
         # scaled like integer epochs, so a huge value saturates (and fails
         # the range check) instead of wrapping around into a plausible time.
