@@ -185,8 +185,8 @@ SHOWN_BY: dict[tuple[str, str], frozenset[str]] = {
     ("connectors/bar_files.py", "load_bar_file"): frozenset({"backfill"}),
     ("connectors/files.py", "inspect_tick_file"): frozenset({"run", "backfill", "replay", "bench"}),
     ("connectors/files.py", "_Chain.__init__"): frozenset({"run"}),
-    ("connectors/finnhub.py", "FinnhubProducer.__init__"): frozenset({"produce"}),
-    ("connectors/finnhub.py", "make_source"): frozenset({"run"}),
+    ("dataflows/producer.py", "FinnhubProducer.__init__"): frozenset({"produce"}),
+    ("connectors/finnhub/source.py", "make_source"): frozenset({"run"}),
     ("connectors/kafka.py", "check_reachable"): frozenset(
         {"run", "replay", "produce", "backfill", "bench"}
     ),

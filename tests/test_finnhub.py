@@ -22,7 +22,6 @@ import pytest
 from connectors.candles import RATE_LIMIT_BUDGET_S, RETRY_BUDGET_S, fetch_candles, finnhub_limiter
 from connectors.finnhub import (
     FREE_TIER,
-    FinnhubProducer,
     RateLimit,
     RateLimiter,
     split_frame,
@@ -30,6 +29,7 @@ from connectors.finnhub import (
 from dataflows.core.backoff import Backoff
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
+from dataflows.producer import FinnhubProducer
 from tests.conftest import cli, free_port
 from tests.fakes_finnhub import FakeFinnhubRest, FakeFinnhubWebsocket, read_trades
 from tests.fixtures_kafka import kafka_broker  # noqa: F401

@@ -107,8 +107,8 @@ def produce_cmd(
 ) -> None:
     """Finnhub trades (websocket) or quotes (REST) into Kafka, one tick per
     message keyed by symbol. The API key comes from FINNHUB_API_KEY."""
-    from connectors.finnhub import FinnhubProducer
     from connectors.kafka import ensure_topics
+    from dataflows.producer import FinnhubProducer
 
     settings = Settings.load(config_file=config_file, finnhub_symbols=symbols, **flags)
     producer = FinnhubProducer(
