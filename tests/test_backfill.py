@@ -247,7 +247,12 @@ def fake_finnhub(real_data, monkeypatch):
     fake.close()
 
 
-def test_finnhub_candles_are_chunked_retried_and_equal_the_served_bars(fake_finnhub, tmp_path):
+def test_finnhub_candles_are_chunked_retried_and_equal_the_served_bars(
+    fake_finnhub, tmp_path, monkeypatch
+):
+    # A paid plan's limit: at the free tier's 60 a minute the 9 calls alone
+    # wait 8 s, and the spacing is proven by the limiter's own test below.
+    monkeypatch.setenv("STOCKFLOW_FINNHUB_CALLS_PER_MINUTE", "1800")
     fake_finnhub.fail_first = {429: 2, 500: 1}
     lake = tmp_path / "lake"
     settings = Settings.load(env={"FINNHUB_API_KEY": "good-key"}, lake=str(lake))

@@ -22,10 +22,12 @@ import pytest
 from dataflows.core.config import Settings
 from dataflows.replay import replay_ticks
 from dataflows.runner import run
+from dataflows.stages.bars import BarConfig
 from tests.conftest import ROOT, read_table, sort_bars
 from tests.fixtures_postgres import pg_connect
 
 BAR_KEY = ["symbol", "start"]
+MINUTE_S = 60  # a 1-minute bar
 CRASH_FILES = ("AIG_20131007", "BAC_20131007", "IBM_20131007", "SPY_20131008")
 
 
@@ -254,23 +256,29 @@ def test_s3_outage_mid_run_is_retried_and_loses_nothing(
     assert ticks.num_rows == 451_545
 
 
-# the issue's "2 minutes", really waited
-DOWNTIME_S = int(os.environ.get("STOCKFLOW_TEST_DOWNTIME_S", "120"))
+# Why this downtime is enough: a live watermark is the symbol's newest tick
+# minus the lateness plus the wall-clock time since that tick arrived. Were
+# the downtime counted as quiet time, the restored watermark would jump by
+# the downtime, and once the jump reaches a bar (60 s) plus the lateness, the
+# bar open at the snapshot is emitted on restore wherever in its minute the
+# snapshot fell: its remaining ticks, replayed after the restart, land on the
+# late stream and the bar is cut short. A longer wait proves nothing more (the
+# issue spoke of 2 minutes; STOCKFLOW_TEST_DOWNTIME_S=120 waits that long).
+DOWNTIME_S = float(os.environ.get("STOCKFLOW_TEST_DOWNTIME_S", MINUTE_S + BarConfig().lateness_s))
 
 
-def test_restart_after_two_minutes_of_downtime_builds_the_same_bars(
+def test_restart_after_downtime_longer_than_a_bar_builds_the_same_bars(
     kafka_broker, real_data, tmp_path
 ):
     # Live watermarks advance with the wall clock since a symbol's newest
     # tick. A restored snapshot must not count the downtime as quiet time, or
     # the replayed ticks of the next minutes would all land on the late stream.
     topic = kafka_broker.topic("downtime")
-    for day in ("08", "09", "10"):  # 1.35M ticks: enough work to be stopped midway
-        replay_ticks(
-            Settings.load(env={}, kafka_brokers=kafka_broker.brokers),
-            str(real_data / "ticks" / f"SPY_201310{day}.csv.gz"),
-            topic=topic,
-        )
+    replay_ticks(
+        Settings.load(env={}, kafka_brokers=kafka_broker.brokers),
+        str(real_data / "ticks" / "SPY_20131008.csv.gz"),  # 451,545 ticks
+        topic=topic,
+    )
     reference = tmp_path / "reference"
     run(
         Settings.load(
@@ -287,6 +295,9 @@ def test_restart_after_two_minutes_of_downtime_builds_the_same_bars(
         "STOCKFLOW_KAFKA_BROKERS": kafka_broker.brokers,
         "STOCKFLOW_TOPIC_TICKS": topic,
         "STOCKFLOW_SNAPSHOT_INTERVAL_S": "0.1",
+        # A tick file rolls every 10,000 ticks, so the 25th lake write below
+        # comes before the 250,000th tick is written, however fast the machine.
+        "STOCKFLOW_MAX_ROWS_PER_FILE": "10000",
     }
     args = [
         "run",
@@ -300,9 +311,9 @@ def test_restart_after_two_minutes_of_downtime_builds_the_same_bars(
         str(tmp_path / "recovery"),
     ]
 
-    # Stopped by SIGKILL inside its 25th lake write: several snapshots (with
-    # wall-clock anchors in the state) are committed by then, however fast
-    # or loaded the machine is.
+    # Stopped by SIGKILL inside its 25th lake write: several snapshots are
+    # committed by then, in the regular session (several ticks a second), and
+    # a good part of the day is left for the restarted run.
     first = _stockflow(args, {**env, "STOCKFLOW_FAULT": "lake_write:25"})
     out, _ = first.communicate(timeout=300)
     assert first.returncode == -signal.SIGKILL, out[-2000:]
