@@ -208,8 +208,19 @@ def build_flow(
 
 
 def attach_sinks(streams: PipelineStreams) -> None:
+    """The chosen sinks, and the Kafka dead-letter topic when
+    :func:`publishes_dead_letters`."""
     for sink in streams.settings.sinks:
         _load(SINK_ATTACHERS[sink])(streams)
+    if publishes_dead_letters(streams.settings):
+        _load("connectors.kafka:attach_dlq")(streams)
+
+
+def publishes_dead_letters(settings: Settings) -> bool:
+    """Rejects go to the Kafka DLQ when the source is Kafka (the dead-letter
+    topic belongs to the source, whatever the sinks), or with ``--sink
+    kafka`` (Finnhub messages too); ``kafka.dlq = false`` turns it off."""
+    return settings.kafka_dlq and (settings.source_kind == "kafka" or "kafka" in settings.sinks)
 
 
 def epoch_interval(settings: Settings) -> timedelta:
