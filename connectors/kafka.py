@@ -11,37 +11,50 @@ Source (``--source kafka``)
     object per record. Parsing and validation happen downstream in the
     ``parse`` stage, the same road file rows take.
 
-    ``--bounded`` stops each partition at its end *as it was at start*:
-    the end offset is fixed once per partition as the larger of the high
-    watermark a ListOffsets request reports when the partition is built and
-    the high watermark of the first fetch response. On Apache Kafka both
-    are the true end. Tansu (the test broker) answers ListOffsets with the
-    base offset of the last record batch + 1, which is short of the end
-    when that batch holds several records, but reports the right high
-    watermark in fetch responses; the larger of the two is right on both.
-    A partition is done once a record at or past the end offset is seen,
-    the record just before it was emitted, or the consumer reports
-    partition EOF at or past it (which also covers transaction markers and
-    compacted gaps at the end). Records produced after that moment are
-    left for the next run.
+    ``--bounded`` reads each partition up to its end *as it was when the
+    partition started*. That end offset is fixed once, as the larger of
+    the high watermark a ListOffsets request reports and that of the
+    first fetch response: both are the end on Apache Kafka; Tansu (the
+    test broker) answers ListOffsets short of it. The end is not the
+    offset after the last record a consumer can read: commit markers of
+    transactional producers, compacted gaps and records removed by
+    retention all lie below it. So nothing waits for a particular record:
+    a partition is done once the consumer's position (the offset after
+    the last record or transaction marker handed out) or a partition EOF
+    (``enable.partition.eof``: fetching reached the broker's end) is at
+    or past the end. Records at or past it (published after the start)
+    are left for the next run. When no partition of the process advances
+    for ``kafka.bounded_idle_timeout_s`` (60 s) while one is short of its
+    end, the run fails in one line (:class:`~dataflows.errors.UserError`)
+    instead of waiting forever; the usual cause is an open transaction,
+    which a consumer (``read_committed``, librdkafka's default) may not
+    read past until it commits or aborts.
 
     Delivery: exactly-once into the dataflow with Bytewax recovery (the
     resume state is the next offset of each partition, snapshotted with
-    the epoch); without recovery a restart reads the topic from the
-    beginning again.
+    the epoch; a finished bounded partition resumes at its end, never past
+    a record it left unread); without recovery a restart reads the topic
+    from the beginning again.
+
+Dead letters (``topic_dlq``)
+    Rejects of a Kafka source go to the dead-letter topic whatever the
+    sinks (the topic belongs to the source; ``kafka.dlq = false`` turns
+    it off), rejects of Finnhub messages with ``--sink kafka``: the value
+    is the original message bytes (values above
+    :data:`DLQ_MAX_VALUE_BYTES` are cut to it, with a ``truncated``
+    header), the headers say ``reason``, ``reason_code``,
+    ``source_position`` (topic/partition/offset), ``received_at``,
+    ``source`` and ``payload_size``. Rejects of tick files stay in
+    ``bronze/rejects`` only: their original is a line of a file.
+    Delivery: at-least-once, as the sinks below (duplicates after a crash
+    carry the same ``source_position``).
 
 Sinks (``--sink kafka``)
     1-minute bars to ``topic_bars`` and signals to ``topic_signals`` as
     JSON, one message per row, keyed by symbol, with a ``stockflow-id``
     header (``SYMBOL|start`` for bars, ``SYMBOL|resolution|start`` for
     signals) that is the same every time the row is written, so a
-    consumer can drop duplicates. Rejects of message sources (Kafka,
-    Finnhub) go to the dead-letter topic ``topic_dlq``: the value is the
-    original message bytes (values above :data:`DLQ_MAX_VALUE_BYTES` are
-    cut to it, with a ``truncated`` header), the headers say ``reason``,
-    ``reason_code``, ``source_position`` (topic/partition/offset),
-    ``received_at``, ``source`` and ``payload_size``. Rejects of tick files
-    stay in ``bronze/rejects`` only: their original is a line of a file.
+    consumer can drop duplicates.
 
     Delivery: **at-least-once**. Every sink partition produces through an
     idempotent producer (``enable.idempotence``, ``acks=all``), flushes at
@@ -367,8 +380,27 @@ def _is_data(msg: Any) -> bool:
     return err is None or err.code() == KafkaError._PARTITION_EOF
 
 
+class _BoundedRun:
+    """What the partitions of one bounded source (in this process) share:
+    the idle timeout and when any of them last advanced."""
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self._last_advance = time.monotonic()
+
+    def advanced(self) -> None:
+        self._last_advance = time.monotonic()
+
+    def idle_s(self) -> float:
+        return time.monotonic() - self._last_advance
+
+
 class _TickTopicPartition(_KafkaSourcePartition):
-    """One Kafka partition: polls become :class:`RawMessageBatch` items."""
+    """One Kafka partition: polls become :class:`RawMessageBatch` items.
+
+    With `bounded`, the partition ends at :attr:`end`, fixed when it is
+    built (see the module docstring for the rule).
+    """
 
     def __init__(
         self,
@@ -378,7 +410,7 @@ class _TickTopicPartition(_KafkaSourcePartition):
         part_idx: int,
         resume_state: int | None,
         batch_size: int,
-        bounded: bool,
+        bounded: _BoundedRun | None,
     ) -> None:
         super().__init__(
             step_id,
@@ -396,7 +428,7 @@ class _TickTopicPartition(_KafkaSourcePartition):
         self._first: list[Any] = []
         self.end: int | None = None
         try:
-            low, self._listed_end = self._consumer.get_watermark_offsets(
+            low, listed_end = self._consumer.get_watermark_offsets(
                 self._tp, timeout=ADMIN_TIMEOUT_S, cached=False
             )
         except KafkaException as exc:
@@ -408,31 +440,40 @@ class _TickTopicPartition(_KafkaSourcePartition):
             # (half a second per partition against Tansu).
             self._offset = low
             self._consumer.assign([TopicPartition(topic, part_idx, low)])
-        if bounded:
-            self._fix_end_now(topic, part_idx)
+        # How far this partition has got: the highest of the next offset to
+        # emit, the consumer's position and the last partition-EOF offset.
+        self._reached = self._offset
+        if bounded is not None:
+            self.end = self._fix_end(listed_end, bounded)
+            bounded.advanced()
+            self._eof = self._offset >= self.end
 
-    def _fix_end_now(self, topic: str, part_idx: int) -> None:
-        """Fix the end offset as it is now (see the module docstring): the
-        larger of ListOffsets' high watermark and the first fetch's."""
-        # The first fetch response (records, or EOF on an empty partition)
-        # carries the broker's high watermark; its records are kept for the
-        # first poll.
-        deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    def _fix_end(self, listed_end: int, bounded: _BoundedRun) -> int:
+        """The end offset as it is now: the larger of ListOffsets' high
+        watermark and the first fetch response's (see the module
+        docstring). Records of that first fetch are kept for the first
+        poll."""
+        deadline = time.monotonic() + bounded.idle_timeout_s
         while True:
-            got = self._consumer.consume(self._batch_size, 0.02)
+            got = self._consumer.consume(self._batch_size, 0.05)
             self._first.extend(got)
             _, fetched_end = self._consumer.get_watermark_offsets(self._tp, cached=True)
             if fetched_end >= 0 or any(_is_data(m) for m in got):
                 break
             if time.monotonic() > deadline:
-                raise UserError(f"no answer from {topic}/{part_idx} at Kafka in time")
-        self.end = max(self._listed_end, fetched_end)
+                raise UserError(
+                    f"no fetch answer from Kafka for {self._prefix[:-1]} in "
+                    f"{bounded.idle_timeout_s:g} s; check the broker (or raise "
+                    "STOCKFLOW_KAFKA_BOUNDED_IDLE_TIMEOUT_S)"
+                )
+        end = max(listed_end, fetched_end)
         log.info(
             "%s: bounded run ends at offset %d (ListOffsets said %d)",
             self._prefix[:-1],
-            self.end,
-            self._listed_end,
+            end,
+            listed_end,
         )
+        return end
 
     def next_batch(self) -> list[RawMessageBatch]:
         if self._eof:
@@ -454,18 +495,15 @@ class _TickTopicPartition(_KafkaSourcePartition):
             msgs, self._first = self._first, []
         else:
             msgs = self._consumer.consume(self._batch_size, 0.001)
-        if not msgs:
-            return []
         end = self.end
         payloads: list[bytes] = []
         offsets: list[int] = []
-        done = False
+        eof_at = -1
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    if end is not None and msg.offset() >= end:
-                        done = True
+                    eof_at = max(eof_at, msg.offset())
                     continue
                 if err.code() in _TRANSIENT and not err.fatal():
                     log.warning("kafka consumer: %s (retrying)", err.str())
@@ -473,41 +511,75 @@ class _TickTopicPartition(_KafkaSourcePartition):
                 raise RuntimeError(f"error consuming from Kafka topic {self._topic!r}: {err.str()}")
             offset = msg.offset()
             if end is not None and offset >= end:
-                done = True
-                break
+                break  # published after the start: left for the next run
             payloads.append(msg.value() or b"")
             offsets.append(offset)
         if offsets:
             self._offset = offsets[-1] + 1
-            if end is not None and self._offset >= end:
-                done = True
-        if done:
-            self._eof = True
+        if end is not None:
+            self._check_end(end, eof_at)
         if not payloads:
             return []
         return [RawMessageBatch(payloads, OffsetPositions(self._prefix, offsets), source="kafka")]
 
+    def _check_end(self, end: int, eof_at: int) -> None:
+        """Done once the position or a partition EOF is at or past `end`;
+        a UserError once no partition advanced for the idle timeout."""
+        assert self._bounded is not None
+        (tp,) = self._consumer.position([self._tp])
+        # The position is the offset after the last record or transaction
+        # marker handed out (OFFSET_INVALID before the first); an EOF's
+        # offset is where fetching reached the broker's end, past any
+        # compacted gap before it.
+        reached = max(self._offset, tp.offset, eof_at)
+        if reached > self._reached:
+            self._reached = reached
+            self._bounded.advanced()
+        if reached >= end:
+            self._eof = True
+            # Resume past trailing markers and gaps, never past a record
+            # at or after `end` that this run left unread.
+            self._offset = max(self._offset, end)
+        elif self._bounded.idle_s() > self._bounded.idle_timeout_s:
+            _, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
+            raise UserError(
+                f"bounded Kafka run stuck: {self._prefix[:-1]} is at offset {reached}, short "
+                f"of its end at start ({end}; the broker reports records up to {high}), and "
+                f"no partition advanced for {self._bounded.idle_timeout_s:g} s (an open "
+                "transaction, or records the broker does not serve); wait and run again, "
+                "raise STOCKFLOW_KAFKA_BOUNDED_IDLE_TIMEOUT_S, or run without --bounded"
+            )
+
 
 def source_fetch_config(settings: Settings) -> dict[str, Any]:
     """How the tick source's consumers fetch (the raw-consume ceiling of
-    ``stockflow bench`` fetches the same way)."""
-    return {
-        "fetch.queue.backoff.ms": 10,
-        # A bounded run waits for the end of empty partitions.
-        **({"fetch.wait.max.ms": 10} if settings.bounded else {}),
-    }
+    ``stockflow bench`` fetches the same way).
+
+    ``fetch.wait.max.ms`` stays at librdkafka's default (500 ms), bounded
+    or not: a broker may answer a fetch with no records when reading its
+    storage takes longer than that wait, so a short wait can starve a
+    consumer (Tansu 0.6 on S3 storage answered every 10 ms fetch empty
+    under load, which once hung bounded runs for good).
+    """
+    return {"fetch.queue.backoff.ms": 10}
 
 
 class TickTopicSource(KafkaSource):
     """Raw tick messages of one topic as :class:`RawMessageBatch` items.
 
     :arg settings: brokers, credentials, ``topic_ticks``, ``batch_size``
-        (most records per poll) and ``bounded`` (stop at the end offsets
-        as they were at start; else tail the topic).
+        (most records per poll), ``bounded`` (stop at the end offsets as
+        they were at start; else tail the topic) and
+        ``kafka_bounded_idle_timeout_s``.
     """
 
     def __init__(self, settings: Settings, topic: str | None = None) -> None:
         self._settings = settings
+        # Shared by this process's partitions: a bounded run fails when none
+        # of them advanced for the idle timeout.
+        self._bounded_run = (
+            _BoundedRun(settings.kafka_bounded_idle_timeout_s) if settings.bounded else None
+        )
         consumer = kafka_config(
             settings,
             **{
@@ -554,7 +626,7 @@ class TickTopicSource(KafkaSource):
             int(idx),
             resume_state,
             self._batch_size,
-            bounded=not self._tail,
+            self._bounded_run,
         )
 
 

@@ -107,19 +107,14 @@ def attach_snowflake(streams: Any) -> None:
 
 
 def attach_kafka(streams: PipelineStreams) -> None:
-    """The Kafka sinks of a flow (``--sink kafka``): 1-minute bars, signals
-    and dead letters, each to its topic (created when missing)."""
-    from connectors.kafka import (
-        KafkaTopicSink,
-        bar_messages,
-        dlq_messages,
-        ensure_topics,
-        signal_messages,
-    )
+    """The Kafka sinks of a flow (``--sink kafka``): 1-minute bars and
+    signals, each to its topic (created when missing). Dead letters are
+    attached apart (:func:`attach_dlq`): they follow the source."""
+    from connectors.kafka import KafkaTopicSink, bar_messages, ensure_topics, signal_messages
 
     settings = streams.settings
     parts = settings.shards
-    ensure_topics(settings, [settings.topic_bars, settings.topic_signals, settings.topic_dlq])
+    ensure_topics(settings, [settings.topic_bars, settings.topic_signals])
     op.output(
         "kafka_bars_1m",
         streams.bars("1m"),
@@ -132,10 +127,21 @@ def attach_kafka(streams: PipelineStreams) -> None:
             settings, settings.topic_signals, signal_messages, parts, stats=streams.stats
         ),
     )
+
+
+def attach_dlq(streams: PipelineStreams) -> None:
+    """Rejects of message sources to the dead-letter topic ``topic_dlq``
+    (created when missing), through the same at-least-once sink as bars."""
+    from connectors.kafka import KafkaTopicSink, dlq_messages, ensure_topics
+
+    settings = streams.settings
+    ensure_topics(settings, [settings.topic_dlq])
     op.output(
         "kafka_dlq",
         streams.rejects,
-        KafkaTopicSink(settings, settings.topic_dlq, dlq_messages, parts, stats=streams.stats),
+        KafkaTopicSink(
+            settings, settings.topic_dlq, dlq_messages, settings.shards, stats=streams.stats
+        ),
     )
 
 
@@ -173,9 +179,19 @@ SINK_ATTACHERS: dict[str, Callable[[PipelineStreams], None]] = {
 
 
 def attach_sinks(streams: PipelineStreams) -> None:
-    """Attach every sink the settings name."""
+    """The chosen sinks, and the Kafka dead-letter topic when
+    :func:`publishes_dead_letters`."""
     for sink in streams.settings.sinks:
         SINK_ATTACHERS[sink](streams)
+    if publishes_dead_letters(streams.settings):
+        attach_dlq(streams)
+
+
+def publishes_dead_letters(settings: Settings) -> bool:
+    """Rejects go to the Kafka DLQ when the source is Kafka (the dead-letter
+    topic belongs to the source, whatever the sinks), or with ``--sink
+    kafka`` (Finnhub messages too); ``kafka.dlq = false`` turns it off."""
+    return settings.kafka_dlq and (settings.source_kind == "kafka" or "kafka" in settings.sinks)
 
 
 def recovery_run_id(settings: Settings) -> str | None:

@@ -65,6 +65,10 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            # The 5 s are for connecting only: left on the socket, they cut
+            # every connection whose server was quiet for 5 s (an idle Kafka
+            # connection, a long fetch) and lost the client's next request.
+            upstream.settimeout(None)
             with self._lock:
                 if self._listener is not listener:
                     client.close()

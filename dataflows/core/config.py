@@ -244,6 +244,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("kafka_client_id", "STOCKFLOW_KAFKA_CLIENT_ID", "kafka.client_id", "Kafka client id"),
     Option(
+        "kafka_dlq",
+        "STOCKFLOW_KAFKA_DLQ",
+        "kafka.dlq",
+        "publish rejects of a Kafka source to topic_dlq, whatever the sinks",
+    ),
+    Option(
+        "kafka_bounded_idle_timeout_s",
+        "STOCKFLOW_KAFKA_BOUNDED_IDLE_TIMEOUT_S",
+        "kafka.bounded_idle_timeout_s",
+        "--bounded: fail when no partition advances this long short of its end",
+    ),
+    Option(
         "kafka_security_protocol",
         "STOCKFLOW_KAFKA_SECURITY_PROTOCOL",
         "kafka.security_protocol",
@@ -384,6 +396,8 @@ class Settings:
     topic_signals: str = "signals"
     kafka_partitions: int = 4
     kafka_client_id: str = "stockflow"
+    kafka_dlq: bool = True
+    kafka_bounded_idle_timeout_s: float = 60.0
     kafka_security_protocol: str | None = None
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
@@ -506,7 +520,7 @@ class Settings:
         for name in ("workers", "shards", "batch_size", "max_rows_per_file", "synthetic_ticks"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("snapshot_interval_s", "max_file_age_s"):
+        for name in ("snapshot_interval_s", "max_file_age_s", "kafka_bounded_idle_timeout_s"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be > 0")
         if not 0 <= self.lateness_s <= 3600:
