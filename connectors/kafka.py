@@ -15,12 +15,12 @@ Source (``--source kafka``)
     partition started*. That end offset is fixed once, as the larger of
     the high watermark a ListOffsets request reports and that of the
     first fetch response: both are the end on Apache Kafka; Tansu (the
-    test broker) answers ListOffsets short of it. The end is not the
-    offset after the last record a consumer can read: commit markers of
-    transactional producers, compacted gaps and records removed by
-    retention all lie below it. So nothing waits for a particular record:
-    a partition is done once the consumer's position (the offset after
-    the last record or transaction marker handed out) or a partition EOF
+    test broker) answers ListOffsets short of it. That end may lie past
+    the last record a consumer can read (commit markers of transactional
+    producers, compacted gaps, records removed by retention meanwhile),
+    so nothing waits for a particular record: a partition is done once
+    the consumer's position (the offset after the last record or
+    transaction marker handed out) or a partition EOF
     (``enable.partition.eof``: fetching reached the broker's end) is at
     or past the end. Records at or past it (published after the start)
     are left for the next run. When no partition of the process advances
@@ -225,11 +225,12 @@ def topic_partitions(settings: Settings, topic: str, admin: AdminClient | None =
 
 
 def ensure_topics(
-    settings: Settings, topics: Iterable[str], partitions: int | None = None
+    settings: Settings, topics: Iterable[str], partitions: int | None = None, hint: str = ""
 ) -> list[str]:
     """Create the `topics` that do not exist yet (``settings.kafka_partitions``
     partitions each, replication factor of the broker's default); returns
-    the ones created. Safe to call from several workers at once."""
+    the ones created. Safe to call from several workers at once. `hint`
+    ends the error line when a topic cannot be created."""
     admin = admin_client(settings)
     wanted = list(dict.fromkeys(topics))
     try:
@@ -251,7 +252,7 @@ def ensure_topics(
         except KafkaException as exc:
             err = exc.args[0]
             if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise UserError(f"cannot create Kafka topic {topic!r}: {err.str()}") from None
+                raise UserError(f"cannot create Kafka topic {topic!r}: {err.str()}{hint}") from None
     if created:
         log.info("created Kafka topics %s with %d partitions", ", ".join(created), n)
     return created

@@ -135,7 +135,11 @@ def attach_dlq(streams: PipelineStreams) -> None:
     from connectors.kafka import KafkaTopicSink, dlq_messages, ensure_topics
 
     settings = streams.settings
-    ensure_topics(settings, [settings.topic_dlq])
+    ensure_topics(
+        settings,
+        [settings.topic_dlq],
+        hint=" (the dead-letter topic: create it, or set STOCKFLOW_KAFKA_DLQ=false)",
+    )
     op.output(
         "kafka_dlq",
         streams.rejects,

@@ -247,7 +247,7 @@ OPTIONS: tuple[Option, ...] = (
         "kafka_dlq",
         "STOCKFLOW_KAFKA_DLQ",
         "kafka.dlq",
-        "publish rejects of a Kafka source to topic_dlq, whatever the sinks",
+        "rejects of message sources to topic_dlq (of a Kafka source: whatever the sinks)",
     ),
     Option(
         "kafka_bounded_idle_timeout_s",
