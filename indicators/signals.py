@@ -38,38 +38,212 @@ far more often a split, a bad print or a gap in the data than a tradeable
 move) and, with ``data_quality_holds`` [True], forces ``hold`` for that bar.
 Signal: ``buy`` if ``score >= buy_threshold`` [1.0], ``sell`` if
 ``score <= -sell_threshold`` [1.0], else ``hold``.
+
+Each rule is one function below (``@rule``), written with comparisons and
+``&`` only, so that the very same function answers for one bar (floats, in
+:meth:`SignalEngine.evaluate`) and for a whole chunk (numpy arrays, in
+:meth:`SignalEngine.run`); its ``reason`` function writes the text of the
+summary for one bar in both roads. Scores, verdicts and summaries are built by
+shared functions too, so the two roads give identical rows.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from functools import cache
+from operator import itemgetter
 from typing import Any, Self
 
-from indicators.base import SNAPSHOT_VERSION, config_kwargs
+import numpy as np
 
-BUY_RULES = ("rsi_oversold", "macd_cross_up", "golden_cross", "close_below_lower_band")
-SELL_RULES = ("rsi_overbought", "macd_cross_down", "death_cross", "close_above_upper_band")
-NEUTRAL_RULES = ("volume_spike", "price_spike")
+from indicators.base import SNAPSHOT_VERSION, as_floats, as_micros, config_kwargs
 
-RULES: tuple[str, ...] = (
-    "rsi_oversold",
-    "rsi_overbought",
-    "macd_cross_up",
-    "macd_cross_down",
-    "golden_cross",
-    "death_cross",
-    "close_below_lower_band",
-    "close_above_upper_band",
-    "volume_spike",
-    "price_spike",
-)
+BUY, SELL, NO_SIDE = 1.0, -1.0, 0.0
+
+# What a rule reads, for one bar: a float, or None where it does not exist
+# (warm-up, no previous bar). Over a chunk: a float64 array, NaN for None.
+#   rsi                      rsi_14
+#   macd_gap, prev_macd_gap  macd - macd_signal on this and on the previous bar
+#   sma_gap, prev_sma_gap    sma_50 - sma_200 on this and on the previous bar
+#   close, volume            the bar's
+#   bb_lower, bb_upper       Bollinger bands
+#   volume_z                 z-score of the volume vs the previous volume_window
+#                            volumes (None while the window is incomplete, flat,
+#                            or the volume is not above its mean)
+#   change                   close / previous close - 1 (None without a
+#                            previous close > 0)
+Value = Any  # float, or a float64 array
+
+
+class Rule:
+    """One signal rule: its name, side, inputs, firing condition and reason text."""
+
+    __slots__ = ("name", "side", "inputs", "fires", "explain")
+
+    def __init__(self, fires: Callable[..., Any], side: float, inputs: tuple[str, ...]) -> None:
+        self.name: str = fires.__name__
+        self.side = side
+        self.inputs = inputs
+        self.fires = fires
+        self.explain: Callable[..., str] = _no_reason
+
+    def reason(self, explain: Callable[..., str]) -> Callable[..., str]:
+        """Decorator: the one-bar text of this rule in summaries (same arguments as ``fires``)."""
+        self.explain = explain
+        return explain
+
+    def __repr__(self) -> str:
+        return f"Rule({self.name!r}, side={self.side:+g}, inputs={self.inputs})"
+
+
+def _no_reason(config: SignalConfig, *values: float) -> str:
+    raise NotImplementedError
+
+
+_DEFINED: list[Rule] = []
+
+
+def rule(side: float, *inputs: str) -> Callable[[Callable[..., Any]], Rule]:
+    """Decorator: register a firing condition ``(config, *inputs) -> bool | bool array``."""
+
+    def register(fires: Callable[..., Any]) -> Rule:
+        defined = Rule(fires, side, inputs)
+        _DEFINED.append(defined)
+        return defined
+
+    return register
+
+
+@rule(BUY, "rsi")
+def rsi_oversold(cfg: SignalConfig, rsi: Value) -> Value:
+    return rsi < cfg.rsi_oversold
+
+
+@rsi_oversold.reason
+def _rsi_oversold(cfg: SignalConfig, rsi: float) -> str:
+    return f"RSI {rsi:.1f} below {cfg.rsi_oversold:g} (oversold)"
+
+
+@rule(SELL, "rsi")
+def rsi_overbought(cfg: SignalConfig, rsi: Value) -> Value:
+    return rsi > cfg.rsi_overbought
+
+
+@rsi_overbought.reason
+def _rsi_overbought(cfg: SignalConfig, rsi: float) -> str:
+    return f"RSI {rsi:.1f} above {cfg.rsi_overbought:g} (overbought)"
+
+
+@rule(BUY, "prev_macd_gap", "macd_gap")
+def macd_cross_up(cfg: SignalConfig, prev: Value, gap: Value) -> Value:
+    return (prev <= 0.0) & (gap > 0.0)
+
+
+@macd_cross_up.reason
+def _macd_cross_up(cfg: SignalConfig, prev: float, gap: float) -> str:
+    return "MACD crossed above its signal line"
+
+
+@rule(SELL, "prev_macd_gap", "macd_gap")
+def macd_cross_down(cfg: SignalConfig, prev: Value, gap: Value) -> Value:
+    return (prev >= 0.0) & (gap < 0.0)
+
+
+@macd_cross_down.reason
+def _macd_cross_down(cfg: SignalConfig, prev: float, gap: float) -> str:
+    return "MACD crossed below its signal line"
+
+
+@rule(BUY, "prev_sma_gap", "sma_gap")
+def golden_cross(cfg: SignalConfig, prev: Value, gap: Value) -> Value:
+    return (prev <= 0.0) & (gap > 0.0)
+
+
+@golden_cross.reason
+def _golden_cross(cfg: SignalConfig, prev: float, gap: float) -> str:
+    return "the 50-bar SMA crossed above the 200-bar SMA (golden cross)"
+
+
+@rule(SELL, "prev_sma_gap", "sma_gap")
+def death_cross(cfg: SignalConfig, prev: Value, gap: Value) -> Value:
+    return (prev >= 0.0) & (gap < 0.0)
+
+
+@death_cross.reason
+def _death_cross(cfg: SignalConfig, prev: float, gap: float) -> str:
+    return "the 50-bar SMA crossed below the 200-bar SMA (death cross)"
+
+
+@rule(BUY, "close", "bb_lower")
+def close_below_lower_band(cfg: SignalConfig, close: Value, lower: Value) -> Value:
+    return close < lower
+
+
+@close_below_lower_band.reason
+def _close_below_lower_band(cfg: SignalConfig, close: float, lower: float) -> str:
+    return f"close {close:.2f} below the lower Bollinger band {lower:.2f}"
+
+
+@rule(SELL, "close", "bb_upper")
+def close_above_upper_band(cfg: SignalConfig, close: Value, upper: Value) -> Value:
+    return close > upper
+
+
+@close_above_upper_band.reason
+def _close_above_upper_band(cfg: SignalConfig, close: float, upper: float) -> str:
+    return f"close {close:.2f} above the upper Bollinger band {upper:.2f}"
+
+
+@rule(NO_SIDE, "volume", "volume_z")
+def volume_spike(cfg: SignalConfig, volume: Value, z: Value) -> Value:
+    return z >= cfg.volume_z_threshold
+
+
+@volume_spike.reason
+def _volume_spike(cfg: SignalConfig, volume: float, z: float) -> str:
+    return (
+        f"volume {_human(volume)} is {z:.1f} standard deviations above "
+        f"its {cfg.volume_window}-bar mean"
+    )
+
+
+@rule(NO_SIDE, "change")
+def price_spike(cfg: SignalConfig, change: Value) -> Value:
+    return abs(change) * 100.0 > cfg.price_spike_pct
+
+
+@price_spike.reason
+def _price_spike(cfg: SignalConfig, change: float) -> str:
+    return (
+        f"close moved {change * 100:+.1f}% from the previous bar (flagged as a data-quality event)"
+    )
+
+
+def gap(a: Value, b: Value) -> Value:
+    """``a - b`` (None if either is None; over arrays NaN does that)."""
+    if a is None or b is None:
+        return None
+    return a - b
+
+
+def price_change(close: Value, prev_close: Value) -> Value:
+    """The relative move from the previous close, ``close / prev_close - 1``."""
+    return close / prev_close - 1.0
+
+
+DEFINITIONS: dict[str, Rule] = {r.name: r for r in _DEFINED}
+"""Every rule by name, in evaluation order."""
+
+RULES: tuple[str, ...] = tuple(DEFINITIONS)
 """Every rule, in the order they are evaluated and listed in ``reasons``."""
 
+BUY_RULES = tuple(r.name for r in _DEFINED if r.side == BUY)
+SELL_RULES = tuple(r.name for r in _DEFINED if r.side == SELL)
+NEUTRAL_RULES = tuple(r.name for r in _DEFINED if r.side == NO_SIDE)
 DIRECTIONAL_RULES = BUY_RULES + SELL_RULES
 DEFAULT_WEIGHT = 1.0
 
@@ -239,15 +413,14 @@ class SignalConfig:
         return out
 
 
-_RULE_SIDE = {**dict.fromkeys(BUY_RULES, 1.0), **dict.fromkeys(SELL_RULES, -1.0)}
-
-
 class SignalEngine:
     """Evaluates the configured rules on one symbol's bars, in order.
 
-    Guarantees: call :meth:`evaluate` once per bar, in time order; the result
-    depends only on the configuration, this bar, its indicator row and the
-    previous bars (kept as O(volume_window) state). ``snapshot()`` /
+    Guarantees: call :meth:`evaluate` once per bar, or :meth:`run` once per
+    chunk of bars, in time order; the result depends only on the
+    configuration, each bar, its indicator row and the previous bars (kept
+    as O(volume_window) state). ``run`` gives exactly the rows ``evaluate``
+    gives for the same bars and leaves the same state; ``snapshot()`` /
     ``restore()`` round-trip that state exactly.
 
     Args:
@@ -260,7 +433,7 @@ class SignalEngine:
         self.config = config if config is not None else SignalConfig()
         self.resolution = resolution
         # Shared by every engine of the same config (a market has many).
-        self._enabled, self._signed = _rule_tables(self.config)
+        self._plan, self._signed = _rule_tables(self.config)
         self.reset()
 
     def reset(self) -> None:
@@ -274,109 +447,68 @@ class SignalEngine:
     def evaluate(self, bar: Mapping[str, Any], indicators: Mapping[str, Any]) -> dict[str, Any]:
         """Score one bar; returns ``signal, score, reasons, summary, data_quality``."""
         cfg = self.config
-        on = self._enabled
         close = float(bar["close"])
         volume = float(bar["volume"])
-        fired: list[str] = []
-        details: dict[str, str] = {}
-
-        rsi = indicators.get("rsi_14")
-        if rsi is not None:
-            if "rsi_oversold" in on and rsi < cfg.rsi_oversold:
-                fired.append("rsi_oversold")
-                details["rsi_oversold"] = f"RSI {rsi:.1f} below {cfg.rsi_oversold:g} (oversold)"
-            if "rsi_overbought" in on and rsi > cfg.rsi_overbought:
-                fired.append("rsi_overbought")
-                details["rsi_overbought"] = (
-                    f"RSI {rsi:.1f} above {cfg.rsi_overbought:g} (overbought)"
-                )
-
-        macd, macd_signal = indicators.get("macd"), indicators.get("macd_signal")
-        macd_diff = None if macd is None or macd_signal is None else macd - macd_signal
-        prev = self._prev_macd_diff
-        if macd_diff is not None and prev is not None:
-            if "macd_cross_up" in on and prev <= 0.0 < macd_diff:
-                fired.append("macd_cross_up")
-                details["macd_cross_up"] = "MACD crossed above its signal line"
-            if "macd_cross_down" in on and prev >= 0.0 > macd_diff:
-                fired.append("macd_cross_down")
-                details["macd_cross_down"] = "MACD crossed below its signal line"
-
-        sma50, sma200 = indicators.get("sma_50"), indicators.get("sma_200")
-        sma_diff = None if sma50 is None or sma200 is None else sma50 - sma200
-        prev = self._prev_sma_diff
-        if sma_diff is not None and prev is not None:
-            if "golden_cross" in on and prev <= 0.0 < sma_diff:
-                fired.append("golden_cross")
-                details["golden_cross"] = (
-                    "the 50-bar SMA crossed above the 200-bar SMA (golden cross)"
-                )
-            if "death_cross" in on and prev >= 0.0 > sma_diff:
-                fired.append("death_cross")
-                details["death_cross"] = (
-                    "the 50-bar SMA crossed below the 200-bar SMA (death cross)"
-                )
-
-        lower, upper = indicators.get("bb_lower"), indicators.get("bb_upper")
-        if "close_below_lower_band" in on and lower is not None and close < lower:
-            fired.append("close_below_lower_band")
-            details["close_below_lower_band"] = (
-                f"close {close:.2f} below the lower Bollinger band {lower:.2f}"
-            )
-        if "close_above_upper_band" in on and upper is not None and close > upper:
-            fired.append("close_above_upper_band")
-            details["close_above_upper_band"] = (
-                f"close {close:.2f} above the upper Bollinger band {upper:.2f}"
-            )
-
+        get = indicators.get
+        macd_gap = gap(get("macd"), get("macd_signal"))
+        sma_gap = gap(get("sma_50"), get("sma_200"))
         volumes = self._volumes
-        if "volume_spike" in on and len(volumes) == cfg.volume_window:
-            z = _zscore(volume, volumes)
-            if z is not None and z >= cfg.volume_z_threshold:
-                fired.append("volume_spike")
-                details["volume_spike"] = (
-                    f"volume {_human(volume)} is {z:.1f} standard deviations above "
-                    f"its {len(volumes)}-bar mean"
-                )
-
         prev_close = self._prev_close
-        data_quality = False
-        if "price_spike" in on and prev_close is not None and prev_close > 0.0:
-            change = close / prev_close - 1.0
-            if abs(change) * 100.0 > cfg.price_spike_pct:
-                data_quality = True
-                fired.append("price_spike")
-                details["price_spike"] = (
-                    f"close moved {change * 100:+.1f}% from the previous bar "
-                    "(flagged as a data-quality event)"
-                )
+        z = None
+        if len(volumes) == cfg.volume_window and "volume_spike" in cfg.rules:
+            z = _zscore(volume, volumes)
+        inputs = {
+            "rsi": get("rsi_14"),
+            "prev_macd_gap": self._prev_macd_diff,
+            "macd_gap": macd_gap,
+            "prev_sma_gap": self._prev_sma_diff,
+            "sma_gap": sma_gap,
+            "close": close,
+            "bb_lower": get("bb_lower"),
+            "bb_upper": get("bb_upper"),
+            "volume": volume,
+            "volume_z": z,
+            "change": (
+                price_change(close, prev_close)
+                if prev_close is not None and prev_close > 0.0
+                else None
+            ),
+        }
+        reasons: list[str] = []
+        texts: list[str] = []
+        for item, args_of in self._plan:
+            args = args_of(inputs)
+            if None not in args and item.fires(cfg, *args):
+                reasons.append(item.name)
+                texts.append(item.explain(cfg, *args))
 
         signed = self._signed
         score = 0.0
-        for rule in fired:
-            score += signed.get(rule, 0.0)
-        if "volume_spike" in details:
+        for name in reasons:
+            score += signed[name]
+        if "volume_spike" in reasons:
             score *= 1.0 + cfg.volume_spike_boost
-        score = round(score, 10) + 0.0  # no -0.0, no 0.30000000000000004
-        if data_quality and cfg.data_quality_holds:
-            signal = "hold"
-        elif score >= cfg.buy_threshold:
-            signal = "buy"
-        elif score <= -cfg.sell_threshold:
-            signal = "sell"
-        else:
-            signal = "hold"
+        score = _final_score(score)
+        data_quality = "price_spike" in reasons
+        signal = _decide(cfg, score, data_quality)
 
         # State for the next bar.
         self._prev_close = close
-        self._prev_macd_diff = macd_diff
-        self._prev_sma_diff = sma_diff
+        self._prev_macd_diff = macd_gap
+        self._prev_sma_diff = sma_gap
         if len(volumes) == cfg.volume_window:
             del volumes[0]
         volumes.append(volume)
 
-        reasons = fired  # rules are checked in RULES order
-        summary = self._summary(bar, signal, score, reasons, details, data_quality)
+        resolution = bar.get("resolution") or self.resolution
+        because = "; ".join(texts) if texts else _nothing_fired(close)
+        summary = _sentence(
+            bar.get("symbol", "?"),
+            resolution,
+            _when(bar.get("start"), resolution),
+            _verdict(cfg, signal, score, data_quality),
+            because,
+        )
         return {
             "signal": signal,
             "score": score,
@@ -385,34 +517,113 @@ class SignalEngine:
             "data_quality": data_quality,
         }
 
-    def _summary(
-        self,
-        bar: Mapping[str, Any],
-        signal: str,
-        score: float,
-        reasons: list[str],
-        details: Mapping[str, str],
-        data_quality: bool,
-    ) -> str:
-        resolution = bar.get("resolution") or self.resolution
-        start = bar.get("start")
-        if isinstance(start, datetime) and start.tzinfo is not None:
-            if start.tzinfo is not UTC:
-                start = start.astimezone(UTC)
-            # f-string, not strftime: this runs once per bar and is 3x cheaper.
-            when = f"{start.year:04d}-{start.month:02d}-{start.day:02d}"
-            if resolution != "1d":
-                when = f"{when} {start.hour:02d}:{start.minute:02d} UTC"
-        else:
-            when = str(start)
-        verdict = f"{signal.upper()} (score {_fmt_score(score)})"
-        if data_quality and self.config.data_quality_holds and score != 0.0:
-            verdict = f"HOLD (score {_fmt_score(score)} set aside for a data-quality check)"
-        if reasons:
-            because = "; ".join(details[r] for r in reasons)
-        else:
-            because = f"no rule fired (close {float(bar['close']):.2f})"
-        return f"{bar.get('symbol', '?')} {resolution} bar at {when}: {verdict} — {because}."
+    def run(
+        self, bars: Mapping[str, Any], indicators: Mapping[str, Any], symbol: str
+    ) -> dict[str, Any]:
+        """Score a chunk of bars of ``symbol`` at once, exactly as :meth:`evaluate` bar by bar.
+
+        ``bars`` maps ``start`` (numpy ``datetime64``, UTC, or int64
+        microseconds), ``close`` and ``volume`` to arrays; ``indicators`` maps
+        the indicator columns to float arrays (NaN for None), as
+        :meth:`IndicatorSet.run` returns them. Returns the columns
+        ``signal`` (list of str), ``score`` (float64 array), ``reasons`` (list
+        of lists), ``summary`` (list of str) and ``data_quality`` (bool
+        array); row ``i`` equals what ``evaluate`` returns for bar ``i``. The
+        summaries name the engine's ``resolution``.
+        """
+        cfg = self.config
+        close = as_floats(bars["close"])
+        volume = as_floats(bars["volume"])
+        n = len(close)
+        nan = np.full(1, np.nan)
+
+        def column(name: str) -> np.ndarray:
+            values = indicators.get(name)
+            return np.full(n, np.nan) if values is None else as_floats(values)
+
+        def before(first: float | None, values: np.ndarray) -> np.ndarray:
+            return np.concatenate([nan if first is None else [first], values[:-1]])
+
+        macd_gap = gap(column("macd"), column("macd_signal"))
+        sma_gap = gap(column("sma_50"), column("sma_200"))
+        prev_close = before(self._prev_close, close)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            change = np.where(prev_close > 0.0, price_change(close, prev_close), np.nan)
+        held = np.frombuffer(self._volumes, dtype=np.float64) if self._volumes else np.empty(0)
+        z = np.full(n, np.nan)
+        if "volume_spike" in cfg.rules:
+            z = _zscores(cfg, held, volume)
+        inputs = {
+            "rsi": column("rsi_14"),
+            "prev_macd_gap": before(self._prev_macd_diff, macd_gap),
+            "macd_gap": macd_gap,
+            "prev_sma_gap": before(self._prev_sma_diff, sma_gap),
+            "sma_gap": sma_gap,
+            "close": close,
+            "bb_lower": column("bb_lower"),
+            "bb_upper": column("bb_upper"),
+            "volume": volume,
+            "volume_z": z,
+            "change": change,
+        }
+        reasons: list[list[str]] = [[] for _ in range(n)]
+        texts: list[list[str]] = [[] for _ in range(n)]
+        score = np.zeros(n)
+        spike = np.zeros(n, dtype=bool)
+        data_quality = np.zeros(n, dtype=bool)
+        for item, args_of in self._plan:
+            args = args_of(inputs)
+            with np.errstate(invalid="ignore"):
+                fired = item.fires(cfg, *args)
+            for values in args:  # None (NaN) never fires, as in evaluate()
+                fired &= ~np.isnan(values)
+            rows = np.flatnonzero(fired)
+            if not len(rows):
+                continue
+            score = score + np.where(fired, self._signed[item.name], 0.0)
+            if item.name == "volume_spike":
+                spike = fired
+            elif item.name == "price_spike":
+                data_quality = fired
+            at = [values[rows].tolist() for values in args]
+            for i, row_args in zip(rows.tolist(), zip(*at, strict=True), strict=True):
+                reasons[i].append(item.name)
+                texts[i].append(item.explain(cfg, *row_args))
+        score = np.where(spike, score * (1.0 + cfg.volume_spike_boost), score)
+        # Scores take few values: round each once, decide each (score, flag) once.
+        values, index = np.unique(score, return_inverse=True)
+        score = np.array([_final_score(v) for v in values.tolist()])[index]
+        key = index * 2 + data_quality
+        verdicts: dict[int, tuple[str, str]] = {}
+        for k in np.unique(key).tolist():
+            s, dq = float(values[k // 2]), bool(k % 2)
+            s = _final_score(s)
+            signal = _decide(cfg, s, dq)
+            verdicts[k] = (signal, _verdict(cfg, signal, s, dq))
+        pairs = [verdicts[k] for k in key.tolist()]
+        whens = _whens(as_micros(bars["start"]), self.resolution)
+        prefix = f"{symbol} {self.resolution} bar at "
+        closes = close.tolist()
+        summaries = [
+            f"{prefix}{when}: {pair[1]} — " + ("; ".join(text) if text else _nothing_fired(c)) + "."
+            for when, pair, text, c in zip(whens, pairs, texts, closes, strict=True)
+        ]
+
+        # State for the next bar.
+        if n:
+            self._prev_close = closes[-1]
+            last_macd, last_sma = float(macd_gap[-1]), float(sma_gap[-1])
+            self._prev_macd_diff = None if math.isnan(last_macd) else last_macd
+            self._prev_sma_diff = None if math.isnan(last_sma) else last_sma
+            window = np.concatenate([held, volume])[-cfg.volume_window :]
+            self._volumes = array("d", window.tolist())
+        return {
+            "signal": [pair[0] for pair in pairs],
+            "score": score,
+            "reasons": reasons,
+            "summary": summaries,
+            "data_quality": data_quality,
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """The engine's state as plain values (picklable, JSON-able)."""
@@ -443,15 +654,80 @@ class SignalEngine:
         return obj
 
 
+def _getter(inputs: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    if len(inputs) == 1:
+        (name,) = inputs
+        return lambda values: (values[name],)
+    return itemgetter(*inputs)
+
+
 @cache
-def _rule_tables(config: SignalConfig) -> tuple[frozenset[str], dict[str, float]]:
-    """The enabled rules and the signed weight of every directional rule
-    (+ buys, - sells) of a config."""
-    signed = {rule: side * config.weight(rule) for rule, side in _RULE_SIDE.items()}
-    return frozenset(config.rules), signed
+def _rule_tables(
+    config: SignalConfig,
+) -> tuple[
+    tuple[tuple[Rule, Callable[[Mapping[str, Any]], tuple[Any, ...]]], ...], dict[str, float]
+]:
+    """The enabled rules (each with a getter of its inputs) and the signed
+    weight of every rule (+ buys, - sells, 0 for the rules without a side)."""
+    plan = tuple((DEFINITIONS[name], _getter(DEFINITIONS[name].inputs)) for name in config.rules)
+    signed = {
+        name: r.side * config.weight(name) if r.side else 0.0 for name, r in DEFINITIONS.items()
+    }
+    return plan, signed
 
 
-def _zscore(value: float, window: array[float]) -> float | None:
+def _final_score(score: float) -> float:
+    """The score as reported: 10 decimals, no ``-0.0`` and no ``0.30000000000000004``."""
+    return round(score, 10) + 0.0
+
+
+def _decide(cfg: SignalConfig, score: float, data_quality: bool) -> str:
+    if data_quality and cfg.data_quality_holds:
+        return "hold"
+    if score >= cfg.buy_threshold:
+        return "buy"
+    if score <= -cfg.sell_threshold:
+        return "sell"
+    return "hold"
+
+
+def _verdict(cfg: SignalConfig, signal: str, score: float, data_quality: bool) -> str:
+    if data_quality and cfg.data_quality_holds and score != 0.0:
+        return f"HOLD (score {_fmt_score(score)} set aside for a data-quality check)"
+    return f"{signal.upper()} (score {_fmt_score(score)})"
+
+
+def _nothing_fired(close: float) -> str:
+    return f"no rule fired (close {close:.2f})"
+
+
+def _sentence(symbol: str, resolution: str, when: str, verdict: str, because: str) -> str:
+    # SignalEngine.run writes the same sentence inline (one f-string a bar).
+    return f"{symbol} {resolution} bar at {when}: {verdict} — {because}."
+
+
+def _when(start: Any, resolution: str) -> str:
+    """The bar's start as summaries write it: the date for daily bars, else UTC to the minute."""
+    if isinstance(start, datetime) and start.tzinfo is not None:
+        if start.tzinfo is not UTC:
+            start = start.astimezone(UTC)
+        # f-string, not strftime: this runs once per bar and is 3x cheaper.
+        when = f"{start.year:04d}-{start.month:02d}-{start.day:02d}"
+        if resolution != "1d":
+            when = f"{when} {start.hour:02d}:{start.minute:02d} UTC"
+        return when
+    return str(start)
+
+
+def _whens(starts: np.ndarray, resolution: str) -> list[str]:
+    """:func:`_when` of every start (int64 microseconds, UTC), in one numpy call."""
+    if resolution == "1d":
+        return np.datetime_as_string(starts.astype("datetime64[us]"), unit="D").tolist()
+    text = np.datetime_as_string(starts.astype("datetime64[us]"), unit="m")
+    return [f"{t[:10]} {t[11:]} UTC" for t in text.tolist()]
+
+
+def _zscore(value: float, window: Any) -> float | None:
     """``(value - mean) / std`` (sample std) of ``window`` when ``value`` is above the mean.
 
     ``None`` when ``value`` is not above the mean (no spike possible with a
@@ -468,6 +744,52 @@ def _zscore(value: float, window: array[float]) -> float | None:
     if ss == 0.0:
         return None
     return (value - mean) / math.sqrt(ss / (n - 1))
+
+
+def _zscores(cfg: SignalConfig, held: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    """:func:`_zscore` of each volume against the previous ``volume_window`` volumes,
+    NaN where it is None -- or where it is certainly below the threshold.
+
+    Only ``volume_spike`` reads it, and only at or above the threshold. A
+    plain (not correctly rounded) z-score over the whole chunk sorts the bars
+    out: where the window's spread is at least 1e-4 of its level, that
+    estimate and ``_zscore``'s differ by far less than 1e-9 (both are within
+    ~30 ulps of the mean's level over the spread, i.e. < 1e-11), so a bar
+    whose estimate is more than 1e-9 below the threshold cannot fire. Every
+    other bar with a full window gets the exact ``_zscore`` (spikes are rare).
+    """
+    w, n = cfg.volume_window, len(volume)
+    out = np.full(n, np.nan)
+    ext = np.concatenate([held, volume])
+    first = max(0, w - len(held))  # the first bar with a full window before it
+    if first >= n:
+        return out
+    ends = np.arange(first, n) + len(held)  # ext position of each such bar
+    m = len(ends)
+    base = ends[0] - w
+    total = np.zeros(m)
+    for j in range(w):
+        total += ext[base + j : base + j + m]
+    mean = total / w
+    ss = np.zeros(m)
+    for j in range(w):
+        d = ext[base + j : base + j + m] - mean
+        ss += d * d
+    spread = np.sqrt(ss / (w - 1))
+    now = ext[ends]
+    threshold = cfg.volume_z_threshold
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = (now - mean) / spread
+        settled = (spread >= 1e-4 * (np.abs(mean) + np.abs(now))) & (
+            estimate < threshold * (1.0 - 1e-9) - 1e-9
+        )
+    extl = ext.tolist()
+    for i in np.flatnonzero(~settled).tolist():
+        e = int(ends[i])
+        z = _zscore(extl[e], extl[e - w : e])
+        if z is not None:
+            out[first + i] = z
+    return out
 
 
 def _human(volume: float) -> str:

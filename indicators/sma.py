@@ -5,6 +5,12 @@ inputs (``None`` before ``period`` inputs). The running sum lives next to a ring
 buffer and is recomputed exactly (``math.fsum`` of the window) every ``period``
 updates, so rounding error never accumulates over long series: the value stays
 within a few ulps of ``pandas.Series.rolling(period).mean()``.
+
+``run(values)`` is the array road and gives the same bits as ``update``: the
+sum is rebuilt by ``math.fsum`` at the same bars (each time the ring index
+wraps), and between two of those it adds the same increments
+(``value - oldest``) in the same order, as one running sum per stretch
+(:func:`indicators.base.segmented_cumsum`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import math
 from array import array
 from typing import Any
 
-from indicators.base import IndicatorBase, check_period
+import numpy as np
+
+from indicators.base import IndicatorBase, check_period, segmented_cumsum
 
 
 class SMA(IndicatorBase):
@@ -48,6 +56,52 @@ class SMA(IndicatorBase):
                 # Once per window: drop the accumulated rounding error.
                 self._sum = math.fsum(buf)
         self._idx = i
+
+    def window(self) -> list[float]:
+        """The values in the window, oldest first (fewer than ``period`` while filling)."""
+        buf = self._buf.tolist()
+        if self._count < self.period:
+            return buf[: self._count]  # while filling, the index equals the count
+        return buf[self._idx :] + buf[: self._idx]
+
+    def run_sums(self, values: np.ndarray) -> np.ndarray:
+        """The running sum after each value (what ``_sum`` holds); updates the state."""
+        p, n = self.period, len(values)
+        if n == 0:
+            return np.empty(0)
+        prior = self.window()
+        held = len(prior)
+        ext = np.concatenate([np.array(prior, dtype=np.float64), values])
+        # Each step adds the new value, minus the one leaving once the window is full.
+        fill = p - self._count
+        steps = values.copy()
+        if fill < n:
+            steps[fill:] -= ext[held + fill - p : held + n - p]
+        # The ring index wraps at these steps, where update() rebuilds the sum.
+        first_wrap = p - 1 - self._idx
+        wraps = np.arange(first_wrap, n, p)
+        extl = ext.tolist()
+        rebuilt = [math.fsum(extl[held + k - p + 1 : held + k + 1]) for k in wraps.tolist()]
+        starts = np.concatenate([[0], wraps + 1])
+        starts = starts[starts < n]
+        bases = np.array([self._sum, *rebuilt][: len(starts)])
+        sums = segmented_cumsum(steps, starts, bases)
+        sums[wraps] = rebuilt
+        # The state update() would have left.
+        buf = self._buf
+        for k in range(max(0, n - p), n):
+            buf[(self._idx + k) % p] = extl[held + k]
+        self._idx = (self._idx + n) % p
+        self._count = min(p, self._count + n)
+        self._sum = float(sums[-1])
+        return sums
+
+    def run(self, values: np.ndarray) -> np.ndarray:
+        """``value`` after each of ``values`` (NaN while filling), as ``update`` would."""
+        first = self._count
+        out = self.run_sums(values) / self.period
+        out[: max(0, self.period - 1 - first)] = np.nan
+        return out
 
     @property
     def value(self) -> float | None:
