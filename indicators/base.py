@@ -194,13 +194,9 @@ def ewm_step(y: float, x: float, a: float, b: float, d: float) -> float:
 
 def ewm_run(xs: Sequence[float], y: float, a: float, b: float, d: float) -> list[float]:
     """``y`` after each of ``xs`` by :func:`ewm_step` (same arithmetic, one loop)."""
-    out: list[float] = []
-    append = out.append
-    for x in xs:
-        if y != x:
-            y = (b * y + a * x) / d
-        append(y)
-    return out
+    if d == 1.0:  # the usual case: dividing by 1.0 changes no bit, so skip it
+        return [y := y if y == x else b * y + a * x for x in xs]
+    return [y := y if y == x else (b * y + a * x) / d for x in xs]
 
 
 def wilder_step(avg: float, x: float, n: int) -> float:
@@ -210,13 +206,8 @@ def wilder_step(avg: float, x: float, n: int) -> float:
 
 def wilder_run(xs: Sequence[float], avg: float, n: int) -> list[float]:
     """``avg`` after each of ``xs`` by :func:`wilder_step` (same arithmetic, one loop)."""
-    out: list[float] = []
-    append = out.append
-    m = n - 1
-    for x in xs:
-        avg = (avg * m + x) / n
-        append(avg)
-    return out
+    m = float(n - 1)  # avg * (n - 1) multiplies by the int converted to this float
+    return [avg := (avg * m + x) / n for x in xs]
 
 
 def segmented_cumsum(x: np.ndarray, starts: np.ndarray, bases: np.ndarray) -> np.ndarray:

@@ -58,15 +58,26 @@ class BollingerBands(IndicatorBase):
         self._middle = mean
         self._sd = math.sqrt(ss / self.period)
 
-    def run(self, closes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(middle, upper, lower)`` after each close (NaN while filling), as ``update`` would."""
+    def run(
+        self, closes: np.ndarray, twin: tuple[SMA, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(middle, upper, lower)`` after each close (NaN while filling), as ``update`` would.
+
+        ``twin``: an SMA that was in the same state as this one's and has
+        just run these closes, with the sums it returned (an IndicatorSet's
+        ``sma_20``); its sums and state are taken instead of computed again.
+        """
         sma, p, n = self._sma, self.period, len(closes)
         if n == 0:
             return np.empty(0), np.empty(0), np.empty(0)
         count0, idx0 = sma._count, sma._idx
         prior = sma.window()
         ext = np.concatenate([np.array(prior, dtype=np.float64), closes])
-        mean = sma.run_sums(closes) / p
+        if twin is None:
+            mean = sma.run_sums(closes) / p
+        else:
+            sma.take_state(twin[0])
+            mean = twin[1] / p
         first = max(0, p - 1 - count0)  # the first step with a full window
         middle = np.full(n, np.nan)
         upper = np.full(n, np.nan)

@@ -334,20 +334,35 @@ class IndicatorSet:
         close, volume = as_floats(bars["close"]), as_floats(bars["volume"])
         pv = bar_pv(bars, high, low, close, volume)
         out: dict[str, np.ndarray] = {}
-        raw: dict[tuple[int, float, int], np.ndarray] = {}
+        raw: dict[tuple[int, str, int], np.ndarray] = {}
+        # Bollinger's SMA is usually in the same state as one of ours.
+        bb_sma = self._bb._sma
+        bb_twin_key = (
+            bb_sma.period,
+            bb_sma._idx,
+            bb_sma._count,
+            bb_sma._sum.hex(),
+            bb_sma._buf.tobytes(),
+        )
+        bb_twin = None
         for name, sma in zip(COLUMNS[:5], self._smas, strict=True):
-            out[name] = sma.run(close)
+            key = (sma.period, sma._idx, sma._count, sma._sum.hex(), sma._buf.tobytes())
+            count = sma._count
+            sums = sma.run_sums(close)
+            out[name] = _hide_warm_up(sums / sma.period, sma.period, count)
+            if bb_twin is None and key == bb_twin_key:
+                bb_twin = (sma, sums)
         for name, ema in zip(COLUMNS[5:7], self._emas, strict=True):
-            key = (ema.period, ema._ema, ema._count)
+            key = (ema.period, ema._ema.hex(), ema._count)
             raw[key] = ema.run_raw(close)
             out[name] = _hide_warm_up(raw[key], ema.period, key[2])
         out["rsi_14"] = self._rsi.run(close)
         # MACD's own EMAs are usually in the same state as ema_12/ema_26.
         macd = self._macd
-        fast = raw.get((macd._fast.period, macd._fast._ema, macd._fast._count))
-        slow = raw.get((macd._slow.period, macd._slow._ema, macd._slow._count))
+        fast = raw.get((macd._fast.period, macd._fast._ema.hex(), macd._fast._count))
+        slow = raw.get((macd._slow.period, macd._slow._ema.hex(), macd._slow._count))
         out["macd"], out["macd_signal"], out["macd_hist"] = macd.run(close, fast, slow)
-        out["bb_middle"], out["bb_upper"], out["bb_lower"] = self._bb.run(close)
+        out["bb_middle"], out["bb_upper"], out["bb_lower"] = self._bb.run(close, bb_twin)
         out["atr_14"] = self._atr.run(high, low, close)
         out["vwap_session"] = self._vwap.run(starts, pv, volume)
         out["volatility_20"] = self._vol.run(close)

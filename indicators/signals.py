@@ -51,9 +51,9 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from operator import itemgetter
 from typing import Any, Self
@@ -482,15 +482,7 @@ class SignalEngine:
                 reasons.append(item.name)
                 texts.append(item.explain(cfg, *args))
 
-        signed = self._signed
-        score = 0.0
-        for name in reasons:
-            score += signed[name]
-        if "volume_spike" in reasons:
-            score *= 1.0 + cfg.volume_spike_boost
-        score = _final_score(score)
-        data_quality = "price_spike" in reasons
-        signal = _decide(cfg, score, data_quality)
+        score, data_quality, signal, verdict = _outcome(cfg, self._signed, reasons)
 
         # State for the next bar.
         self._prev_close = close
@@ -506,7 +498,7 @@ class SignalEngine:
             bar.get("symbol", "?"),
             resolution,
             _when(bar.get("start"), resolution),
-            _verdict(cfg, signal, score, data_quality),
+            verdict,
             because,
         )
         return {
@@ -566,12 +558,11 @@ class SignalEngine:
             "volume_z": z,
             "change": change,
         }
-        reasons: list[list[str]] = [[] for _ in range(n)]
-        texts: list[list[str]] = [[] for _ in range(n)]
-        score = np.zeros(n)
-        spike = np.zeros(n, dtype=bool)
-        data_quality = np.zeros(n, dtype=bool)
-        for item, args_of in self._plan:
+        # Per rule: the rows it fires on, and its text into those rows' reasons
+        # (per-row Python work only where a rule fired).
+        fired_rules = np.zeros(n, dtype=np.int64)  # bit b: the b-th enabled rule fired
+        texts: dict[int, str] = {}
+        for bit, (item, args_of) in enumerate(self._plan):
             args = args_of(inputs)
             with np.errstate(invalid="ignore"):
                 fired = item.fires(cfg, *args)
@@ -580,34 +571,42 @@ class SignalEngine:
             rows = np.flatnonzero(fired)
             if not len(rows):
                 continue
-            score = score + np.where(fired, self._signed[item.name], 0.0)
-            if item.name == "volume_spike":
-                spike = fired
-            elif item.name == "price_spike":
-                data_quality = fired
+            fired_rules[rows] |= 1 << bit
             at = [values[rows].tolist() for values in args]
             for i, row_args in zip(rows.tolist(), zip(*at, strict=True), strict=True):
-                reasons[i].append(item.name)
-                texts[i].append(item.explain(cfg, *row_args))
-        score = np.where(spike, score * (1.0 + cfg.volume_spike_boost), score)
-        # Scores take few values: round each once, decide each (score, flag) once.
-        values, index = np.unique(score, return_inverse=True)
-        score = np.array([_final_score(v) for v in values.tolist()])[index]
-        key = index * 2 + data_quality
-        verdicts: dict[int, tuple[str, str]] = {}
-        for k in np.unique(key).tolist():
-            s, dq = float(values[k // 2]), bool(k % 2)
-            s = _final_score(s)
-            signal = _decide(cfg, s, dq)
-            verdicts[k] = (signal, _verdict(cfg, signal, s, dq))
-        pairs = [verdicts[k] for k in key.tolist()]
-        whens = _whens(as_micros(bars["start"]), self.resolution)
-        prefix = f"{symbol} {self.resolution} bar at "
+                text = item.explain(cfg, *row_args)
+                earlier = texts.get(i)
+                texts[i] = text if earlier is None else f"{earlier}; {text}"
+        # Score, flag, signal and verdict depend on which rules fired, nothing
+        # else: worked out once per combination, by evaluate()'s own function.
+        seen = np.zeros(1 << len(self._plan), dtype=bool)
+        seen[fired_rules] = True
+        combos = np.flatnonzero(seen)
+        combo_of = (np.cumsum(seen) - 1)[fired_rules].tolist()
+        names = [item.name for item, _ in self._plan]
+        reasons_of, scores, flags, signals, verdicts = [], [], [], [], []
+        for combo in combos.tolist():
+            fired_names = tuple(name for bit, name in enumerate(names) if combo >> bit & 1)
+            score, data_quality, signal, verdict = _outcome(cfg, self._signed, fired_names)
+            reasons_of.append(fired_names)
+            scores.append(score)
+            flags.append(data_quality)
+            signals.append(signal)
+            verdicts.append(verdict)
         closes = close.tolist()
+        because = list(map(_nothing_fired, closes))
+        for i, text in texts.items():
+            because[i] = text
+        (day_of, day_text), (clock_of, clock_text) = _when_parts(
+            as_micros(bars["start"]), self.resolution
+        )
+        prefix = f"{symbol} {self.resolution} bar at "
+        # _sentence(), written inline: one f-string a bar.
         summaries = [
-            f"{prefix}{when}: {pair[1]} — " + ("; ".join(text) if text else _nothing_fired(c)) + "."
-            for when, pair, text, c in zip(whens, pairs, texts, closes, strict=True)
+            f"{prefix}{day_text[d]}{clock_text[t]}: {verdicts[c]} — {b}."
+            for d, t, c, b in zip(day_of, clock_of, combo_of, because, strict=True)
         ]
+        combo_index = np.array(combo_of, dtype=np.int64)
 
         # State for the next bar.
         if n:
@@ -618,11 +617,11 @@ class SignalEngine:
             window = np.concatenate([held, volume])[-cfg.volume_window :]
             self._volumes = array("d", window.tolist())
         return {
-            "signal": [pair[0] for pair in pairs],
-            "score": score,
-            "reasons": reasons,
+            "signal": [signals[c] for c in combo_of],
+            "score": np.array(scores)[combo_index] if n else np.empty(0),
+            "reasons": [reasons_of[c] for c in combo_of],
             "summary": summaries,
-            "data_quality": data_quality,
+            "data_quality": np.array(flags, dtype=bool)[combo_index] if n else np.empty(0, bool),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -676,9 +675,19 @@ def _rule_tables(
     return plan, signed
 
 
-def _final_score(score: float) -> float:
-    """The score as reported: 10 decimals, no ``-0.0`` and no ``0.30000000000000004``."""
-    return round(score, 10) + 0.0
+def _outcome(
+    cfg: SignalConfig, signed: Mapping[str, float], reasons: Sequence[str]
+) -> tuple[float, bool, str, str]:
+    """``(score, data_quality, signal, verdict text)`` of a bar on which ``reasons`` fired."""
+    score = 0.0
+    for name in reasons:  # in rule order
+        score += signed[name]
+    if "volume_spike" in reasons:
+        score *= 1.0 + cfg.volume_spike_boost
+    score = round(score, 10) + 0.0  # no -0.0, no 0.30000000000000004
+    data_quality = "price_spike" in reasons
+    signal = _decide(cfg, score, data_quality)
+    return score, data_quality, signal, _verdict(cfg, signal, score, data_quality)
 
 
 def _decide(cfg: SignalConfig, score: float, data_quality: bool) -> str:
@@ -719,12 +728,32 @@ def _when(start: Any, resolution: str) -> str:
     return str(start)
 
 
-def _whens(starts: np.ndarray, resolution: str) -> list[str]:
-    """:func:`_when` of every start (int64 microseconds, UTC), in one numpy call."""
+_DAY_US = 86_400_000_000
+_MINUTE_US = 60_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _when_parts(
+    starts: np.ndarray, resolution: str
+) -> tuple[tuple[list[int], list[str]], tuple[list[int], list[str]]]:
+    """:func:`_when` of every start (int64 microseconds, UTC) as two lookups:
+    ``(day index, day texts)`` and ``(minute-of-day index, clock texts)``; a
+    bar's text is ``day_text[d] + clock_text[t]``."""
+    day = starts // _DAY_US
+    new = np.ones(len(day), dtype=bool)
+    new[1:] = day[1:] != day[:-1]  # bars come in time order: a day's bars are together
+    day_of = np.cumsum(new) - 1
+    day_text = np.datetime_as_string(day[new].astype("datetime64[D]")).tolist()
     if resolution == "1d":
-        return np.datetime_as_string(starts.astype("datetime64[us]"), unit="D").tolist()
-    text = np.datetime_as_string(starts.astype("datetime64[us]"), unit="m")
-    return [f"{t[:10]} {t[11:]} UTC" for t in text.tolist()]
+        return (day_of.tolist(), day_text), ([0] * len(starts), [""])
+    clock_of = (starts % _DAY_US // _MINUTE_US).tolist()
+    return (day_of.tolist(), day_text), (clock_of, list(_clock_texts(resolution)))
+
+
+@cache
+def _clock_texts(resolution: str) -> tuple[str, ...]:
+    """What :func:`_when` writes after the date, for each minute of a day."""
+    return tuple(_when(_EPOCH + timedelta(minutes=m), resolution)[10:] for m in range(1440))
 
 
 def _zscore(value: float, window: Any) -> float | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, check_period, segmented_cumsum
+from indicators.base import IndicatorBase, check_period
 
 
 class SMA(IndicatorBase):
@@ -71,22 +71,30 @@ class SMA(IndicatorBase):
             return np.empty(0)
         prior = self.window()
         held = len(prior)
-        ext = np.concatenate([np.array(prior, dtype=np.float64), values])
         # Each step adds the new value, minus the one leaving once the window is full.
         fill = p - self._count
         steps = values.copy()
         if fill < n:
+            ext = np.concatenate([np.array(prior, dtype=np.float64), values])
             steps[fill:] -= ext[held + fill - p : held + n - p]
-        # The ring index wraps at these steps, where update() rebuilds the sum.
+        # The ring index wraps at these steps, where update() rebuilds the sum
+        # (fsum of the window); between two wraps the steps add up in order.
         first_wrap = p - 1 - self._idx
-        wraps = np.arange(first_wrap, n, p)
-        extl = ext.tolist()
-        rebuilt = [math.fsum(extl[held + k - p + 1 : held + k + 1]) for k in wraps.tolist()]
-        starts = np.concatenate([[0], wraps + 1])
-        starts = starts[starts < n]
-        bases = np.array([self._sum, *rebuilt][: len(starts)])
-        sums = segmented_cumsum(steps, starts, bases)
-        sums[wraps] = rebuilt
+        extl = prior + values.tolist()
+        rebuilt = [
+            math.fsum(extl[held + k - p + 1 : held + k + 1]) for k in range(first_wrap, n, p)
+        ]
+        sums = np.empty(n)
+        head = min(first_wrap + 1, n)
+        sums[:head] = np.cumsum(np.concatenate([[self._sum], steps[:head]]))[1:]
+        rest = n - head
+        if rest > 0:  # whole stretches of p steps, one per row, each from its rebuilt sum
+            rows = -(-rest // p)
+            body = np.zeros(rows * p)
+            body[:rest] = steps[head:]
+            table = np.concatenate([np.array(rebuilt[:rows])[:, None], body.reshape(rows, p)], 1)
+            sums[head:] = np.cumsum(table, axis=1)[:, 1:].reshape(-1)[:rest]
+        sums[first_wrap::p] = rebuilt
         # The state update() would have left.
         buf = self._buf
         for k in range(max(0, n - p), n):
@@ -95,6 +103,11 @@ class SMA(IndicatorBase):
         self._count = min(p, self._count + n)
         self._sum = float(sums[-1])
         return sums
+
+    def take_state(self, other: SMA) -> None:
+        """Take the state of ``other``, an SMA of the same period (a copy)."""
+        self._buf = array("d", other._buf)
+        self._idx, self._count, self._sum = other._idx, other._count, other._sum
 
     def run(self, values: np.ndarray) -> np.ndarray:
         """``value`` after each of ``values`` (NaN while filling), as ``update`` would."""
