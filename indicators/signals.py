@@ -582,7 +582,8 @@ class SignalEngine:
         seen = np.zeros(1 << len(self._plan), dtype=bool)
         seen[fired_rules] = True
         combos = np.flatnonzero(seen)
-        combo_of = (np.cumsum(seen) - 1)[fired_rules].tolist()
+        combo_index = (np.cumsum(seen) - 1)[fired_rules]
+        combo_of = combo_index.tolist()
         names = [item.name for item, _ in self._plan]
         reasons_of, scores, flags, signals, verdicts = [], [], [], [], []
         for combo in combos.tolist():
@@ -594,19 +595,20 @@ class SignalEngine:
             signals.append(signal)
             verdicts.append(verdict)
         closes = close.tolist()
-        because = list(map(_nothing_fired, closes))
-        for i, text in texts.items():
-            because[i] = text
         (day_of, day_text), (clock_of, clock_text) = _when_parts(
             as_micros(bars["start"]), self.resolution
         )
         prefix = f"{symbol} {self.resolution} bar at "
+        fired_texts = iter([texts[i] for i in sorted(texts)])  # in row order
+        nothing = _nothing_fired
         # _sentence(), written inline: one f-string a bar.
         summaries = [
-            f"{prefix}{day_text[d]}{clock_text[t]}: {verdicts[c]} — {b}."
-            for d, t, c, b in zip(day_of, clock_of, combo_of, because, strict=True)
+            f"{prefix}{day_text[d]}{clock_text[t]}: {verdicts[c]} — "
+            f"{next(fired_texts) if fired else nothing(x)}."
+            for d, t, c, fired, x in zip(
+                day_of, clock_of, combo_of, fired_rules.tolist(), closes, strict=True
+            )
         ]
-        combo_index = np.array(combo_of, dtype=np.int64)
 
         # State for the next bar.
         if n:
@@ -617,11 +619,11 @@ class SignalEngine:
             window = np.concatenate([held, volume])[-cfg.volume_window :]
             self._volumes = array("d", window.tolist())
         return {
-            "signal": [signals[c] for c in combo_of],
-            "score": np.array(scores)[combo_index] if n else np.empty(0),
-            "reasons": [reasons_of[c] for c in combo_of],
+            "signal": _objects(signals)[combo_index],
+            "score": np.array(scores, dtype=np.float64)[combo_index],
+            "reasons": _objects(reasons_of)[combo_index],
             "summary": summaries,
-            "data_quality": np.array(flags, dtype=bool)[combo_index] if n else np.empty(0, bool),
+            "data_quality": np.array(flags, dtype=bool)[combo_index],
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -651,6 +653,14 @@ class SignalEngine:
         obj._prev_sma_diff = state["prev_sma_diff"]
         obj._volumes.extend(float(v) for v in state["volumes"][-obj.config.volume_window :])
         return obj
+
+
+def _objects(items: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array of ``items`` (tuples stay elements, not rows)."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = item
+    return out
 
 
 def _getter(inputs: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
