@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, check_period, wilder_run, wilder_step
+from indicators.base import IndicatorBase, as_floats, check_period, wilder_run, wilder_step
 
 
 def true_range(high: float, low: float, prev_close: float | None) -> float:
@@ -68,6 +68,7 @@ class ATR(IndicatorBase):
 
     def run(self, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
         """``value`` after each bar (NaN while warming up), as ``update`` would."""
+        high, low, close = as_floats(high), as_floats(low), as_floats(close)
         n, p = len(close), self.period
         if n == 0:
             return np.empty(0)

@@ -303,7 +303,7 @@ def as_micros(starts: Any) -> np.ndarray:
     if arr.dtype.kind == "M":
         return arr.astype("datetime64[us]").astype(np.int64)
     if arr.dtype.kind in "iu":
-        return arr.astype(np.int64)
+        return arr.astype(np.int64, copy=False)
     if arr.dtype.kind == "O" and all(isinstance(ts, datetime) for ts in arr.flat):
         if any(ts.utcoffset() is None for ts in arr.flat):
             raise ValueError("timestamps must be timezone-aware datetimes (or numpy datetime64)")

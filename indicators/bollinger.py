@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, check_period, ring_sum_of_squares
+from indicators.base import IndicatorBase, as_floats, check_period, ring_sum_of_squares
 from indicators.sma import SMA
 
 
@@ -60,16 +60,16 @@ class BollingerBands(IndicatorBase):
 
     def run(
         self, closes: np.ndarray, twin: tuple[SMA, np.ndarray] | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(middle, upper, lower)`` after each close (NaN while filling), as ``update`` would.
+    ) -> dict[str, np.ndarray]:
+        """``middle``, ``upper``, ``lower`` and ``std`` after each close (NaN while
+        filling), as the properties read after each ``update``.
 
         ``twin``: an SMA that was in the same state as this one's and has
         just run these closes, with the sums it returned (an IndicatorSet's
         ``sma_20``); its sums and state are taken instead of computed again.
         """
+        closes = as_floats(closes)
         sma, p, n = self._sma, self.period, len(closes)
-        if n == 0:
-            return np.empty(0), np.empty(0), np.empty(0)
         count0, idx0 = sma._count, sma._idx
         prior = sma.window()
         ext = np.concatenate([np.array(prior, dtype=np.float64), closes])
@@ -82,18 +82,20 @@ class BollingerBands(IndicatorBase):
         middle = np.full(n, np.nan)
         upper = np.full(n, np.nan)
         lower = np.full(n, np.nan)
+        std = np.full(n, np.nan)
         if first < n:
             ends = np.arange(first, n) + len(prior)
             # The close at ext position q sits in ring slot (q + offset) % p.
             offset = (idx0 - len(prior)) % p
             ss = ring_sum_of_squares(ext, ends, offset, p, mean[first:])
             sd = np.sqrt(ss / p)
+            std[first:] = sd
             middle[first:] = mean[first:]
             upper[first:] = mean[first:] + self.k * sd
             lower[first:] = mean[first:] - self.k * sd
             self._middle = float(mean[-1])
             self._sd = float(sd[-1])
-        return middle, upper, lower
+        return {"middle": middle, "upper": upper, "lower": lower, "std": std}
 
     @property
     def middle(self) -> float | None:

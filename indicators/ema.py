@@ -18,6 +18,7 @@ import numpy as np
 
 from indicators.base import (
     IndicatorBase,
+    as_floats,
     check_period,
     ewm_alpha_from_span,
     ewm_coefficients,
@@ -50,7 +51,7 @@ class EMA(IndicatorBase):
 
     def run_raw(self, values: np.ndarray) -> np.ndarray:
         """The recursion after each value, warm-up included (what ``_ema`` holds)."""
-        xs = values.tolist()
+        xs = as_floats(values).tolist()
         if not xs:
             return np.empty(0)
         if self._count == 0:

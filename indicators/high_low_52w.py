@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, check_period, sliding_extreme
+from indicators.base import IndicatorBase, as_floats, as_micros, check_period, sliding_extreme
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -77,17 +77,17 @@ class HighLow52w(IndicatorBase):
         while lows[0][0] <= cutoff:
             lows.popleft()
 
-    def run(
-        self, starts: np.ndarray, high: np.ndarray, low: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(high, low)`` after each bar (NaN until a whole window is covered), as ``update`` would.
+    def run(self, starts: np.ndarray, high: np.ndarray, low: np.ndarray) -> dict[str, np.ndarray]:
+        """``high`` and ``low`` after each bar (NaN until a whole window is covered),
+        as the properties read after each ``update``.
 
-        ``starts``: int64 microseconds since the epoch (UTC), see
-        :func:`indicators.base.as_micros`.
+        ``starts``: see :func:`indicators.base.as_micros` (int64 microseconds
+        since the epoch, numpy ``datetime64`` or aware datetimes).
         """
+        starts, high, low = as_micros(starts), as_floats(high), as_floats(low)
         n = len(starts)
         if n == 0:
-            return np.empty(0), np.empty(0)
+            return {"high": np.empty(0), "low": np.empty(0)}
         last = None if self._last is None else (self._last - _EPOCH) // _US
         back = np.flatnonzero(starts[1:] < starts[:-1])
         if last is not None and int(starts[0]) < last:
@@ -101,7 +101,7 @@ class HighLow52w(IndicatorBase):
         lows, self._lows = self._extremes(self._lows, starts, low, window, np.minimum)
         self._last = _EPOCH + int(starts[-1]) * _US
         covered = starts - (self._first - _EPOCH) // _US >= window
-        return np.where(covered, highs, np.nan), np.where(covered, lows, np.nan)
+        return {"high": np.where(covered, highs, np.nan), "low": np.where(covered, lows, np.nan)}
 
     @staticmethod
     def _extremes(

@@ -361,13 +361,24 @@ class IndicatorSet:
         macd = self._macd
         fast = raw.get((macd._fast.period, macd._fast._ema.hex(), macd._fast._count))
         slow = raw.get((macd._slow.period, macd._slow._ema.hex(), macd._slow._count))
-        out["macd"], out["macd_signal"], out["macd_hist"] = macd.run(close, fast, slow)
-        out["bb_middle"], out["bb_upper"], out["bb_lower"] = self._bb.run(close, bb_twin)
+        lines = macd.run(close, fast, slow)
+        out["macd"], out["macd_signal"], out["macd_hist"] = (
+            lines["macd"],
+            lines["signal"],
+            lines["hist"],
+        )
+        bands = self._bb.run(close, bb_twin)
+        out["bb_middle"], out["bb_upper"], out["bb_lower"] = (
+            bands["middle"],
+            bands["upper"],
+            bands["lower"],
+        )
         out["atr_14"] = self._atr.run(high, low, close)
         out["vwap_session"] = self._vwap.run(starts, pv, volume)
         out["volatility_20"] = self._vol.run(close)
         if self._hl is not None:
-            out["high_52w"], out["low_52w"] = self._hl.run(starts, high, low)
+            extremes = self._hl.run(starts, high, low)
+            out["high_52w"], out["low_52w"] = extremes["high"], extremes["low"]
         else:
             out["high_52w"] = np.full(len(close), np.nan)
             out["low_52w"] = np.full(len(close), np.nan)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, check_period
+from indicators.base import IndicatorBase, as_floats, check_period
 from indicators.ema import EMA
 
 
@@ -61,13 +61,15 @@ class MACD(IndicatorBase):
 
     def run(
         self, closes: np.ndarray, fast: np.ndarray | None = None, slow: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(macd, signal, hist)`` after each close (NaN while warming up), as ``update`` would.
+    ) -> dict[str, np.ndarray]:
+        """``macd``, ``signal`` and ``hist`` after each close (NaN while warming up),
+        as the properties read after each ``update``.
 
         ``fast``/``slow``: the raw EMA series of these closes when the caller
         already has them from EMAs in exactly this MACD's EMA states (an
         IndicatorSet's ``ema_12``/``ema_26``); the states still advance here.
         """
+        closes = as_floats(closes)
         n = len(closes)
         slow_count = self._slow._count
         if fast is None:
@@ -87,7 +89,7 @@ class MACD(IndicatorBase):
             macd[lines:] = fast[lines:] - slow[lines:]
             signal[lines:] = self._signal.run(macd[lines:])
             self._macd = float(macd[-1])
-        return macd, signal, macd - signal
+        return {"macd": macd, "signal": signal, "hist": macd - signal}
 
     @property
     def macd(self) -> float | None:

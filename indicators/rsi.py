@@ -21,6 +21,7 @@ import numpy as np
 
 from indicators.base import (
     IndicatorBase,
+    as_floats,
     check_period,
     ewm_alpha_from_alpha,
     ewm_coefficients,
@@ -72,6 +73,7 @@ class RSI(IndicatorBase):
 
     def run(self, closes: np.ndarray) -> np.ndarray:
         """``value`` after each close (NaN while warming up), as ``update`` would."""
+        closes = as_floats(closes)
         n = len(closes)
         if n == 0:
             return np.empty(0)

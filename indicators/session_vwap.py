@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from indicators.base import IndicatorBase, segmented_cumsum
+from indicators.base import IndicatorBase, as_floats, as_micros, segmented_cumsum
 
 _DAY = timedelta(days=1)
 _EPOCH_DAY = date(1970, 1, 1)
@@ -143,9 +143,10 @@ class SessionVWAP(IndicatorBase):
     def run(self, starts: np.ndarray, pv: np.ndarray, volume: np.ndarray) -> np.ndarray:
         """``value`` after each bar (NaN while the session has no volume), as ``update`` would.
 
-        ``starts``: int64 microseconds since the epoch (UTC), see
-        :func:`indicators.base.as_micros`.
+        ``starts``: see :func:`indicators.base.as_micros` (int64 microseconds
+        since the epoch, numpy ``datetime64`` or aware datetimes).
         """
+        starts, pv, volume = as_micros(starts), as_floats(pv), as_floats(volume)
         n = len(starts)
         if n == 0:
             return np.empty(0)

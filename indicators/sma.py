@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, check_period
+from indicators.base import IndicatorBase, as_floats, check_period
 
 
 class SMA(IndicatorBase):
@@ -66,6 +66,7 @@ class SMA(IndicatorBase):
 
     def run_sums(self, values: np.ndarray) -> np.ndarray:
         """The running sum after each value (what ``_sum`` holds); updates the state."""
+        values = as_floats(values)
         p, n = self.period, len(values)
         if n == 0:
             return np.empty(0)

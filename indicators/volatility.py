@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, check_period, ring_sum_of_squares
+from indicators.base import IndicatorBase, as_floats, check_period, ring_sum_of_squares
 
 TRADING_DAYS_PER_YEAR = 252
 REGULAR_SESSION_MINUTES = 390
@@ -104,6 +104,7 @@ class Volatility(IndicatorBase):
 
     def run(self, closes: np.ndarray) -> np.ndarray:
         """``value`` after each close (NaN while warming up), as ``update`` would."""
+        closes = as_floats(closes)
         n, p = len(closes), self.period
         out = np.full(n, np.nan)
         if n == 0:
