@@ -42,8 +42,9 @@ Signal: ``buy`` if ``score >= buy_threshold`` [1.0], ``sell`` if
 Each rule is one function below (``@rule``), written with comparisons and
 ``&`` only, so that the very same function answers for one bar (floats, in
 :meth:`SignalEngine.evaluate`) and for a whole chunk (numpy arrays, in
-:meth:`SignalEngine.run`); its ``reason`` function writes the text of the
-summary for one bar in both roads. Scores, verdicts and summaries are built by
+:meth:`SignalEngine.run`); a missing value is NaN on both roads, where every
+comparison is false, so a rule never fires on it. Its ``reason`` function
+writes the text of the summary for one bar in both roads. Scores, verdicts and summaries are built by
 shared functions too, so the two roads give identical rows.
 """
 
@@ -55,7 +56,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from operator import itemgetter
 from typing import Any, Self
 
 import numpy as np
@@ -64,35 +64,42 @@ from indicators.base import SNAPSHOT_VERSION, as_floats, as_micros, config_kwarg
 
 BUY, SELL, NO_SIDE = 1.0, -1.0, 0.0
 
-# What a rule reads, for one bar: a float, or None where it does not exist
-# (warm-up, no previous bar). Over a chunk: a float64 array, NaN for None.
+# What a rule reads (``x[name]``): for one bar a float, for a chunk a float64
+# array; NaN where the value does not exist (warm-up, no previous bar), so a
+# rule written with comparisons never fires on it (NaN compares false).
 #   rsi                      rsi_14
 #   macd_gap, prev_macd_gap  macd - macd_signal on this and on the previous bar
 #   sma_gap, prev_sma_gap    sma_50 - sma_200 on this and on the previous bar
 #   close, volume            the bar's
 #   bb_lower, bb_upper       Bollinger bands
 #   volume_z                 z-score of the volume vs the previous volume_window
-#                            volumes (None while the window is incomplete, flat,
+#                            volumes (NaN while the window is incomplete, flat,
 #                            or the volume is not above its mean)
-#   change                   close / previous close - 1 (None without a
+#   change                   close / previous close - 1 (NaN without a
 #                            previous close > 0)
-Value = Any  # float, or a float64 array
+Inputs = Mapping[str, Any]  # name -> float (one bar) or float64 array (a chunk)
 
 
 class Rule:
-    """One signal rule: its name, side, inputs, firing condition and reason text."""
+    """One signal rule: its name, side, inputs, firing condition and reason text.
+
+    ``fires(config, x)`` answers for one bar (``x`` maps the input names to
+    floats: a bool) or for a chunk (arrays: a bool array) with the same
+    expression; ``explain(config, x)`` writes the summary text for one bar it
+    fired on. ``inputs`` names what both read.
+    """
 
     __slots__ = ("name", "side", "inputs", "fires", "explain")
 
-    def __init__(self, fires: Callable[..., Any], side: float, inputs: tuple[str, ...]) -> None:
+    def __init__(self, fires: Callable[[Any, Inputs], Any], side: float, inputs: tuple[str, ...]):
         self.name: str = fires.__name__
         self.side = side
         self.inputs = inputs
         self.fires = fires
-        self.explain: Callable[..., str] = _no_reason
+        self.explain: Callable[[Any, Inputs], str] = _no_reason
 
-    def reason(self, explain: Callable[..., str]) -> Callable[..., str]:
-        """Decorator: the one-bar text of this rule in summaries (same arguments as ``fires``)."""
+    def reason(self, explain: Callable[[Any, Inputs], str]) -> Callable[[Any, Inputs], str]:
+        """Decorator: the one-bar text of this rule in summaries."""
         self.explain = explain
         return explain
 
@@ -100,17 +107,17 @@ class Rule:
         return f"Rule({self.name!r}, side={self.side:+g}, inputs={self.inputs})"
 
 
-def _no_reason(config: SignalConfig, *values: float) -> str:
+def _no_reason(config: SignalConfig, x: Inputs) -> str:
     raise NotImplementedError
 
 
 _DEFINED: list[Rule] = []
 
 
-def rule(side: float, *inputs: str) -> Callable[[Callable[..., Any]], Rule]:
-    """Decorator: register a firing condition ``(config, *inputs) -> bool | bool array``."""
+def rule(side: float, *inputs: str) -> Callable[[Callable[[Any, Inputs], Any]], Rule]:
+    """Decorator: register a rule ``fires(config, x) -> bool | bool array`` reading ``inputs``."""
 
-    def register(fires: Callable[..., Any]) -> Rule:
+    def register(fires: Callable[[Any, Inputs], Any]) -> Rule:
         defined = Rule(fires, side, inputs)
         _DEFINED.append(defined)
         return defined
@@ -119,118 +126,112 @@ def rule(side: float, *inputs: str) -> Callable[[Callable[..., Any]], Rule]:
 
 
 @rule(BUY, "rsi")
-def rsi_oversold(cfg: SignalConfig, rsi: Value) -> Value:
-    return rsi < cfg.rsi_oversold
+def rsi_oversold(cfg: SignalConfig, x: Inputs) -> Any:
+    return x["rsi"] < cfg.rsi_oversold
 
 
 @rsi_oversold.reason
-def _rsi_oversold(cfg: SignalConfig, rsi: float) -> str:
-    return f"RSI {rsi:.1f} below {cfg.rsi_oversold:g} (oversold)"
+def _rsi_oversold(cfg: SignalConfig, x: Inputs) -> str:
+    return f"RSI {x['rsi']:.1f} below {cfg.rsi_oversold:g} (oversold)"
 
 
 @rule(SELL, "rsi")
-def rsi_overbought(cfg: SignalConfig, rsi: Value) -> Value:
-    return rsi > cfg.rsi_overbought
+def rsi_overbought(cfg: SignalConfig, x: Inputs) -> Any:
+    return x["rsi"] > cfg.rsi_overbought
 
 
 @rsi_overbought.reason
-def _rsi_overbought(cfg: SignalConfig, rsi: float) -> str:
-    return f"RSI {rsi:.1f} above {cfg.rsi_overbought:g} (overbought)"
+def _rsi_overbought(cfg: SignalConfig, x: Inputs) -> str:
+    return f"RSI {x['rsi']:.1f} above {cfg.rsi_overbought:g} (overbought)"
 
 
 @rule(BUY, "prev_macd_gap", "macd_gap")
-def macd_cross_up(cfg: SignalConfig, prev: Value, gap: Value) -> Value:
-    return (prev <= 0.0) & (gap > 0.0)
+def macd_cross_up(cfg: SignalConfig, x: Inputs) -> Any:
+    return (x["prev_macd_gap"] <= 0.0) & (x["macd_gap"] > 0.0)
 
 
 @macd_cross_up.reason
-def _macd_cross_up(cfg: SignalConfig, prev: float, gap: float) -> str:
+def _macd_cross_up(cfg: SignalConfig, x: Inputs) -> str:
     return "MACD crossed above its signal line"
 
 
 @rule(SELL, "prev_macd_gap", "macd_gap")
-def macd_cross_down(cfg: SignalConfig, prev: Value, gap: Value) -> Value:
-    return (prev >= 0.0) & (gap < 0.0)
+def macd_cross_down(cfg: SignalConfig, x: Inputs) -> Any:
+    return (x["prev_macd_gap"] >= 0.0) & (x["macd_gap"] < 0.0)
 
 
 @macd_cross_down.reason
-def _macd_cross_down(cfg: SignalConfig, prev: float, gap: float) -> str:
+def _macd_cross_down(cfg: SignalConfig, x: Inputs) -> str:
     return "MACD crossed below its signal line"
 
 
 @rule(BUY, "prev_sma_gap", "sma_gap")
-def golden_cross(cfg: SignalConfig, prev: Value, gap: Value) -> Value:
-    return (prev <= 0.0) & (gap > 0.0)
+def golden_cross(cfg: SignalConfig, x: Inputs) -> Any:
+    return (x["prev_sma_gap"] <= 0.0) & (x["sma_gap"] > 0.0)
 
 
 @golden_cross.reason
-def _golden_cross(cfg: SignalConfig, prev: float, gap: float) -> str:
+def _golden_cross(cfg: SignalConfig, x: Inputs) -> str:
     return "the 50-bar SMA crossed above the 200-bar SMA (golden cross)"
 
 
 @rule(SELL, "prev_sma_gap", "sma_gap")
-def death_cross(cfg: SignalConfig, prev: Value, gap: Value) -> Value:
-    return (prev >= 0.0) & (gap < 0.0)
+def death_cross(cfg: SignalConfig, x: Inputs) -> Any:
+    return (x["prev_sma_gap"] >= 0.0) & (x["sma_gap"] < 0.0)
 
 
 @death_cross.reason
-def _death_cross(cfg: SignalConfig, prev: float, gap: float) -> str:
+def _death_cross(cfg: SignalConfig, x: Inputs) -> str:
     return "the 50-bar SMA crossed below the 200-bar SMA (death cross)"
 
 
 @rule(BUY, "close", "bb_lower")
-def close_below_lower_band(cfg: SignalConfig, close: Value, lower: Value) -> Value:
-    return close < lower
+def close_below_lower_band(cfg: SignalConfig, x: Inputs) -> Any:
+    return x["close"] < x["bb_lower"]
 
 
 @close_below_lower_band.reason
-def _close_below_lower_band(cfg: SignalConfig, close: float, lower: float) -> str:
-    return f"close {close:.2f} below the lower Bollinger band {lower:.2f}"
+def _close_below_lower_band(cfg: SignalConfig, x: Inputs) -> str:
+    return f"close {x['close']:.2f} below the lower Bollinger band {x['bb_lower']:.2f}"
 
 
 @rule(SELL, "close", "bb_upper")
-def close_above_upper_band(cfg: SignalConfig, close: Value, upper: Value) -> Value:
-    return close > upper
+def close_above_upper_band(cfg: SignalConfig, x: Inputs) -> Any:
+    return x["close"] > x["bb_upper"]
 
 
 @close_above_upper_band.reason
-def _close_above_upper_band(cfg: SignalConfig, close: float, upper: float) -> str:
-    return f"close {close:.2f} above the upper Bollinger band {upper:.2f}"
+def _close_above_upper_band(cfg: SignalConfig, x: Inputs) -> str:
+    return f"close {x['close']:.2f} above the upper Bollinger band {x['bb_upper']:.2f}"
 
 
 @rule(NO_SIDE, "volume", "volume_z")
-def volume_spike(cfg: SignalConfig, volume: Value, z: Value) -> Value:
-    return z >= cfg.volume_z_threshold
+def volume_spike(cfg: SignalConfig, x: Inputs) -> Any:
+    return x["volume_z"] >= cfg.volume_z_threshold
 
 
 @volume_spike.reason
-def _volume_spike(cfg: SignalConfig, volume: float, z: float) -> str:
+def _volume_spike(cfg: SignalConfig, x: Inputs) -> str:
     return (
-        f"volume {_human(volume)} is {z:.1f} standard deviations above "
+        f"volume {_human(x['volume'])} is {x['volume_z']:.1f} standard deviations above "
         f"its {cfg.volume_window}-bar mean"
     )
 
 
 @rule(NO_SIDE, "change")
-def price_spike(cfg: SignalConfig, change: Value) -> Value:
-    return abs(change) * 100.0 > cfg.price_spike_pct
+def price_spike(cfg: SignalConfig, x: Inputs) -> Any:
+    return abs(x["change"]) * 100.0 > cfg.price_spike_pct
 
 
 @price_spike.reason
-def _price_spike(cfg: SignalConfig, change: float) -> str:
+def _price_spike(cfg: SignalConfig, x: Inputs) -> str:
     return (
-        f"close moved {change * 100:+.1f}% from the previous bar (flagged as a data-quality event)"
+        f"close moved {x['change'] * 100:+.1f}% from the previous bar "
+        "(flagged as a data-quality event)"
     )
 
 
-def gap(a: Value, b: Value) -> Value:
-    """``a - b`` (None if either is None; over arrays NaN does that)."""
-    if a is None or b is None:
-        return None
-    return a - b
-
-
-def price_change(close: Value, prev_close: Value) -> Value:
+def price_change(close: Any, prev_close: Any) -> Any:
     """The relative move from the previous close, ``close / prev_close - 1``."""
     return close / prev_close - 1.0
 
@@ -433,7 +434,9 @@ class SignalEngine:
         self.config = config if config is not None else SignalConfig()
         self.resolution = resolution
         # Shared by every engine of the same config (a market has many).
-        self._plan, self._signed = _rule_tables(self.config)
+        self._plan, self._signed, self._outcomes = _rule_tables(self.config)
+        self._wants_z = "volume_spike" in self.config.rules
+        self._steps = [(r.name, r.fires, r.explain) for r in self._plan]
         self.reset()
 
     def reset(self) -> None:
@@ -450,44 +453,47 @@ class SignalEngine:
         close = float(bar["close"])
         volume = float(bar["volume"])
         get = indicators.get
-        macd_gap = gap(get("macd"), get("macd_signal"))
-        sma_gap = gap(get("sma_50"), get("sma_200"))
+        # Missing values (None) as NaN, as on the array road.
+        macd_gap = _nan(get("macd")) - _nan(get("macd_signal"))
+        sma_gap = _nan(get("sma_50")) - _nan(get("sma_200"))
         volumes = self._volumes
         prev_close = self._prev_close
         z = None
-        if len(volumes) == cfg.volume_window and "volume_spike" in cfg.rules:
+        if self._wants_z and len(volumes) == cfg.volume_window:
             z = _zscore(volume, volumes)
-        inputs = {
-            "rsi": get("rsi_14"),
-            "prev_macd_gap": self._prev_macd_diff,
+        x = {
+            "rsi": _nan(get("rsi_14")),
+            "prev_macd_gap": _nan(self._prev_macd_diff),
             "macd_gap": macd_gap,
-            "prev_sma_gap": self._prev_sma_diff,
+            "prev_sma_gap": _nan(self._prev_sma_diff),
             "sma_gap": sma_gap,
             "close": close,
-            "bb_lower": get("bb_lower"),
-            "bb_upper": get("bb_upper"),
+            "bb_lower": _nan(get("bb_lower")),
+            "bb_upper": _nan(get("bb_upper")),
             "volume": volume,
-            "volume_z": z,
+            "volume_z": _NAN if z is None else z,
             "change": (
                 price_change(close, prev_close)
                 if prev_close is not None and prev_close > 0.0
-                else None
+                else _NAN
             ),
         }
         reasons: list[str] = []
         texts: list[str] = []
-        for item, args_of in self._plan:
-            args = args_of(inputs)
-            if None not in args and item.fires(cfg, *args):
-                reasons.append(item.name)
-                texts.append(item.explain(cfg, *args))
-
-        score, data_quality, signal, verdict = _outcome(cfg, self._signed, reasons)
+        for name, fires, explain in self._steps:
+            if fires(cfg, x):
+                reasons.append(name)
+                texts.append(explain(cfg, x))
+        fired = tuple(reasons)
+        outcome = self._outcomes.get(fired)
+        if outcome is None:
+            outcome = self._outcomes[fired] = _outcome(cfg, self._signed, fired)
+        score, data_quality, signal, verdict = outcome
 
         # State for the next bar.
         self._prev_close = close
-        self._prev_macd_diff = macd_gap
-        self._prev_sma_diff = sma_gap
+        self._prev_macd_diff = None if macd_gap != macd_gap else macd_gap
+        self._prev_sma_diff = None if sma_gap != sma_gap else sma_gap
         if len(volumes) == cfg.volume_window:
             del volumes[0]
         volumes.append(volume)
@@ -536,8 +542,8 @@ class SignalEngine:
         def before(first: float | None, values: np.ndarray) -> np.ndarray:
             return np.concatenate([nan if first is None else [first], values[:-1]])
 
-        macd_gap = gap(column("macd"), column("macd_signal"))
-        sma_gap = gap(column("sma_50"), column("sma_200"))
+        macd_gap = column("macd") - column("macd_signal")
+        sma_gap = column("sma_50") - column("sma_200")
         prev_close = before(self._prev_close, close)
         with np.errstate(divide="ignore", invalid="ignore"):
             change = np.where(prev_close > 0.0, price_change(close, prev_close), np.nan)
@@ -545,7 +551,7 @@ class SignalEngine:
         z = np.full(n, np.nan)
         if "volume_spike" in cfg.rules:
             z = _zscores(cfg, held, volume)
-        inputs = {
+        x = {
             "rsi": column("rsi_14"),
             "prev_macd_gap": before(self._prev_macd_diff, macd_gap),
             "macd_gap": macd_gap,
@@ -562,19 +568,15 @@ class SignalEngine:
         # (per-row Python work only where a rule fired).
         fired_rules = np.zeros(n, dtype=np.int64)  # bit b: the b-th enabled rule fired
         texts: dict[int, str] = {}
-        for bit, (item, args_of) in enumerate(self._plan):
-            args = args_of(inputs)
+        for bit, item in enumerate(self._plan):
             with np.errstate(invalid="ignore"):
-                fired = item.fires(cfg, *args)
-            for values in args:  # None (NaN) never fires, as in evaluate()
-                fired &= ~np.isnan(values)
-            rows = np.flatnonzero(fired)
+                rows = np.flatnonzero(item.fires(cfg, x))
             if not len(rows):
                 continue
             fired_rules[rows] |= 1 << bit
-            at = [values[rows].tolist() for values in args]
-            for i, row_args in zip(rows.tolist(), zip(*at, strict=True), strict=True):
-                text = item.explain(cfg, *row_args)
+            at = [x[name][rows].tolist() for name in item.inputs]
+            for i, *values in zip(rows.tolist(), *at, strict=True):
+                text = item.explain(cfg, dict(zip(item.inputs, values, strict=True)))
                 earlier = texts.get(i)
                 texts[i] = text if earlier is None else f"{earlier}; {text}"
         # Score, flag, signal and verdict depend on which rules fired, nothing
@@ -584,7 +586,7 @@ class SignalEngine:
         combos = np.flatnonzero(seen)
         combo_index = (np.cumsum(seen) - 1)[fired_rules]
         combo_of = combo_index.tolist()
-        names = [item.name for item, _ in self._plan]
+        names = [item.name for item in self._plan]
         reasons_of, scores, flags, signals, verdicts = [], [], [], [], []
         for combo in combos.tolist():
             fired_names = tuple(name for bit, name in enumerate(names) if combo >> bit & 1)
@@ -663,26 +665,29 @@ def _objects(items: Sequence[Any]) -> np.ndarray:
     return out
 
 
-def _getter(inputs: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    if len(inputs) == 1:
-        (name,) = inputs
-        return lambda values: (values[name],)
-    return itemgetter(*inputs)
-
-
 @cache
 def _rule_tables(
     config: SignalConfig,
 ) -> tuple[
-    tuple[tuple[Rule, Callable[[Mapping[str, Any]], tuple[Any, ...]]], ...], dict[str, float]
+    tuple[Rule, ...],
+    dict[str, float],
+    dict[tuple[str, ...], tuple[float, bool, str, str]],
 ]:
-    """The enabled rules (each with a getter of its inputs) and the signed
-    weight of every rule (+ buys, - sells, 0 for the rules without a side)."""
-    plan = tuple((DEFINITIONS[name], _getter(DEFINITIONS[name].inputs)) for name in config.rules)
+    """The enabled rules in order, the signed weight of every rule (+ buys,
+    - sells, 0 for the rules without a side), and a cache of
+    :func:`_outcome` by fired rules (filled as combinations occur)."""
+    plan = tuple(DEFINITIONS[name] for name in config.rules)
     signed = {
         name: r.side * config.weight(name) if r.side else 0.0 for name, r in DEFINITIONS.items()
     }
-    return plan, signed
+    return plan, signed, {}
+
+
+_NAN = math.nan
+
+
+def _nan(value: float | None) -> float:
+    return _NAN if value is None else value
 
 
 def _outcome(

@@ -32,6 +32,7 @@ from indicators import (
     SignalConfigError,
     SignalEngine,
 )
+from indicators.signals import DEFINITIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -488,3 +489,35 @@ def test_bad_signal_config_raises_one_clear_line(table: dict[str, Any], message:
     assert message in text
     assert "\n" not in text
     assert isinstance(raised.value, ValueError)
+
+
+# --------------------------------------------------------------------------- rule definitions
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_a_rule_reads_only_its_inputs_and_never_fires_on_a_missing_one(name: str) -> None:
+    # Arrange: values that make every rule fire, then each input missing (NaN) in turn
+    rule = DEFINITIONS[name]
+    firing = {
+        "rsi": 20.0 if name == "rsi_oversold" else 80.0,
+        "prev_macd_gap": 0.0,
+        "macd_gap": 1.0 if name == "macd_cross_up" else -1.0,
+        "prev_sma_gap": 0.0,
+        "sma_gap": 1.0 if name == "golden_cross" else -1.0,
+        "close": 10.0,
+        "bb_lower": 11.0,
+        "bb_upper": 9.0,
+        "volume": 5000.0,
+        "volume_z": 4.0,
+        "change": 0.5,
+    }
+    x = {key: firing[key] for key in rule.inputs}  # a KeyError if it reads another
+    config = SignalConfig()
+    # Act / Assert
+    assert rule.fires(config, x)
+    assert rule.fires(config, {k: np.array([v, v]) for k, v in x.items()}).tolist() == [True] * 2
+    assert isinstance(rule.explain(config, x), str)
+    for missing in set(rule.inputs) - {"close", "volume"}:  # the bar's own: never missing
+        assert not rule.fires(config, {**x, missing: math.nan})
+        arrays = {k: np.array([v, math.nan if k == missing else v]) for k, v in x.items()}
+        assert rule.fires(config, arrays).tolist() == [True, False]
