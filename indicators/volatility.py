@@ -15,7 +15,8 @@ For 24/7 markets pass your own (e.g. 365 * 1440 for 1-minute crypto bars).
 
 ``run(closes)`` is the array road, bit-identical to ``update``. Logarithms
 come from ``math.log`` (numpy's vectorised ``log`` differs from the C
-library's in the last bit for about one input in 10,000). The window mean is
+library's in the last bit for some inputs: 86 of 29,996 real CME closes near
+1.1). The window mean is
 ``math.fsum(window) / n``, the correctly rounded sum; when every return in
 the window was an exact difference of two logs (checked per return with an
 error-free TwoSum), the window's exact sum telescopes to
