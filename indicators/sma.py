@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, as_floats, check_period
+from indicators.base import IndicatorBase, as_floats, check_period, fsum_rows
 
 
 class SMA(IndicatorBase):
@@ -81,10 +81,7 @@ class SMA(IndicatorBase):
         # The ring index wraps at these steps, where update() rebuilds the sum
         # (fsum of the window); between two wraps the steps add up in order.
         first_wrap = p - 1 - self._idx
-        extl = prior + values.tolist()
-        rebuilt = [
-            math.fsum(extl[held + k - p + 1 : held + k + 1]) for k in range(first_wrap, n, p)
-        ]
+        rebuilt = self._window_fsums(prior, values, first_wrap)
         sums = np.empty(n)
         head = min(first_wrap + 1, n)
         sums[:head] = np.cumsum(np.concatenate([[self._sum], steps[:head]]))[1:]
@@ -98,12 +95,33 @@ class SMA(IndicatorBase):
         sums[first_wrap::p] = rebuilt
         # The state update() would have left.
         buf = self._buf
-        for k in range(max(0, n - p), n):
-            buf[(self._idx + k) % p] = extl[held + k]
+        last = max(0, n - p)
+        for k, value in enumerate(values[last:].tolist(), start=last):
+            buf[(self._idx + k) % p] = value
         self._idx = (self._idx + n) % p
         self._count = min(p, self._count + n)
         self._sum = float(sums[-1])
         return sums
+
+    def _window_fsums(self, prior: list[float], values: np.ndarray, first_wrap: int) -> list[float]:
+        """``math.fsum`` of the window at each wrap (steps first_wrap, +p, +2p, ...)."""
+        p, n = self.period, len(values)
+        wraps = range(first_wrap, n, p)
+        if not wraps:
+            return []
+        out: list[float] = []
+        if first_wrap < p - 1:  # the first window still holds values from before this chunk
+            out.append(
+                math.fsum(
+                    prior[len(prior) - (p - 1 - first_wrap) :] + values[: first_wrap + 1].tolist()
+                )
+            )
+            wraps = wraps[1:]
+        if wraps:  # the others are consecutive blocks of p new values
+            top = wraps[0] - p + 1
+            blocks = values[top : top + len(wraps) * p].reshape(len(wraps), p)
+            out += fsum_rows(blocks).tolist()
+        return out
 
     def take_state(self, other: SMA) -> None:
         """Take the state of ``other``, an SMA of the same period (a copy)."""

@@ -53,6 +53,7 @@ from indicators.base import (
     ewm_coefficients,
     ewm_run,
     ewm_step,
+    fsum_rows,
     ring_sum_of_squares,
     segmented_cumsum,
     sliding_extreme,
@@ -684,6 +685,28 @@ def test_segmented_cumsum_adds_like_a_loop(lengths: list[int]) -> None:
     got = segmented_cumsum(x, starts, bases)
     # Assert
     assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("width", [2, 5, 20, 50])
+def test_fsum_rows_is_math_fsum_of_each_row(width: int) -> None:
+    # Arrange: prices, values across 60 orders of magnitude, cancellations, zeros
+    rng = np.random.default_rng(width)
+    rows = 5000
+    prices = 100.0 + np.round(rng.normal(0, 5, (rows, width)), 2)
+    wide = rng.normal(0, 1, (rows, width)) * 10.0 ** rng.integers(-30, 30, (rows, width))
+    cancel = np.concatenate([prices[:, : width // 2], -prices[:, : width // 2]], axis=1)
+    cancel = np.concatenate([cancel, prices[:, : width - cancel.shape[1]] * 1e-17], axis=1)
+    zeros = np.where(rng.random((rows, width)) < 0.5, 0.0, prices)
+    halves = np.full((rows, width), 0.1) + rng.integers(0, 3, (rows, width)) * 2.0**-53
+    for values in (prices, wide, cancel, zeros, halves, -prices):
+        # Act
+        got = fsum_rows(values)
+        # Assert
+        expected = [math.fsum(row) for row in values.tolist()]
+        assert got.tolist() == expected
+        assert [math.copysign(1, v) for v in got.tolist()] == [
+            math.copysign(1, v) for v in expected
+        ]
 
 
 def test_ring_sum_of_squares_adds_in_slot_order() -> None:
