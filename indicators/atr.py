@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, as_floats, check_period, wilder_run, wilder_step
+from indicators.base import (
+    IndicatorBase,
+    as_floats,
+    check_period,
+    from_floats,
+    wilder_run,
+    wilder_step,
+)
 
 
 def true_range(high: float, low: float, prev_close: float | None) -> float:
@@ -88,7 +95,7 @@ class ATR(IndicatorBase):
         self._atr = atr[-1]
         self._prev_close = float(close[-1])
         self._count += n
-        out = np.array(atr)
+        out = from_floats(atr, n)
         out[: max(0, p - 1 - first)] = np.nan
         return out
 

@@ -24,7 +24,7 @@ Invariant shared by all indicators: ``initialized`` is ``True`` exactly when
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, Self, runtime_checkable
@@ -256,7 +256,7 @@ def fsum_rows(rows: np.ndarray) -> np.ndarray:
     the sign) go through ``math.fsum``.
     """
     m, n = rows.shape
-    if m < 4 * n:  # few rows: the loop over columns would cost more than fsum
+    if m < 64:  # few rows: numpy calls over columns would cost more than fsum
         return np.array([math.fsum(row) for row in rows.tolist()], dtype=np.float64)
     columns = np.ascontiguousarray(rows.T)
     hi = columns[0].copy()
@@ -287,12 +287,25 @@ def ring_sum_of_squares(
     window's time order; floating-point addition is not associative, so the
     array road adds in the same slot order. ``ext`` holds the values in time
     order, the value at position ``q`` sits in slot ``(q + offset) % period``,
-    and each window is the ``period`` values ending at a position of ``ends``.
+    and each window is the ``period`` values ending at a position of ``ends``
+    (consecutive positions: one window per step).
+
+    As the window slides, a slot keeps its value for ``period`` steps, then
+    takes the next value of its own (every ``period``-th of ``ext``): so each
+    slot's values over all windows are a strided view of ``ext`` with each
+    element repeated ``period`` times.
     """
-    ss = np.zeros(len(ends))
-    shifted = ends + offset
-    for slot in range(period):
-        d = ext[ends - (shifted - slot) % period] - mean
+    p, m = period, len(ends)
+    ss = np.zeros(m)
+    if m == 0:
+        return ss
+    first = int(ends[0])
+    for slot in range(p):
+        # The last position at or before the first window's end that sits in this slot.
+        base = first - (first - (slot - offset)) % p
+        skip = first - base
+        own = ext[base::p][: (skip + m - 1) // p + 1]
+        d = np.repeat(own, p)[skip : skip + m] - mean
         ss += d * d
     return ss
 
@@ -319,6 +332,11 @@ def sliding_extreme(values: np.ndarray, left: np.ndarray, right: np.ndarray, op:
         if k + 1 < levels:
             table = op(table[:-size], table[size:]) if size < len(table) else table
     return out
+
+
+def from_floats(values: Iterable[float], count: int) -> np.ndarray:
+    """A float64 array of ``count`` Python floats (from a list or an iterator)."""
+    return np.fromiter(values, dtype=np.float64, count=count)
 
 
 def as_floats(values: Any) -> np.ndarray:

@@ -24,6 +24,7 @@ from indicators.base import (
     ewm_coefficients,
     ewm_run,
     ewm_step,
+    from_floats,
 )
 
 
@@ -60,7 +61,7 @@ class EMA(IndicatorBase):
             ys = ewm_run(xs, self._ema, self._a, self._b, self._d)
         self._ema = ys[-1]
         self._count += len(xs)
-        return np.array(ys)
+        return from_floats(ys, len(ys))
 
     def run(self, values: np.ndarray) -> np.ndarray:
         """``value`` after each of ``values`` (NaN while warming up), as ``update`` would."""

@@ -27,6 +27,7 @@ from indicators.base import (
     ewm_coefficients,
     ewm_run,
     ewm_step,
+    from_floats,
 )
 
 
@@ -85,8 +86,8 @@ class RSI(IndicatorBase):
         gains = np.where(diff > 0.0, diff, zero)
         losses = np.where(diff < 0.0, -diff, zero)
         a, b, d = self._a, self._b, self._d
-        ups = np.array([self._up] * skip + ewm_run(gains.tolist(), self._up, a, b, d))
-        downs = np.array([self._down] * skip + ewm_run(losses.tolist(), self._down, a, b, d))
+        ups = from_floats([self._up] * skip + ewm_run(gains.tolist(), self._up, a, b, d), n)
+        downs = from_floats([self._down] * skip + ewm_run(losses.tolist(), self._down, a, b, d), n)
         self._up, self._down = float(ups[-1]), float(downs[-1])
         self._prev = float(closes[-1])
         self._count += n

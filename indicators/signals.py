@@ -574,9 +574,7 @@ class SignalEngine:
             if not len(rows):
                 continue
             fired_rules[rows] |= 1 << bit
-            at = [x[name][rows].tolist() for name in item.inputs]
-            for i, *values in zip(rows.tolist(), *at, strict=True):
-                text = item.explain(cfg, dict(zip(item.inputs, values, strict=True)))
+            for i, text in _explained(cfg, item, x, rows):
                 earlier = texts.get(i)
                 texts[i] = text if earlier is None else f"{earlier}; {text}"
         # Score, flag, signal and verdict depend on which rules fired, nothing
@@ -655,6 +653,20 @@ class SignalEngine:
         obj._prev_sma_diff = state["prev_sma_diff"]
         obj._volumes.extend(float(v) for v in state["volumes"][-obj.config.volume_window :])
         return obj
+
+
+def _explained(
+    cfg: SignalConfig, item: Rule, x: Inputs, rows: np.ndarray
+) -> Iterator[tuple[int, str]]:
+    """``(row, reason text)`` for each row a rule fired on: its ``explain`` on that
+    row's values (one mapping, refilled row by row)."""
+    row: dict[str, float] = {}
+    explain = item.explain
+    columns = [(name, x[name][rows].tolist()) for name in item.inputs]
+    for k, i in enumerate(rows.tolist()):
+        for name, values in columns:
+            row[name] = values[k]
+        yield i, explain(cfg, row)
 
 
 def _objects(items: Sequence[Any]) -> np.ndarray:

@@ -33,7 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from indicators.base import IndicatorBase, as_floats, check_period, ring_sum_of_squares
+from indicators.base import (
+    IndicatorBase,
+    as_floats,
+    check_period,
+    from_floats,
+    ring_sum_of_squares,
+)
 
 TRADING_DAYS_PER_YEAR = 252
 REGULAR_SESSION_MINUTES = 390
@@ -110,14 +116,13 @@ class Volatility(IndicatorBase):
         out = np.full(n, np.nan)
         if n == 0:
             return out
-        logs = list(map(math.log, closes.tolist()))
+        logs = from_floats(map(math.log, closes.tolist()), n)
         if self._prev_log is None:
-            skip, prev = 1, logs[:-1]
+            skip, log_before = 1, logs[:-1]
         else:
-            skip, prev = 0, [self._prev_log, *logs[:-1]]
-        self._prev_log = logs[-1]
-        log_now = np.array(logs[skip:])
-        log_before = np.array(prev)
+            skip, log_before = 0, np.concatenate([[self._prev_log], logs[:-1]])
+        self._prev_log = float(logs[-1])
+        log_now = logs[skip:]
         returns = log_now - log_before
         m = len(returns)
         if m == 0:
