@@ -524,10 +524,12 @@ class SignalEngine:
         microseconds), ``close`` and ``volume`` to arrays; ``indicators`` maps
         the indicator columns to float arrays (NaN for None), as
         :meth:`IndicatorSet.run` returns them. Returns the columns
-        ``signal`` (list of str), ``score`` (float64 array), ``reasons`` (list
-        of lists), ``summary`` (list of str) and ``data_quality`` (bool
-        array); row ``i`` equals what ``evaluate`` returns for bar ``i``. The
-        summaries name the engine's ``resolution``.
+        ``signal`` (object array of str), ``score`` (float64 array),
+        ``reasons`` (object array of tuples of rule names, one tuple shared by
+        the bars with the same rules), ``summary`` (list of str) and
+        ``data_quality`` (bool array); row ``i`` holds what ``evaluate``
+        returns for bar ``i`` (``reasons`` as a tuple). The summaries name the
+        engine's ``resolution``.
         """
         cfg = self.config
         close = as_floats(bars["close"])
