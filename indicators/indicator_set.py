@@ -346,11 +346,11 @@ class IndicatorSet:
         )
         bb_twin = None
         for name, sma in zip(COLUMNS[:5], self._smas, strict=True):
-            key = (sma.period, sma._idx, sma._count, sma._sum.hex(), sma._buf.tobytes())
+            sma_key = (sma.period, sma._idx, sma._count, sma._sum.hex(), sma._buf.tobytes())
             count = sma._count
             sums = sma.run_sums(close)
             out[name] = _hide_warm_up(sums / sma.period, sma.period, count)
-            if bb_twin is None and key == bb_twin_key:
+            if bb_twin is None and sma_key == bb_twin_key:
                 bb_twin = (sma, sums)
         for name, ema in zip(COLUMNS[5:7], self._emas, strict=True):
             key = (ema.period, ema._ema.hex(), ema._count)

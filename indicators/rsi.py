@@ -15,7 +15,7 @@ QuantConnect Lean's) as well. O(1) per update.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -40,9 +40,13 @@ def gains_and_losses(diff: float) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def rsi_of(up: float | np.ndarray, down: float | np.ndarray) -> float | np.ndarray:
-    """``100 - 100 / (1 + up/down)``, the same expression for a float or an array
-    (for arrays, ``down == 0`` rows must be replaced by 100 by the caller)."""
+@overload
+def rsi_of(up: float, down: float) -> float: ...
+@overload
+def rsi_of(up: np.ndarray, down: np.ndarray) -> np.ndarray: ...
+def rsi_of(up: Any, down: Any) -> Any:
+    """``100 - 100 / (1 + up/down)``, the same expression for floats or arrays
+    (with arrays, the caller puts 100 where ``down == 0``)."""
     return 100.0 - 100.0 / (1.0 + up / down)
 
 
