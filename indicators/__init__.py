@@ -1,14 +1,17 @@
-"""Incremental technical indicators and rule-based signals (plain Python, no I/O).
+"""Technical indicators and rule-based signals (plain Python and numpy, no I/O).
 
 One indicator per module, all following :class:`indicators.base.Indicator`
-(``update``, ``value``, ``initialized``, ``reset``, ``snapshot``, ``restore``);
+(``update``, ``value``, ``initialized``, ``reset``, ``snapshot``, ``restore``)
+plus ``run``, the same indicator over a whole array at once (bit-identical);
 :class:`IndicatorSet` computes every gold indicator column for one symbol and
-:class:`SignalEngine` turns bars plus indicator rows into buy/sell/hold signals.
+:class:`SignalEngine` turns bars plus indicator rows into buy/sell/hold signals;
+:func:`compute_gold` does both over a chunk of bounded history.
 Formulas, seeds and warm-up lengths: ``docs/indicators.md``.
 """
 
 from indicators.atr import ATR
 from indicators.base import Indicator
+from indicators.batch import SIGNAL_COLUMNS, GoldChunk, GoldSeries, compute_gold
 from indicators.bollinger import BollingerBands
 from indicators.ema import EMA
 from indicators.high_low_52w import HighLow52w
@@ -34,8 +37,11 @@ __all__ = [
     "RESOLUTIONS",
     "RSI",
     "RULES",
+    "SIGNAL_COLUMNS",
     "SMA",
     "BollingerBands",
+    "GoldChunk",
+    "GoldSeries",
     "HighLow52w",
     "Indicator",
     "IndicatorConfig",
@@ -46,5 +52,6 @@ __all__ = [
     "SignalConfigError",
     "SignalEngine",
     "Volatility",
+    "compute_gold",
     "periods_per_year_for",
 ]

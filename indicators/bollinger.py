@@ -7,6 +7,11 @@ where ``sd`` is the population (``ddof=0``) standard deviation of the same
 (O(n) per update) so that it stays accurate even when the spread is tiny
 compared with the price, where ``sum(x^2) - n*mean^2`` would cancel
 catastrophically. First values after ``n`` closes.
+
+``run(closes)`` is the array road, bit-identical to ``update``: the mean comes
+from :meth:`indicators.sma.SMA.run_sums` and the squared deviations are added
+in the ring buffer's slot order (:func:`indicators.base.ring_sum_of_squares`),
+as ``update`` adds them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from indicators.base import IndicatorBase, check_period
+import numpy as np
+
+from indicators.base import IndicatorBase, as_floats, check_period, ring_sum_of_squares
 from indicators.sma import SMA
 
 
@@ -50,6 +57,45 @@ class BollingerBands(IndicatorBase):
             ss += d * d
         self._middle = mean
         self._sd = math.sqrt(ss / self.period)
+
+    def run(
+        self, closes: np.ndarray, twin: tuple[SMA, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """``middle``, ``upper``, ``lower`` and ``std`` after each close (NaN while
+        filling), as the properties read after each ``update``.
+
+        ``twin``: an SMA that was in the same state as this one's and has
+        just run these closes, with the sums it returned (an IndicatorSet's
+        ``sma_20``); its sums and state are taken instead of computed again.
+        """
+        closes = as_floats(closes)
+        sma, p, n = self._sma, self.period, len(closes)
+        count0, idx0 = sma._count, sma._idx
+        prior = sma.window()
+        ext = np.concatenate([np.array(prior, dtype=np.float64), closes])
+        if twin is None:
+            mean = sma.run_sums(closes) / p
+        else:
+            sma.take_state(twin[0])
+            mean = twin[1] / p
+        first = max(0, p - 1 - count0)  # the first step with a full window
+        middle = np.full(n, np.nan)
+        upper = np.full(n, np.nan)
+        lower = np.full(n, np.nan)
+        std = np.full(n, np.nan)
+        if first < n:
+            ends = np.arange(first, n) + len(prior)
+            # The close at ext position q sits in ring slot (q + offset) % p.
+            offset = (idx0 - len(prior)) % p
+            ss = ring_sum_of_squares(ext, ends, offset, p, mean[first:])
+            sd = np.sqrt(ss / p)
+            std[first:] = sd
+            middle[first:] = mean[first:]
+            upper[first:] = mean[first:] + self.k * sd
+            lower[first:] = mean[first:] - self.k * sd
+            self._middle = float(mean[-1])
+            self._sd = float(sd[-1])
+        return {"middle": middle, "upper": upper, "lower": lower, "std": std}
 
     @property
     def middle(self) -> float | None:

@@ -14,15 +14,26 @@ Warm-up: ``None`` until the series spans a whole window
 (``ts - first_ts >= window``), so the value never claims a 52-week extreme
 from a shorter history. Bars must arrive in time order (``ValueError``
 otherwise).
+
+``run(starts, high, low)`` is the array road: each window's extreme over the
+deque's entries plus the new bars by a sparse table
+(:func:`indicators.base.sliding_extreme`; max and min are exact, so the
+values are the same bits), and the deques left exactly as ``update`` leaves
+them (the entries of the last window not dominated by a later one).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from indicators.base import IndicatorBase, check_period
+import numpy as np
+
+from indicators.base import IndicatorBase, as_floats, as_micros, check_period, sliding_extreme
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 
 class HighLow52w(IndicatorBase):
@@ -65,6 +76,69 @@ class HighLow52w(IndicatorBase):
             highs.popleft()
         while lows[0][0] <= cutoff:
             lows.popleft()
+
+    def run(self, starts: np.ndarray, high: np.ndarray, low: np.ndarray) -> dict[str, np.ndarray]:
+        """``high`` and ``low`` after each bar (NaN until a whole window is covered),
+        as the properties read after each ``update``.
+
+        ``starts``: see :func:`indicators.base.as_micros` (int64 microseconds
+        since the epoch, numpy ``datetime64`` or aware datetimes).
+        """
+        starts, high, low = as_micros(starts), as_floats(high), as_floats(low)
+        n = len(starts)
+        if n == 0:
+            return {"high": np.empty(0), "low": np.empty(0)}
+        last = None if self._last is None else (self._last - _EPOCH) // _US
+        back = np.flatnonzero(starts[1:] < starts[:-1])
+        if last is not None and int(starts[0]) < last:
+            self._refuse(int(starts[0]), last)
+        if len(back):
+            self._refuse(int(starts[back[0] + 1]), int(starts[back[0]]))
+        if self._first is None:
+            self._first = _EPOCH + int(starts[0]) * _US
+        window = self._window // _US
+        highs, self._highs = self._extremes(self._highs, starts, high, window, np.maximum)
+        lows, self._lows = self._extremes(self._lows, starts, low, window, np.minimum)
+        self._last = _EPOCH + int(starts[-1]) * _US
+        covered = starts - (self._first - _EPOCH) // _US >= window
+        return {"high": np.where(covered, highs, np.nan), "low": np.where(covered, lows, np.nan)}
+
+    @staticmethod
+    def _extremes(
+        kept: deque[tuple[datetime, float]],
+        starts: np.ndarray,
+        prices: np.ndarray,
+        window: int,
+        op: Any,
+    ) -> tuple[np.ndarray, deque[tuple[datetime, float]]]:
+        """The extreme of each bar's window, and the deque ``update`` would leave."""
+        held = len(kept)
+        times = np.concatenate(
+            [np.array([(ts - _EPOCH) // _US for ts, _ in kept], dtype=np.int64), starts]
+        )
+        values = np.concatenate([np.array([v for _, v in kept], dtype=np.float64), prices])
+        right = np.arange(held, held + len(starts))
+        left = np.searchsorted(times, starts - window, side="right")
+        out = sliding_extreme(values, left, right, op)
+        # What stays: the last window's entries that no later entry equals or beats.
+        tail = values[left[-1] :]
+        later = op.accumulate(tail[::-1])[::-1]
+        keep = np.ones(len(tail), dtype=bool)
+        keep[:-1] = op(tail[:-1], later[1:]) != later[1:]
+        stay: deque[tuple[datetime, float]] = deque()
+        for q in (np.flatnonzero(keep) + left[-1]).tolist():
+            if q < held:
+                stay.append(kept[q])
+            else:
+                stay.append((_EPOCH + int(times[q]) * _US, float(values[q])))
+        return out, stay
+
+    @staticmethod
+    def _refuse(ts: int, last: int) -> None:
+        raise ValueError(
+            f"bar at {(_EPOCH + ts * _US).isoformat()} is older than the previous bar "
+            f"({(_EPOCH + last * _US).isoformat()}); bars must arrive in time order"
+        )
 
     @property
     def initialized(self) -> bool:

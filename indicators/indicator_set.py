@@ -12,8 +12,15 @@ mistakes raise :class:`IndicatorConfigError` with one line naming the key and
 the fix. ``IndicatorConfig.from_mapping`` reads a TOML table and rejects
 unknown keys.
 
-Plain Python: no Bytewax, Kafka, Parquet or pandas. Per bar the cost is O(1)
-plus two O(window) standard deviations (Bollinger 20, volatility 20).
+Plain Python and numpy: no Bytewax, Kafka, Parquet or pandas. Per bar the
+cost is O(1) plus two O(window) standard deviations (Bollinger 20,
+volatility 20).
+
+:meth:`IndicatorSet.run` is the array road over a chunk of one series' bars:
+every column as a numpy array (NaN where ``update`` gives ``None``), each
+indicator through its own ``run``, bit-identical to ``update`` bar by bar and
+leaving the same state, so chunks and single bars can follow each other in
+any mix.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from dataclasses import dataclass, fields
 from datetime import time
 from typing import Any, ClassVar, Self
 
+import numpy as np
+
 from indicators.atr import ATR
-from indicators.base import SNAPSHOT_VERSION, config_kwargs
+from indicators.base import SNAPSHOT_VERSION, as_floats, as_micros, config_kwargs
 from indicators.bollinger import BollingerBands
 from indicators.ema import EMA
 from indicators.high_low_52w import HighLow52w
@@ -238,11 +247,7 @@ class IndicatorSet:
         (``pv = vwap * volume``); with neither, the typical price
         ``(high + low + close) / 3`` stands in for the VWAP, as ``ta`` does.
         """
-        symbol = bar["symbol"]
-        if self.symbol is None:
-            self.symbol = symbol
-        elif symbol != self.symbol:
-            raise ValueError(f"IndicatorSet of {self.symbol!r} got a bar of {symbol!r}")
+        self._check_symbol(bar["symbol"])
         start = bar["start"]
         high = float(bar["high"])
         low = float(bar["low"])
@@ -308,6 +313,79 @@ class IndicatorSet:
             "low_52w": low_52w,
         }
 
+    def _check_symbol(self, symbol: str) -> None:
+        if self.symbol is None:
+            self.symbol = symbol
+        elif symbol != self.symbol:
+            raise ValueError(f"IndicatorSet of {self.symbol!r} got a bar of {symbol!r}")
+
+    def run(self, bars: Mapping[str, Any], symbol: str) -> dict[str, np.ndarray]:
+        """Add a chunk of bars of ``symbol`` and return every column, one value per bar.
+
+        ``bars`` maps ``start`` (numpy ``datetime64``, UTC, or int64
+        microseconds), ``high, low, close, volume`` and optionally ``pv`` or
+        ``vwap`` (NaN = none) to equally long arrays, in time order. The
+        result maps each of :attr:`columns` (in that order) to a float64 array
+        holding what ``update`` returns for each bar, with NaN for ``None``
+        (inputs must be finite, as for ``update``). Afterwards the set is in
+        exactly the state ``update`` over the same bars would leave.
+        """
+        self._check_symbol(symbol)
+        starts = as_micros(bars["start"])
+        high, low = as_floats(bars["high"]), as_floats(bars["low"])
+        close, volume = as_floats(bars["close"]), as_floats(bars["volume"])
+        pv = bar_pv(bars, high, low, close, volume)
+        out: dict[str, np.ndarray] = {}
+        raw: dict[tuple[int, str, int], np.ndarray] = {}
+        # Bollinger's SMA is usually in the same state as one of ours.
+        bb_sma = self._bb._sma
+        bb_twin_key = (
+            bb_sma.period,
+            bb_sma._idx,
+            bb_sma._count,
+            bb_sma._sum.hex(),
+            bb_sma._buf.tobytes(),
+        )
+        bb_twin = None
+        for name, sma in zip(COLUMNS[:5], self._smas, strict=True):
+            sma_key = (sma.period, sma._idx, sma._count, sma._sum.hex(), sma._buf.tobytes())
+            count = sma._count
+            sums = sma.run_sums(close)
+            out[name] = _hide_warm_up(sums / sma.period, sma.period, count)
+            if bb_twin is None and sma_key == bb_twin_key:
+                bb_twin = (sma, sums)
+        for name, ema in zip(COLUMNS[5:7], self._emas, strict=True):
+            key = (ema.period, ema._ema.hex(), ema._count)
+            raw[key] = ema.run_raw(close)
+            out[name] = _hide_warm_up(raw[key], ema.period, key[2])
+        out["rsi_14"] = self._rsi.run(close)
+        # MACD's own EMAs are usually in the same state as ema_12/ema_26.
+        macd = self._macd
+        fast = raw.get((macd._fast.period, macd._fast._ema.hex(), macd._fast._count))
+        slow = raw.get((macd._slow.period, macd._slow._ema.hex(), macd._slow._count))
+        lines = macd.run(close, fast, slow)
+        out["macd"], out["macd_signal"], out["macd_hist"] = (
+            lines["macd"],
+            lines["signal"],
+            lines["hist"],
+        )
+        bands = self._bb.run(close, bb_twin)
+        out["bb_middle"], out["bb_upper"], out["bb_lower"] = (
+            bands["middle"],
+            bands["upper"],
+            bands["lower"],
+        )
+        out["atr_14"] = self._atr.run(high, low, close)
+        out["vwap_session"] = self._vwap.run(starts, pv, volume)
+        out["volatility_20"] = self._vol.run(close)
+        if self._hl is not None:
+            extremes = self._hl.run(starts, high, low)
+            out["high_52w"], out["low_52w"] = extremes["high"], extremes["low"]
+        else:
+            out["high_52w"] = np.full(len(close), np.nan)
+            out["low_52w"] = np.full(len(close), np.nan)
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """The whole set's state as plain values (picklable, JSON-able)."""
         return {
@@ -347,3 +425,28 @@ class IndicatorSet:
         hl = state["high_low"]
         obj._hl = None if hl is None else HighLow52w.restore(hl)
         return obj
+
+
+def bar_pv(
+    bars: Mapping[str, Any],
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    volume: np.ndarray,
+) -> np.ndarray:
+    """Each bar's Σ price·size as :meth:`IndicatorSet.update` takes it: ``pv``,
+    else ``vwap · volume``, else the typical price times the volume (0 for no volume)."""
+    if bars.get("pv") is not None:
+        return as_floats(bars["pv"])
+    typical = (high + low + close) / 3.0 * volume
+    vwap = bars.get("vwap")
+    if vwap is not None:
+        vwap = as_floats(vwap)
+        typical = np.where(np.isnan(vwap), typical, vwap * volume)
+    return np.where(volume == 0.0, 0.0, typical)
+
+
+def _hide_warm_up(raw: np.ndarray, period: int, count: int) -> np.ndarray:
+    out = raw.copy()
+    out[: max(0, period - 1 - count)] = np.nan
+    return out

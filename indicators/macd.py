@@ -11,13 +11,19 @@
 ``value`` is the MACD line; like every indicator here it is ``None`` until
 ``initialized``, which needs all three lines. The ``macd`` property alone is
 available ``signal - 1`` bars earlier, exactly when ``ta`` starts showing it.
+
+``run(closes)`` is the array road: the three EMAs through
+:meth:`indicators.ema.EMA.run_raw`, the signal EMA fed only the bars where
+the MACD line exists, exactly as ``update`` feeds it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from indicators.base import IndicatorBase, check_period
+import numpy as np
+
+from indicators.base import IndicatorBase, as_floats, check_period
 from indicators.ema import EMA
 
 
@@ -52,6 +58,38 @@ class MACD(IndicatorBase):
             macd = self._fast._ema - slow
             self._macd = macd
             self._signal.update(macd)
+
+    def run(
+        self, closes: np.ndarray, fast: np.ndarray | None = None, slow: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """``macd``, ``signal`` and ``hist`` after each close (NaN while warming up),
+        as the properties read after each ``update``.
+
+        ``fast``/``slow``: the raw EMA series of these closes when the caller
+        already has them from EMAs in exactly this MACD's EMA states (an
+        IndicatorSet's ``ema_12``/``ema_26``); the states still advance here.
+        """
+        closes = as_floats(closes)
+        n = len(closes)
+        slow_count = self._slow._count
+        if fast is None:
+            fast = self._fast.run_raw(closes)
+        else:
+            self._fast._ema = float(fast[-1]) if n else self._fast._ema
+            self._fast._count += n
+        if slow is None:
+            slow = self._slow.run_raw(closes)
+        else:
+            self._slow._ema = float(slow[-1]) if n else self._slow._ema
+            self._slow._count += n
+        macd = np.full(n, np.nan)
+        signal = np.full(n, np.nan)
+        lines = max(0, self.slow - 1 - slow_count)  # the first bar with a MACD line
+        if lines < n:
+            macd[lines:] = fast[lines:] - slow[lines:]
+            signal[lines:] = self._signal.run(macd[lines:])
+            self._macd = float(macd[-1])
+        return {"macd": macd, "signal": signal, "hist": macd - signal}
 
     @property
     def macd(self) -> float | None:

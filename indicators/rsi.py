@@ -15,9 +15,39 @@ QuantConnect Lean's) as well. O(1) per update.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
-from indicators.base import IndicatorBase, check_period, ewm_alpha_from_alpha, ewm_coefficients
+import numpy as np
+
+from indicators.base import (
+    IndicatorBase,
+    as_floats,
+    check_period,
+    ewm_alpha_from_alpha,
+    ewm_coefficients,
+    ewm_run,
+    ewm_step,
+    from_floats,
+)
+
+
+def gains_and_losses(diff: float) -> tuple[float, float]:
+    """``(max(diff, 0), max(-diff, 0))``: a change of 0 is neither (both 0.0)."""
+    if diff > 0.0:
+        return diff, 0.0
+    if diff < 0.0:
+        return 0.0, -diff
+    return 0.0, 0.0
+
+
+@overload
+def rsi_of(up: float, down: float) -> float: ...
+@overload
+def rsi_of(up: np.ndarray, down: np.ndarray) -> np.ndarray: ...
+def rsi_of(up: Any, down: Any) -> Any:
+    """``100 - 100 / (1 + up/down)``, the same expression for floats or arrays
+    (with arrays, the caller puts 100 where ``down == 0``)."""
+    return 100.0 - 100.0 / (1.0 + up / down)
 
 
 class RSI(IndicatorBase):
@@ -39,20 +69,36 @@ class RSI(IndicatorBase):
     def update(self, close: float) -> None:
         """Add one close."""
         if self._count:
-            diff = close - self._prev
-            if diff > 0.0:
-                up, down = diff, 0.0
-            elif diff < 0.0:
-                up, down = 0.0, -diff
-            else:
-                up = down = 0.0
+            up, down = gains_and_losses(close - self._prev)
             a, b, d = self._a, self._b, self._d
-            if self._up != up:
-                self._up = (b * self._up + a * up) / d
-            if self._down != down:
-                self._down = (b * self._down + a * down) / d
+            self._up = ewm_step(self._up, up, a, b, d)
+            self._down = ewm_step(self._down, down, a, b, d)
         self._prev = close
         self._count += 1
+
+    def run(self, closes: np.ndarray) -> np.ndarray:
+        """``value`` after each close (NaN while warming up), as ``update`` would."""
+        closes = as_floats(closes)
+        n = len(closes)
+        if n == 0:
+            return np.empty(0)
+        first = self._count
+        skip = 0 if first else 1  # the very first close has no change
+        prev = np.concatenate([[self._prev], closes[:-1]])
+        diff = closes[skip:] - prev[skip:]
+        zero = np.zeros(len(diff))
+        gains = np.where(diff > 0.0, diff, zero)
+        losses = np.where(diff < 0.0, -diff, zero)
+        a, b, d = self._a, self._b, self._d
+        ups = from_floats([self._up] * skip + ewm_run(gains.tolist(), self._up, a, b, d), n)
+        downs = from_floats([self._down] * skip + ewm_run(losses.tolist(), self._down, a, b, d), n)
+        self._up, self._down = float(ups[-1]), float(downs[-1])
+        self._prev = float(closes[-1])
+        self._count += n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.where(downs == 0.0, 100.0, rsi_of(ups, downs))
+        out[: max(0, self.period - 1 - first)] = np.nan
+        return out
 
     @property
     def value(self) -> float | None:
@@ -60,7 +106,7 @@ class RSI(IndicatorBase):
             return None
         if self._down == 0.0:
             return 100.0
-        return 100.0 - 100.0 / (1.0 + self._up / self._down)
+        return rsi_of(self._up, self._down)
 
     @property
     def initialized(self) -> bool:

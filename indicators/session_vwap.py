@@ -12,6 +12,12 @@ shifts. Default: UTC midnight to UTC midnight.
 update: the current session's bounds are cached, and the time-zone arithmetic
 runs only when a bar leaves them. Bars must arrive in time order; a bar older
 than the current session raises ``ValueError``.
+
+``run(starts, pv, volume)`` is the array road, bit-identical to ``update``:
+sessions are found with integer arithmetic on microseconds for ``UTC`` and
+fixed offsets (the same formula as :meth:`SessionVWAP.session_bounds`), and
+with ``session_bounds`` itself, once per session, for a named zone; the sums
+restart at each session as running sums (``np.cumsum`` adds in bar order).
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from indicators.base import IndicatorBase
+import numpy as np
+
+from indicators.base import IndicatorBase, as_floats, as_micros, segmented_cumsum
 
 _DAY = timedelta(days=1)
 _EPOCH_DAY = date(1970, 1, 1)
+_DAY_US = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OFFSET = re.compile(r"^(?:UTC|GMT)?([+-])(\d{1,2}):?(\d{2})?$")
 
 
@@ -130,6 +140,81 @@ class SessionVWAP(IndicatorBase):
         self._pv += pv
         self._volume += volume
 
+    def run(self, starts: np.ndarray, pv: np.ndarray, volume: np.ndarray) -> np.ndarray:
+        """``value`` after each bar (NaN while the session has no volume), as ``update`` would.
+
+        ``starts``: see :func:`indicators.base.as_micros` (int64 microseconds
+        since the epoch, numpy ``datetime64`` or aware datetimes).
+        """
+        starts, pv, volume = as_micros(starts), as_floats(pv), as_floats(volume)
+        n = len(starts)
+        if n == 0:
+            return np.empty(0)
+        opening, bounds = self._sessions(starts)
+        begins = np.flatnonzero(opening)
+        if len(begins) == 0 or begins[0] != 0:
+            begins = np.concatenate([[0], begins])
+        base = np.zeros(len(begins))
+        if not opening[0]:  # the first bars continue the current session
+            base_pv, base_volume = base.copy(), base.copy()
+            base_pv[0], base_volume[0] = self._pv, self._volume
+        else:
+            base_pv = base_volume = base
+        pvs = segmented_cumsum(pv, begins, base_pv)
+        volumes = segmented_cumsum(volume, begins, base_volume)
+        if bounds is not None:
+            self._start, self._end = bounds
+        self._pv, self._volume = float(pvs[-1]), float(volumes[-1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(volumes > 0.0, pvs / volumes, np.nan)
+
+    def _sessions(self, starts: np.ndarray) -> tuple[np.ndarray, tuple[datetime, datetime] | None]:
+        """Which bars open a new session, and the bounds of the last one opened."""
+        n = len(starts)
+        opening = np.zeros(n, dtype=bool)
+        cur = None
+        if self._start is not None and self._end is not None:
+            cur = (_micros(self._start), _micros(self._end))
+        bounds = None
+        if self._anchor is not None:
+            # session_bounds' arithmetic, on integer microseconds.
+            anchor = _micros(self._anchor)
+            session = anchor + (starts - anchor) // _DAY_US * _DAY_US
+            opening[1:] = session[1:] != session[:-1]
+            opening[0] = cur is None or not cur[0] <= int(starts[0]) < cur[1]
+            begun = np.flatnonzero(opening)
+            back = np.flatnonzero(session[1:] < session[:-1])
+            if cur is not None and int(starts[0]) < cur[0]:
+                self._refuse(int(starts[0]), cur[0])
+            if len(back):
+                self._refuse(int(starts[back[0] + 1]), int(session[back[0]]))
+            if len(begun):
+                bounds = self.session_bounds(_datetime(int(starts[begun[-1]])))
+            return opening, bounds
+        # A named zone: session_bounds once per session. In time order (as bars
+        # come) the rest of a session's bars are skipped at once; otherwise
+        # each bar is checked against the current bounds, as update() does.
+        ordered = bool(np.all(starts[1:] >= starts[:-1]))
+        values = starts.tolist()
+        i = 0
+        while i < n:
+            ts = values[i]
+            if cur is None or not cur[0] <= ts < cur[1]:
+                if cur is not None and ts < cur[0]:
+                    self._refuse(ts, cur[0])
+                bounds = self.session_bounds(_datetime(ts))
+                cur = (_micros(bounds[0]), _micros(bounds[1]))
+                opening[i] = True
+            i = int(np.searchsorted(starts, cur[1], side="left")) if ordered else i + 1
+        return opening, bounds
+
+    @staticmethod
+    def _refuse(ts: int, start: int) -> None:
+        raise ValueError(
+            f"bar at {_datetime(ts).isoformat()} is older than the current session "
+            f"(started {_datetime(start).isoformat()}); bars must arrive in time order"
+        )
+
     @property
     def value(self) -> float | None:
         return self._pv / self._volume if self._volume > 0.0 else None
@@ -162,3 +247,13 @@ class SessionVWAP(IndicatorBase):
         self._end = None if end is None else datetime.fromisoformat(end)
         self._pv = float(state["pv"])
         self._volume = float(state["volume"])
+
+
+def _micros(ts: datetime) -> int:
+    """A tz-aware datetime as integer microseconds since the epoch (exact)."""
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+def _datetime(us: int) -> datetime:
+    """Integer microseconds since the epoch as a UTC datetime (exact)."""
+    return _EPOCH + timedelta(microseconds=us)

@@ -7,6 +7,10 @@ Tolerances: ``ta`` comparisons are 1e-9 relative (in practice the EMA family
 and ATR are bit-identical and the rolling statistics agree to ~1e-13).
 Third-party files are compared after their own seed difference has decayed,
 to within one unit of the last decimal they print.
+
+Every test that computes values runs on both roads (the ``road`` fixture):
+``update``, one input at a time, and ``run``, the array road over the whole
+series at once (tests/test_batch.py checks the two agree bit for bit).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from datetime import UTC, datetime, time, timedelta
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -122,14 +127,55 @@ def bars(request: pytest.FixtureRequest, real_data_dir: Path) -> pd.DataFrame:
     return loader(real_data_dir)
 
 
-def _feed(indicator: Any, inputs: Iterable[Any], read: Callable[[Any], float | None]) -> np.ndarray:
-    """Update ``indicator`` with each input and collect ``read(indicator)`` (None -> NaN)."""
+ROADS = ["update", "run"]
+
+
+@pytest.fixture(params=ROADS)
+def road(request: pytest.FixtureRequest) -> str:
+    """``update`` (the incremental road) or ``run`` (the array road)."""
+    return request.param
+
+
+def _feed(
+    indicator: Any,
+    inputs: Iterable[Any],
+    read: Callable[[Any], Any],
+    road: str = "update",
+) -> np.ndarray:
+    """``read(indicator)`` after each input (None -> NaN), on either road.
+
+    ``update``: feed the inputs one at a time. ``run``: the inputs as arrays
+    (one per argument) through ``indicator.run``; ``read`` then sees the
+    outputs as arrays under the names of the indicator's properties.
+    """
+    if road == "run":
+        value = read(_run_outputs(indicator, list(inputs)))
+        return np.asarray(value, dtype=float)
     out = []
     for args in inputs:
         indicator.update(*args) if isinstance(args, tuple) else indicator.update(args)
         value = read(indicator)
         out.append(math.nan if value is None else value)
     return np.asarray(out, dtype=float)
+
+
+def _run_outputs(indicator: Any, inputs: list[Any]) -> SimpleNamespace:
+    """``indicator.run`` over the inputs, its outputs named like its properties."""
+    columns = list(zip(*inputs, strict=True)) if isinstance(inputs[0], tuple) else [inputs]
+    arrays = [
+        np.array(c, dtype=object) if c and isinstance(c[0], datetime) else np.asarray(c, float)
+        for c in columns
+    ]
+    out = indicator.run(*arrays)
+    if not isinstance(out, dict):
+        return SimpleNamespace(value=out)
+    if isinstance(indicator, MACD):
+        out["value"] = np.where(np.isnan(out["signal"]), np.nan, out["macd"])
+    elif isinstance(indicator, BollingerBands):
+        out["value"] = out["middle"]
+    elif isinstance(indicator, HighLow52w):
+        out["value"] = out["high"]
+    return SimpleNamespace(**out)
 
 
 def _assert_same_series(
@@ -196,28 +242,28 @@ def _hlc(df: pd.DataFrame) -> list[tuple[float, float, float]]:
 
 
 @pytest.mark.parametrize("period", [5, 10, 20, 50, 200])
-def test_sma_matches_ta_on_real_bars(bars: pd.DataFrame, period: int) -> None:
+def test_sma_matches_ta_on_real_bars(bars: pd.DataFrame, period: int, road: str) -> None:
     # Arrange
     expected = ta.trend.SMAIndicator(bars["close"], window=period).sma_indicator()
     # Act
-    ours = _feed(SMA(period), _closes(bars), lambda i: i.value)
+    ours = _feed(SMA(period), _closes(bars), lambda i: i.value, road)
     # Assert
     _assert_same_series(ours, expected)
 
 
 @pytest.mark.parametrize("period", [12, 26])
-def test_ema_matches_ta_on_real_bars(bars: pd.DataFrame, period: int) -> None:
+def test_ema_matches_ta_on_real_bars(bars: pd.DataFrame, period: int, road: str) -> None:
     expected = ta.trend.EMAIndicator(bars["close"], window=period).ema_indicator()
 
-    ours = _feed(EMA(period), _closes(bars), lambda i: i.value)
+    ours = _feed(EMA(period), _closes(bars), lambda i: i.value, road)
 
     _assert_same_series(ours, expected)
 
 
-def test_rsi_matches_ta_on_real_bars(bars: pd.DataFrame) -> None:
+def test_rsi_matches_ta_on_real_bars(bars: pd.DataFrame, road: str) -> None:
     expected = ta.momentum.RSIIndicator(bars["close"], window=14).rsi()
 
-    ours = _feed(RSI(14), _closes(bars), lambda i: i.value)
+    ours = _feed(RSI(14), _closes(bars), lambda i: i.value, road)
 
     _assert_same_series(ours, expected)
 
@@ -226,10 +272,12 @@ def test_rsi_matches_ta_on_real_bars(bars: pd.DataFrame) -> None:
     ("line", "ta_method"),
     [("macd", "macd"), ("signal", "macd_signal"), ("hist", "macd_diff")],
 )
-def test_macd_lines_match_ta_on_real_bars(bars: pd.DataFrame, line: str, ta_method: str) -> None:
+def test_macd_lines_match_ta_on_real_bars(
+    bars: pd.DataFrame, line: str, ta_method: str, road: str
+) -> None:
     expected = getattr(ta.trend.MACD(bars["close"], 26, 12, 9), ta_method)()
 
-    ours = _feed(MACD(12, 26, 9), _closes(bars), lambda i: getattr(i, line))
+    ours = _feed(MACD(12, 26, 9), _closes(bars), lambda i: getattr(i, line), road)
 
     _assert_same_series(ours, expected)
 
@@ -239,20 +287,20 @@ def test_macd_lines_match_ta_on_real_bars(bars: pd.DataFrame, line: str, ta_meth
     [("middle", "bollinger_mavg"), ("upper", "bollinger_hband"), ("lower", "bollinger_lband")],
 )
 def test_bollinger_bands_match_ta_on_real_bars(
-    bars: pd.DataFrame, band: str, ta_method: str
+    bars: pd.DataFrame, band: str, ta_method: str, road: str
 ) -> None:
     expected = getattr(ta.volatility.BollingerBands(bars["close"], 20, 2), ta_method)()
 
     sign = {"middle": 0, "upper": 1, "lower": -1}[band]
 
-    ours = _feed(BollingerBands(20, 2), _closes(bars), lambda i: getattr(i, band))
+    ours = _feed(BollingerBands(20, 2), _closes(bars), lambda i: getattr(i, band), road)
 
     # pandas' online rolling variance can lose ~1e-9 on flat windows (e.g. 20
     # equal BAC closes), where ours (two-pass) stays exact: see docs.
     _assert_same_series(ours, expected, exact=_exact_band(bars["close"], 20, 2.0, sign))
 
 
-def test_atr_matches_ta_after_its_warm_up(bars: pd.DataFrame) -> None:
+def test_atr_matches_ta_after_its_warm_up(bars: pd.DataFrame, road: str) -> None:
     # ta prints 0.0 for the first 13 bars where we print None.
     expected = ta.volatility.AverageTrueRange(
         bars["high"], bars["low"], bars["close"], window=14
@@ -260,16 +308,18 @@ def test_atr_matches_ta_after_its_warm_up(bars: pd.DataFrame) -> None:
     assert (expected.iloc[:13] == 0.0).all()
     expected = expected.where(np.arange(len(expected)) >= 13)
 
-    ours = _feed(ATR(14), _hlc(bars), lambda i: i.value)
+    ours = _feed(ATR(14), _hlc(bars), lambda i: i.value, road)
 
     _assert_same_series(ours, expected)
 
 
-def test_volatility_matches_pandas_annualised_std_of_log_returns(bars: pd.DataFrame) -> None:
+def test_volatility_matches_pandas_annualised_std_of_log_returns(
+    bars: pd.DataFrame, road: str
+) -> None:
     log_returns = np.log(bars["close"]).diff()
     expected = log_returns.rolling(20).std(ddof=1) * math.sqrt(252 * 390)
 
-    ours = _feed(Volatility(20, 252 * 390), _closes(bars), lambda i: i.value)
+    ours = _feed(Volatility(20, 252 * 390), _closes(bars), lambda i: i.value, road)
 
     _assert_same_series(ours, expected)
 
@@ -281,7 +331,7 @@ def _session_vwap_reference(df: pd.DataFrame, session_key: pd.Series) -> pd.Seri
     return (cum_pv / cum_volume).where(cum_volume > 0)
 
 
-def test_session_vwap_matches_pandas_cumulative_per_utc_day(bars: pd.DataFrame) -> None:
+def test_session_vwap_matches_pandas_cumulative_per_utc_day(bars: pd.DataFrame, road: str) -> None:
     # Arrange
     pv = (
         bars["pv"]
@@ -293,12 +343,14 @@ def test_session_vwap_matches_pandas_cumulative_per_utc_day(bars: pd.DataFrame) 
         zip(bars["start"].dt.to_pydatetime(), pv.astype(float), bars["volume"], strict=True)
     )
     # Act
-    ours = _feed(SessionVWAP(), inputs, lambda i: i.value)
+    ours = _feed(SessionVWAP(), inputs, lambda i: i.value, road)
     # Assert
     _assert_same_series(ours, expected)
 
 
-def test_session_vwap_with_new_york_open_restarts_at_0930_local(real_data_dir: Path) -> None:
+def test_session_vwap_with_new_york_open_restarts_at_0930_local(
+    real_data_dir: Path, road: str
+) -> None:
     # Arrange: SPY ticks run 08:00-24:00 UTC, so a 09:30 New York session
     # start (13:30 UTC in October) splits the file into two sessions.
     df = _bars_from_ticks(real_data_dir / "ticks" / "SPY_20131008.csv.gz")
@@ -309,7 +361,7 @@ def test_session_vwap_with_new_york_open_restarts_at_0930_local(real_data_dir: P
     indicator = SessionVWAP(session_start=time(9, 30), tz="America/New_York")
     inputs = list(zip(df["start"].dt.to_pydatetime(), df["pv"], df["volume"], strict=True))
     # Act
-    ours = _feed(indicator, inputs, lambda i: i.value)
+    ours = _feed(indicator, inputs, lambda i: i.value, road)
     # Assert
     _assert_same_series(ours, expected)
     first_of_session = df.index[df["start"] == pd.Timestamp("2013-10-08 13:30", tz="UTC")][0]
@@ -341,39 +393,43 @@ def test_session_vwap_accepts_fixed_utc_offset() -> None:
     assert end - start == timedelta(days=1)
 
 
-def test_session_vwap_restarts_and_weights_by_volume() -> None:
-    vwap = SessionVWAP()
+def test_session_vwap_restarts_and_weights_by_volume(road: str) -> None:
     day = datetime(2024, 1, 2, 23, 58, tzinfo=UTC)
+    bars = [
+        (day, 100.0 * 10, 10.0),
+        (day + timedelta(minutes=1), 110.0 * 30, 30.0),
+        (day + timedelta(minutes=2), 0.0, 0.0),  # first bar of a new session
+        (day + timedelta(minutes=3), 120.0 * 5, 5.0),
+    ]
 
-    vwap.update(day, pv=100.0 * 10, volume=10)
-    vwap.update(day + timedelta(minutes=1), pv=110.0 * 30, volume=30)
-    before_midnight = vwap.value
-    vwap.update(day + timedelta(minutes=2), pv=0.0, volume=0.0)  # first bar of a new session
-    at_midnight = vwap.value
-    vwap.update(day + timedelta(minutes=3), pv=120.0 * 5, volume=5)
+    values = _feed(SessionVWAP(), bars, lambda i: i.value, road)
 
-    assert before_midnight == pytest.approx(107.5, rel=1e-15)
-    assert at_midnight is None
-    assert vwap.value == pytest.approx(120.0, rel=1e-15)
+    assert values[1] == pytest.approx(107.5, rel=1e-15)
+    assert math.isnan(values[2])  # None: no volume yet in this session
+    assert values[3] == pytest.approx(120.0, rel=1e-15)
 
 
-def test_session_vwap_rejects_a_bar_older_than_the_session() -> None:
-    vwap = SessionVWAP()
-    vwap.update(datetime(2024, 1, 2, 0, 1, tzinfo=UTC), 100.0, 1.0)
+def test_session_vwap_rejects_a_bar_older_than_the_session(road: str) -> None:
+    bars = [
+        (datetime(2024, 1, 2, 0, 1, tzinfo=UTC), 100.0, 1.0),
+        (datetime(2024, 1, 1, 23, 59, tzinfo=UTC), 100.0, 1.0),
+    ]
 
     with pytest.raises(ValueError, match="time order"):
-        vwap.update(datetime(2024, 1, 1, 23, 59, tzinfo=UTC), 100.0, 1.0)
+        _feed(SessionVWAP(), bars, lambda i: i.value, road)
 
 
-def test_session_vwap_rejects_naive_timestamps() -> None:
-    vwap = SessionVWAP()
+def test_session_vwap_rejects_naive_timestamps(road: str) -> None:
+    bars = [(datetime(2024, 1, 2, 0, 1), 100.0, 1.0)]  # noqa: DTZ001
 
     with pytest.raises(ValueError, match="timezone-aware"):
-        vwap.update(datetime(2024, 1, 2, 0, 1), 100.0, 1.0)  # noqa: DTZ001
+        _feed(SessionVWAP(), bars, lambda i: i.value, road)
 
 
 @pytest.mark.parametrize("dataset", DAILY)
-def test_high_low_52w_matches_pandas_364_day_window(real_data_dir: Path, dataset: str) -> None:
+def test_high_low_52w_matches_pandas_364_day_window(
+    real_data_dir: Path, dataset: str, road: str
+) -> None:
     # Arrange
     df = DATASETS[dataset][0](real_data_dir)
     by_time = df.set_index("start")
@@ -389,43 +445,43 @@ def test_high_low_52w_matches_pandas_364_day_window(real_data_dir: Path, dataset
         )
     )
     # Act
-    indicator = HighLow52w()
-    highs, lows = [], []
-    for args in inputs:
-        indicator.update(*args)
-        highs.append(math.nan if indicator.high is None else indicator.high)
-        lows.append(math.nan if indicator.low is None else indicator.low)
+    highs = _feed(HighLow52w(), inputs, lambda i: i.high, road)
+    lows = _feed(HighLow52w(), inputs, lambda i: i.low, road)
     # Assert
     np.testing.assert_array_equal(highs, np.where(covered, expected_high, np.nan))
     np.testing.assert_array_equal(lows, np.where(covered, expected_low, np.nan))
 
 
-def test_high_low_52w_drops_a_high_exactly_364_days_later() -> None:
-    hl = HighLow52w(days=364)
+def test_high_low_52w_drops_a_high_exactly_364_days_later(road: str) -> None:
     t0 = datetime(2020, 1, 1, tzinfo=UTC)
-    hl.update(t0, 200.0, 100.0)
+    bars = [
+        (t0, 200.0, 100.0),
+        (t0 + timedelta(days=363), 150.0, 120.0),
+        (t0 + timedelta(days=364), 140.0, 130.0),
+    ]
 
-    hl.update(t0 + timedelta(days=363), 150.0, 120.0)
-    high_while_inside = hl.high
-    hl.update(t0 + timedelta(days=364), 140.0, 130.0)
+    highs = _feed(HighLow52w(days=364), bars, lambda i: i.high, road)
+    lows = _feed(HighLow52w(days=364), bars, lambda i: i.low, road)
 
-    assert high_while_inside is None  # history still shorter than 52 weeks
-    assert hl.high == 150.0
-    assert hl.low == 120.0
+    assert math.isnan(highs[1])  # None: history still shorter than 52 weeks
+    assert highs[2] == 150.0
+    assert lows[2] == 120.0
 
 
-def test_high_low_52w_rejects_bars_going_back_in_time() -> None:
-    hl = HighLow52w()
-    hl.update(datetime(2020, 1, 2, tzinfo=UTC), 2.0, 1.0)
+def test_high_low_52w_rejects_bars_going_back_in_time(road: str) -> None:
+    bars = [
+        (datetime(2020, 1, 2, tzinfo=UTC), 2.0, 1.0),
+        (datetime(2020, 1, 1, tzinfo=UTC), 2.0, 1.0),
+    ]
 
     with pytest.raises(ValueError, match="time order"):
-        hl.update(datetime(2020, 1, 1, tzinfo=UTC), 2.0, 1.0)
+        _feed(HighLow52w(), bars, lambda i: i.high, road)
 
 
 # --------------------------------------------------------------------------- precision
 
 
-def test_sma_stays_exact_on_long_series_where_a_running_sum_drifts() -> None:
+def test_sma_stays_exact_on_long_series_where_a_running_sum_drifts(road: str) -> None:
     # Arrange: 100k prices around 1e6, then 100k around 1.0 (think of a
     # 1:1e6 reverse split or a reused symbol). A plain running sum keeps the
     # rounding error of the large era and is then off by ~1e-9 relative.
@@ -444,7 +500,7 @@ def test_sma_stays_exact_on_long_series_where_a_running_sum_drifts() -> None:
         naive.append(running / period)
     naive_error = np.max(np.abs(np.asarray(naive)[rows] - exact) / exact)
     # Act
-    ours = _feed(SMA(period), prices.tolist(), lambda i: i.value)
+    ours = _feed(SMA(period), prices.tolist(), lambda i: i.value, road)
     # Assert
     assert naive_error > 1e-10, "series too easy to show drift"
     assert np.max(np.abs(ours[rows] - exact) / exact) < 1e-14
@@ -468,7 +524,7 @@ def _compare_after(
     np.testing.assert_allclose(ours[rows], ref[rows], atol=atol, rtol=rtol)
 
 
-def test_macd_agrees_with_lean_to_printed_precision(real_data_dir: Path) -> None:
+def test_macd_agrees_with_lean_to_printed_precision(real_data_dir: Path, road: str) -> None:
     # Lean seeds its EMAs with an SMA. Its file starts after 179 monthly bars,
     # when the slow EMA's seed gap (shrinking by 25/27 a bar) is still ~1e-5;
     # 30 rows later it is below 2e-6. Values are printed to 7 significant
@@ -476,7 +532,7 @@ def test_macd_agrees_with_lean_to_printed_precision(real_data_dir: Path) -> None
     df = _reference(real_data_dir, "lean/spy_with_macd.txt")
 
     lines = {
-        line: _feed(MACD(), df["Close"], lambda i, name=line: getattr(i, name))
+        line: _feed(MACD(), df["Close"], lambda i, name=line: getattr(i, name), road)
         for line in ("macd", "signal", "hist")
     }
 
@@ -485,7 +541,7 @@ def test_macd_agrees_with_lean_to_printed_precision(real_data_dir: Path) -> None
     _compare_after(lines["hist"], df["Histogram"].to_numpy(float), 30, atol=1e-5)
 
 
-def test_bollinger_bands_agree_with_lean_and_stockcharts(real_data_dir: Path) -> None:
+def test_bollinger_bands_agree_with_lean_and_stockcharts(real_data_dir: Path, road: str) -> None:
     # Lean prints 4 decimals (tolerance: one unit of the last decimal, 1e-4);
     # the StockCharts sheet 6 decimals (1e-6). Same window, no seed.
     lean = _reference(real_data_dir, "lean/spy_bollinger_bands.txt")
@@ -500,24 +556,24 @@ def test_bollinger_bands_agree_with_lean_and_stockcharts(real_data_dir: Path) ->
         (sheet, "20-day Standard Deviation", "std", 1e-6),
     ]
     for frame, column, band, atol in pairs:
-        ours = _feed(BollingerBands(20, 2), frame["Close"], lambda i, b=band: getattr(i, b))
+        ours = _feed(BollingerBands(20, 2), frame["Close"], lambda i, b=band: getattr(i, b), road)
         ref = frame[column].to_numpy(float)
         assert np.array_equal(np.isnan(ours), np.isnan(ref)), column
         _compare_after(ours, ref, 0, atol=atol)
 
 
-def test_wilder_atr_agrees_with_lean_and_stockcharts(real_data_dir: Path) -> None:
+def test_wilder_atr_agrees_with_lean_and_stockcharts(real_data_dir: Path, road: str) -> None:
     # Same seed (mean of the first n true ranges) everywhere, so compared from
     # the first value: Lean prints 5 decimals, StockCharts about 10.
     lean = _reference(real_data_dir, "lean/spy_atr_wilder.txt")
-    ours = _feed(ATR(14), _hlc(lean.rename(columns=str.lower)), lambda i: i.value)
+    ours = _feed(ATR(14), _hlc(lean.rename(columns=str.lower)), lambda i: i.value, road)
     ref = lean["Average True Range 14"].to_numpy(float)
     assert np.array_equal(np.isnan(ours), np.isnan(ref))
     _compare_after(ours, ref, 0, atol=1e-5)
 
     for name, period in (("cs-atr.csv", 14), ("cs-atr2.csv", 10)):
         sheet = _reference(real_data_dir, f"stockcharts/{name}")
-        ours = _feed(ATR(period), _hlc(sheet.rename(columns=str.lower)), lambda i: i.value)
+        ours = _feed(ATR(period), _hlc(sheet.rename(columns=str.lower)), lambda i: i.value, road)
         ref = sheet["ATR"].to_numpy(float).copy()
         ref[: period - 1] = np.nan  # the sheet writes 0 during warm-up
         assert np.array_equal(np.isnan(ours), np.isnan(ref)), name
@@ -535,13 +591,13 @@ def test_true_range_matches_lean(real_data_dir: Path) -> None:
     np.testing.assert_allclose(ours[1:], df["TR"].iloc[1:], atol=1e-9)
 
 
-def test_ema_agrees_with_lean_once_its_sma_seed_has_decayed(real_data_dir: Path) -> None:
+def test_ema_agrees_with_lean_once_its_sma_seed_has_decayed(real_data_dir: Path, road: str) -> None:
     # Lean seeds EMA(14) with the SMA of the first 14 closes, ta (and we) with
     # the first close. The difference shrinks by 13/15 a bar: after 150 bars it
     # is below 1e-9 relative; the file has full precision.
     df = _reference(real_data_dir, "lean/spy_ema.csv")
 
-    ours = _feed(EMA(14), df["close"], lambda i: i.value)
+    ours = _feed(EMA(14), df["close"], lambda i: i.value, road)
 
     ref = df["EMA14"].to_numpy(float)
     assert np.array_equal(np.isnan(ours), np.isnan(ref))
@@ -550,35 +606,37 @@ def test_ema_agrees_with_lean_once_its_sma_seed_has_decayed(real_data_dir: Path)
     assert abs(ours[early] - ref[early]) > 1e-3  # the seeds really differ
 
 
-def test_rsi_agrees_with_lean_wilder_once_its_seed_has_decayed(real_data_dir: Path) -> None:
+def test_rsi_agrees_with_lean_wilder_once_its_seed_has_decayed(
+    real_data_dir: Path, road: str
+) -> None:
     # Lean seeds Wilder's averages with the mean of the first 14 changes; the
     # gap (~6 RSI points at first) shrinks by 13/14 a bar: below 1e-7 after
     # 250 bars. The file prints 5 decimals, hence 1e-5.
     df = _reference(real_data_dir, "lean/spy_with_indicators.txt")
 
-    ours = _feed(RSI(14), df["Close"], lambda i: i.value)
+    ours = _feed(RSI(14), df["Close"], lambda i: i.value, road)
 
     _compare_after(ours, df["RSI 14 Wilder"].to_numpy(float), 250, atol=1e-5)
 
 
-def test_rsi_agrees_with_stockcharts_sheet(real_data_dir: Path) -> None:
+def test_rsi_agrees_with_stockcharts_sheet(real_data_dir: Path, road: str) -> None:
     # The sheet (as kept in ta's test suite) starts one bar later than ta 0.11
     # and prints 6 decimals.
     df = _reference(real_data_dir, "stockcharts/cs-rsi.csv")
 
-    ours = _feed(RSI(14), df["Close"], lambda i: i.value)
+    ours = _feed(RSI(14), df["Close"], lambda i: i.value, road)
 
     _compare_after(ours, df["RSI"].to_numpy(float), 0, atol=1e-6)
 
 
-def test_macd_agrees_with_stockcharts_sheet(real_data_dir: Path) -> None:
+def test_macd_agrees_with_stockcharts_sheet(real_data_dir: Path, road: str) -> None:
     # The sheet's signal line is seeded at the first MACD value (bar 2) instead
     # of bar 26; that gap shrinks by 0.8 a bar, below 1e-7 after 60 bars.
     df = _reference(real_data_dir, "stockcharts/cs-macd.csv")
 
-    macd = _feed(MACD(), df["Close"], lambda i: i.macd)
-    signal = _feed(MACD(), df["Close"], lambda i: i.signal)
-    hist = _feed(MACD(), df["Close"], lambda i: i.hist)
+    macd = _feed(MACD(), df["Close"], lambda i: i.macd, road)
+    signal = _feed(MACD(), df["Close"], lambda i: i.signal, road)
+    hist = _feed(MACD(), df["Close"], lambda i: i.hist, road)
 
     _compare_after(macd, df["MACD_line"].to_numpy(float), 0, atol=1e-9)
     _compare_after(signal, df["MACD_signal"].to_numpy(float), 60, atol=1e-6)
@@ -603,22 +661,22 @@ def test_macd_agrees_with_stockcharts_sheet(real_data_dir: Path) -> None:
     ],
 )
 def test_first_value_appears_at_documented_bar(
-    factory: Callable[[], Any], read: Callable[[Any], float | None], first_value_at: int
+    factory: Callable[[], Any],
+    read: Callable[[Any], float | None],
+    first_value_at: int,
+    road: str,
 ) -> None:
     indicator = factory()
-    values = []
-    for k in range(1, 260):
-        price = 100.0 + math.sin(k / 3.0)
-        if isinstance(indicator, ATR):
-            indicator.update(price + 1.0, price - 1.0, price)
-        else:
-            indicator.update(price)
-        values.append(read(indicator))
+    prices = [100.0 + math.sin(k / 3.0) for k in range(1, 260)]
+    inputs: list[Any] = prices
+    if isinstance(indicator, ATR):
+        inputs = [(price + 1.0, price - 1.0, price) for price in prices]
 
-    first = next(k for k, v in enumerate(values, start=1) if v is not None)
+    values = _feed(indicator, inputs, read, road)
 
+    first = int(np.flatnonzero(~np.isnan(values))[0]) + 1
     assert first == first_value_at
-    assert all(v is not None for v in values[first - 1 :])
+    assert not np.isnan(values[first - 1 :]).any()
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -655,23 +713,32 @@ INDICATOR_CASES: dict[
 }
 
 
+def _values_on(road: str, indicator: Any, inputs: list[tuple[Any, ...]], read: Callable) -> list:
+    """``read(indicator)`` after each input, on a road, as plain values (None, tuples)."""
+    if road == "update":
+        out = []
+        for args in inputs:
+            indicator.update(*args)
+            out.append(read(indicator))
+        return out
+    value = read(_run_outputs(indicator, inputs))
+    columns = value if isinstance(value, tuple) else (value,)
+    rows = zip(*[[None if math.isnan(v) else v for v in c.tolist()] for c in columns], strict=True)
+    return [row if isinstance(value, tuple) else row[0] for row in rows]
+
+
 @pytest.mark.parametrize("case", list(INDICATOR_CASES))
 @pytest.mark.parametrize("cut", [5, 400])
 @pytest.mark.parametrize("codec", ["pickle", "json"])
 def test_restore_mid_series_gives_identical_values(
-    real_data_dir: Path, case: str, cut: int, codec: str
+    real_data_dir: Path, case: str, cut: int, codec: str, road: str
 ) -> None:
     # Arrange
     factory, args_of, read = INDICATOR_CASES[case]
-    rows = list(_spy_daily_inputs(real_data_dir).itertuples())
-    uninterrupted = factory()
-    expected = []
-    for row in rows:
-        uninterrupted.update(*args_of(row))
-        expected.append(read(uninterrupted))
+    inputs = [args_of(row) for row in _spy_daily_inputs(real_data_dir).itertuples()]
+    expected = _values_on("update", factory(), inputs, read)
     first_part = factory()
-    for row in rows[:cut]:
-        first_part.update(*args_of(row))
+    _values_on(road, first_part, inputs[:cut], read)
     # Act
     state = first_part.snapshot()
     if codec == "pickle":
@@ -679,10 +746,7 @@ def test_restore_mid_series_gives_identical_values(
     else:
         state = json.loads(json.dumps(state, allow_nan=False))
     resumed = type(first_part).restore(state)
-    got = []
-    for row in rows[cut:]:
-        resumed.update(*args_of(row))
-        got.append(read(resumed))
+    got = _values_on(road, resumed, inputs[cut:], read)
     # Assert
     assert got == expected[cut:]  # exact equality, not approx
     assert isinstance(resumed, Indicator)
@@ -733,6 +797,28 @@ def _bar_dicts(df: pd.DataFrame, symbol: str) -> list[dict[str, Any]]:
     ]
 
 
+def _set_rows(
+    indicator_set: IndicatorSet, bars: list[dict[str, Any]], road: str
+) -> list[dict[str, float | None]]:
+    """The IndicatorSet's row for each bar, on either road (``run``: the bars as arrays)."""
+    if road == "update":
+        return [indicator_set.update(bar) for bar in bars]
+    arrays: dict[str, Any] = {
+        "start": np.array([bar["start"] for bar in bars], dtype=object),
+        **{k: np.array([bar[k] for bar in bars], dtype=float) for k in ("high", "low", "close")},
+        "volume": np.array([bar["volume"] for bar in bars], dtype=float),
+    }
+    if all(bar.get("pv") is not None for bar in bars):
+        arrays["pv"] = np.array([bar["pv"] for bar in bars], dtype=float)
+    arrays["vwap"] = np.array(
+        [math.nan if bar.get("vwap") is None else bar["vwap"] for bar in bars], dtype=float
+    )
+    columns = indicator_set.run(arrays, bars[0]["symbol"])
+    assert tuple(columns) == IndicatorSet.columns
+    values = [[None if math.isnan(v) else v for v in columns[c].tolist()] for c in columns]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
+
+
 def _reference_columns(df: pd.DataFrame, resolution: str) -> pd.DataFrame:
     """Every IndicatorSet column computed with ta / pandas over the whole series."""
     close, high, low = df["close"], df["high"], df["low"]
@@ -764,14 +850,16 @@ def _reference_columns(df: pd.DataFrame, resolution: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("dataset", list(DATASETS))
-def test_indicator_set_rows_match_reference_columns(real_data_dir: Path, dataset: str) -> None:
+def test_indicator_set_rows_match_reference_columns(
+    real_data_dir: Path, dataset: str, road: str
+) -> None:
     # Arrange
     loader, resolution = DATASETS[dataset]
     df = loader(real_data_dir)
     indicator_set = IndicatorSet(IndicatorConfig(resolution=resolution))
     expected = _reference_columns(df, resolution)
     # Act
-    rows = [indicator_set.update(bar) for bar in _bar_dicts(df, "X")]
+    rows = _set_rows(indicator_set, _bar_dicts(df, "X"), road)
     # Assert
     assert all(tuple(row) == IndicatorSet.columns for row in rows)
     got = pd.DataFrame(rows, columns=IndicatorSet.columns).astype(float)
@@ -784,43 +872,45 @@ def test_indicator_set_rows_match_reference_columns(real_data_dir: Path, dataset
         _assert_same_series(got[column].to_numpy(), expected[column], exact=exact)
 
 
-def test_indicator_set_leaves_52_week_columns_null_on_intraday_bars(real_data_dir: Path) -> None:
+def test_indicator_set_leaves_52_week_columns_null_on_intraday_bars(
+    real_data_dir: Path, road: str
+) -> None:
     df = _daily_bars(real_data_dir / "daily" / "SPY.csv.gz")
     indicator_set = IndicatorSet(IndicatorConfig(resolution="1h"))
 
-    rows = [indicator_set.update(bar) for bar in _bar_dicts(df.iloc[:400], "SPY")]
+    rows = _set_rows(indicator_set, _bar_dicts(df.iloc[:400], "SPY"), road)
 
     assert all(row["high_52w"] is None and row["low_52w"] is None for row in rows)
     assert rows[-1]["sma_200"] is not None
 
 
-def test_indicator_set_uses_pv_then_vwap_then_typical_price() -> None:
+def test_indicator_set_uses_pv_then_vwap_then_typical_price(road: str) -> None:
     start = datetime(2024, 1, 2, 15, 0, tzinfo=UTC)
     base = {"symbol": "X", "start": start, "end": start, "open": 10.0, "high": 12.0}
     base |= {"low": 9.0, "close": 11.0, "volume": 100.0, "trades": 3}
 
-    with_pv = IndicatorSet().update({**base, "pv": 1050.0, "vwap": 99.0})
-    with_vwap = IndicatorSet().update({**base, "vwap": 10.4})
-    with_neither = IndicatorSet().update({**base, "vwap": None})
+    (with_pv,) = _set_rows(IndicatorSet(), [{**base, "pv": 1050.0, "vwap": 99.0}], road)
+    (with_vwap,) = _set_rows(IndicatorSet(), [{**base, "vwap": 10.4}], road)
+    (with_neither,) = _set_rows(IndicatorSet(), [{**base, "vwap": None}], road)
 
     assert with_pv["vwap_session"] == 10.5
     assert with_vwap["vwap_session"] == pytest.approx(10.4, rel=1e-15)
     assert with_neither["vwap_session"] == pytest.approx((12.0 + 9.0 + 11.0) / 3, rel=1e-15)
 
 
-def test_indicator_set_refuses_bars_of_another_symbol() -> None:
+def test_indicator_set_refuses_bars_of_another_symbol(road: str) -> None:
     bar = {"symbol": "AAPL", "start": datetime(2024, 1, 2, tzinfo=UTC), "high": 2.0}
     bar |= {"low": 1.0, "close": 1.5, "volume": 10.0, "vwap": 1.5}
     indicator_set = IndicatorSet()
-    indicator_set.update(bar)
+    _set_rows(indicator_set, [bar], road)
 
     with pytest.raises(ValueError, match="'AAPL' got a bar of 'MSFT'"):
-        indicator_set.update({**bar, "symbol": "MSFT"})
+        _set_rows(indicator_set, [{**bar, "symbol": "MSFT"}], road)
 
 
 @pytest.mark.parametrize("codec", ["pickle", "json"])
 def test_indicator_set_restored_mid_series_gives_identical_rows(
-    real_data_dir: Path, codec: str
+    real_data_dir: Path, codec: str, road: str
 ) -> None:
     # Arrange
     bars = _bar_dicts(_daily_bars(real_data_dir / "daily" / "AAPL.csv.gz").iloc[:1500], "AAPL")
@@ -828,31 +918,30 @@ def test_indicator_set_restored_mid_series_gives_identical_rows(
     uninterrupted = IndicatorSet(config)
     expected = [uninterrupted.update(bar) for bar in bars]
     first_part = IndicatorSet(config)
-    for bar in bars[:700]:
-        first_part.update(bar)
+    _set_rows(first_part, bars[:700], road)
     # Act
     state = first_part.snapshot()
     state = (
         pickle.loads(pickle.dumps(state)) if codec == "pickle" else json.loads(json.dumps(state))
     )
     resumed = IndicatorSet.restore(state)
-    got = [resumed.update(bar) for bar in bars[700:]]
+    got = _set_rows(resumed, bars[700:], road)
     # Assert
     assert got == expected[700:]
     assert resumed.config == config
 
 
-def test_custom_periods_keep_the_column_names() -> None:
+def test_custom_periods_keep_the_column_names(road: str) -> None:
     config = IndicatorConfig(sma_periods=(3, 6, 9, 12, 15), ema_periods=(5, 8), rsi_period=7)
     indicator_set = IndicatorSet(config)
     start = datetime(2024, 1, 2, 15, 0, tzinfo=UTC)
+    bars = [
+        {"symbol": "X", "start": start + timedelta(minutes=k), "high": 100.0 + k + 1}
+        | {"low": 100.0 + k - 1, "close": 100.0 + k, "volume": 1.0, "vwap": 100.0 + k}
+        for k in range(16)
+    ]
 
-    for k in range(16):
-        price = 100.0 + k
-        bar = {"symbol": "X", "start": start + timedelta(minutes=k), "high": price + 1}
-        row = indicator_set.update(
-            bar | {"low": price - 1, "close": price, "volume": 1.0, "vwap": price}
-        )
+    row = _set_rows(indicator_set, bars, road)[-1]
 
     assert tuple(row) == IndicatorSet.columns
     assert row["sma_200"] == pytest.approx(np.mean(100.0 + np.arange(1, 16)), rel=1e-15)

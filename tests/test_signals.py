@@ -2,11 +2,16 @@
 
 Real data comes from ``$STOCKFLOW_REAL_DATA`` or ``<repo>/../shared/data``;
 tests that need it are skipped (with the reason) when it is absent.
+
+Every test that scores bars runs on both roads (the ``road`` fixture):
+``evaluate`` bar by bar after ``IndicatorSet.update``, and ``run``, the array
+road (``IndicatorSet.run`` then ``SignalEngine.run`` over the whole series).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 from datetime import UTC, datetime
@@ -27,6 +32,7 @@ from indicators import (
     SignalConfigError,
     SignalEngine,
 )
+from indicators.signals import DEFINITIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,14 +105,76 @@ DATASETS = {  # name -> (symbol, resolution)
 }
 
 
+ROADS = ["update", "run"]
+
+
+@pytest.fixture(params=ROADS)
+def road(request: pytest.FixtureRequest) -> str:
+    """``update`` (evaluate bar by bar) or ``run`` (the array road)."""
+    return request.param
+
+
+def _arrays(bars: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bar dicts as the array road takes them (None -> NaN)."""
+    return {
+        "start": np.array([bar["start"] for bar in bars], dtype=object),
+        **{
+            key: np.array([math.nan if bar.get(key) is None else bar[key] for bar in bars])
+            for key in ("high", "low", "close", "volume", "vwap")
+            if key in bars[0]
+        },
+    }
+
+
+def _results(
+    engine: SignalEngine,
+    bars: list[dict[str, Any]],
+    indicator_rows: list[dict[str, Any]] | dict[str, np.ndarray],
+    road: str,
+) -> list[dict[str, Any]]:
+    """What ``evaluate`` returns for each bar, on either road (``run``: one call)."""
+    if road == "update":
+        return [engine.evaluate(b, i) for b, i in zip(bars, indicator_rows, strict=True)]
+    if isinstance(indicator_rows, list):
+        names = {name for row in indicator_rows for name in row}
+        indicator_rows = {
+            name: np.array([math.nan if r.get(name) is None else r[name] for r in indicator_rows])
+            for name in names
+        }
+    out = engine.run(_arrays(bars), indicator_rows, bars[0]["symbol"])
+    return [
+        {
+            "signal": signal,
+            "score": score,
+            "reasons": list(reasons),
+            "summary": summary,
+            "data_quality": data_quality,
+        }
+        for signal, score, reasons, summary, data_quality in zip(
+            out["signal"].tolist(),
+            out["score"].tolist(),
+            out["reasons"].tolist(),
+            out["summary"],
+            out["data_quality"].tolist(),
+            strict=True,
+        )
+    ]
+
+
 @cache
-def _run(data_dir: Path, dataset: str, config: SignalConfig | None = None) -> pd.DataFrame:
-    """Bars of ``dataset`` through IndicatorSet + SignalEngine; one row per bar."""
+def _run(
+    data_dir: Path, dataset: str, config: SignalConfig | None = None, road: str = "update"
+) -> pd.DataFrame:
+    """Bars of ``dataset`` through IndicatorSet + SignalEngine on a road; one row per bar."""
     symbol, resolution = DATASETS[dataset]
     df = _load(data_dir, dataset)
     indicator_set = IndicatorSet(IndicatorConfig(resolution=resolution))
     engine = SignalEngine(config, resolution=resolution)
-    results = [engine.evaluate(bar, indicator_set.update(bar)) for bar in _bars(df, symbol)]
+    bars = _bars(df, symbol)
+    if road == "update":
+        results = [engine.evaluate(bar, indicator_set.update(bar)) for bar in bars]
+    else:
+        results = _results(engine, bars, indicator_set.run(_arrays(bars), symbol), road)
     out = pd.DataFrame(results)
     out["start"] = df["start"]
     return out
@@ -146,12 +214,16 @@ def _expected_firings(df: pd.DataFrame) -> pd.DataFrame:
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("dataset", list(DATASETS))
 def test_rule_fires_exactly_on_the_bars_pandas_finds(
-    real_data_dir: Path, dataset: str, rule: str
+    real_data_dir: Path, dataset: str, rule: str, road: str
 ) -> None:
     # Arrange
     expected = _expected_firings(_load(real_data_dir, dataset))[rule].to_numpy()
     # Act
-    fired = _run(real_data_dir, dataset)["reasons"].map(lambda reasons: rule in reasons).to_numpy()
+    fired = (
+        _run(real_data_dir, dataset, None, road)["reasons"]
+        .map(lambda reasons: rule in reasons)
+        .to_numpy()
+    )
     # Assert
     assert np.flatnonzero(fired).tolist() == np.flatnonzero(expected).tolist()
     if rule == "price_spike" and dataset != "aapl_1d":
@@ -160,10 +232,12 @@ def test_rule_fires_exactly_on_the_bars_pandas_finds(
         assert expected.any(), f"{rule} never fires on {dataset}: the test would prove nothing"
 
 
-def test_aapl_splits_in_unadjusted_daily_bars_are_data_quality_events(real_data_dir: Path) -> None:
+def test_aapl_splits_in_unadjusted_daily_bars_are_data_quality_events(
+    real_data_dir: Path, road: str
+) -> None:
     # Arrange: AAPL split 2:1 (2000-06-21, 2005-02-28), 7:1 (2014-06-09) and
     # 4:1 (2020-08-31); 2000-09-29 is a real one-day crash of -52 %.
-    result = _run(real_data_dir, "aapl_1d")
+    result = _run(real_data_dir, "aapl_1d", None, road)
     # Act
     flagged = result[result["data_quality"]]
     # Assert
@@ -178,8 +252,8 @@ def test_aapl_splits_in_unadjusted_daily_bars_are_data_quality_events(real_data_
     )
 
 
-def test_golden_cross_of_july_2020_is_a_buy_on_spy_daily(real_data_dir: Path) -> None:
-    result = _run(real_data_dir, "spy_1d").set_index("start")
+def test_golden_cross_of_july_2020_is_a_buy_on_spy_daily(real_data_dir: Path, road: str) -> None:
+    result = _run(real_data_dir, "spy_1d", None, road).set_index("start")
 
     row = result.loc[pd.Timestamp("2020-07-09", tz="UTC")]
 
@@ -191,8 +265,8 @@ def test_golden_cross_of_july_2020_is_a_buy_on_spy_daily(real_data_dir: Path) ->
     )
 
 
-def test_summary_names_every_fired_rule_in_one_sentence(real_data_dir: Path) -> None:
-    result = _run(real_data_dir, "aapl_1d").set_index("start")
+def test_summary_names_every_fired_rule_in_one_sentence(real_data_dir: Path, road: str) -> None:
+    result = _run(real_data_dir, "aapl_1d", None, road).set_index("start")
 
     row = result.loc[pd.Timestamp("2013-09-12", tz="UTC")]
 
@@ -204,8 +278,8 @@ def test_summary_names_every_fired_rule_in_one_sentence(real_data_dir: Path) -> 
     )
 
 
-def test_minute_bar_summary_gives_time_in_utc(real_data_dir: Path) -> None:
-    result = _run(real_data_dir, "spy_1m_20131008")
+def test_minute_bar_summary_gives_time_in_utc(real_data_dir: Path, road: str) -> None:
+    result = _run(real_data_dir, "spy_1m_20131008", None, road)
 
     summaries = result["summary"]
 
@@ -214,12 +288,12 @@ def test_minute_bar_summary_gives_time_in_utc(real_data_dir: Path) -> None:
     assert not summaries.str.contains(r"\. |\n").any()  # one sentence each
 
 
-def test_hold_with_nothing_fired_is_one_plain_sentence() -> None:
+def test_hold_with_nothing_fired_is_one_plain_sentence(road: str) -> None:
     engine = SignalEngine(resolution="1m")
     bar = {"symbol": "AAPL", "start": datetime(2013, 10, 8, 14, 31, tzinfo=UTC)}
     bar |= {"close": 168.12, "volume": 1000.0}
 
-    result = engine.evaluate(bar, {})
+    (result,) = _results(engine, [bar], [{}], road)
 
     assert result == {
         "signal": "hold",
@@ -231,9 +305,9 @@ def test_hold_with_nothing_fired_is_one_plain_sentence() -> None:
     }
 
 
-def test_volume_spike_amplifies_the_score_without_a_side(real_data_dir: Path) -> None:
+def test_volume_spike_amplifies_the_score_without_a_side(real_data_dir: Path, road: str) -> None:
     # Arrange
-    result = _run(real_data_dir, "aapl_1d")
+    result = _run(real_data_dir, "aapl_1d", None, road)
     spikes = result[result["reasons"].map(lambda r: "volume_spike" in r)]
     buy = {"rsi_oversold", "macd_cross_up", "golden_cross", "close_below_lower_band"}
     sell = {"rsi_overbought", "macd_cross_down", "death_cross", "close_above_upper_band"}
@@ -245,7 +319,7 @@ def test_volume_spike_amplifies_the_score_without_a_side(real_data_dir: Path) ->
     assert (spikes.loc[base == 0, "signal"] == "hold").all()
 
 
-def test_weights_and_thresholds_are_configuration(real_data_dir: Path) -> None:
+def test_weights_and_thresholds_are_configuration(real_data_dir: Path, road: str) -> None:
     # Arrange
     config = SignalConfig(
         weights={"golden_cross": 3.0, "close_below_lower_band": 0.5},
@@ -253,7 +327,7 @@ def test_weights_and_thresholds_are_configuration(real_data_dir: Path) -> None:
         volume_spike_boost=0.0,
     )
     # Act
-    result = _run(real_data_dir, "aapl_1d", config).set_index("start")
+    result = _run(real_data_dir, "aapl_1d", config, road).set_index("start")
     # Assert
     row = result.loc[pd.Timestamp("2013-09-12", tz="UTC")]
     assert row["score"] == 3.5
@@ -263,19 +337,19 @@ def test_weights_and_thresholds_are_configuration(real_data_dir: Path) -> None:
     assert (plain_golden["score"], plain_golden["signal"]) == (3.0, "hold")
 
 
-def test_disabled_rules_never_fire(real_data_dir: Path) -> None:
+def test_disabled_rules_never_fire(real_data_dir: Path, road: str) -> None:
     config = SignalConfig(rules=["rsi_oversold", "price_spike"])
 
-    result = _run(real_data_dir, "aapl_1d", config)
+    result = _run(real_data_dir, "aapl_1d", config, road)
 
     fired = {rule for reasons in result["reasons"] for rule in reasons}
     assert fired == {"rsi_oversold", "price_spike"}
 
 
-def test_data_quality_hold_can_be_switched_off(real_data_dir: Path) -> None:
+def test_data_quality_hold_can_be_switched_off(real_data_dir: Path, road: str) -> None:
     config = SignalConfig(data_quality_holds=False)
 
-    result = _run(real_data_dir, "aapl_1d", config).set_index("start")
+    result = _run(real_data_dir, "aapl_1d", config, road).set_index("start")
 
     split = result.loc[pd.Timestamp("2014-06-09", tz="UTC")]
     assert split["data_quality"]
@@ -283,32 +357,31 @@ def test_data_quality_hold_can_be_switched_off(real_data_dir: Path) -> None:
     assert split["signal"] == "buy"
 
 
-def test_price_spike_threshold_is_configuration(real_data_dir: Path) -> None:
+def test_price_spike_threshold_is_configuration(real_data_dir: Path, road: str) -> None:
     # Of the five AAPL days above 20 %, three moved more than 50 %.
     config = SignalConfig(price_spike_pct=50)
 
-    result = _run(real_data_dir, "aapl_1d", config)
+    result = _run(real_data_dir, "aapl_1d", config, road)
 
     flagged = result.loc[result["data_quality"], "start"].dt.strftime("%Y-%m-%d").tolist()
     assert flagged == ["2000-09-29", "2014-06-09", "2020-08-31"]
 
 
-def _engine_on(rows: list[dict[str, float | None]], closes: list[float]) -> list[dict[str, Any]]:
-    """Evaluate a default engine over hand-made indicator rows."""
-    engine = SignalEngine()
+def _engine_on(
+    rows: list[dict[str, float | None]], closes: list[float], road: str
+) -> list[dict[str, Any]]:
+    """A default engine over hand-made indicator rows, on a road."""
     start = datetime(2024, 1, 2, 15, 0, tzinfo=UTC)
-    return [
-        engine.evaluate({"symbol": "X", "start": start, "close": c, "volume": 1.0}, row)
-        for row, c in zip(rows, closes, strict=True)
-    ]
+    bars = [{"symbol": "X", "start": start, "close": c, "volume": 1.0} for c in closes]
+    return _results(SignalEngine(), bars, rows, road)
 
 
-def test_macd_cross_through_exact_zero_fires_once() -> None:
+def test_macd_cross_through_exact_zero_fires_once(road: str) -> None:
     # macd - signal: -1, 0, +1, 0, -1 -> one cross up (0 -> +1), one down (0 -> -1).
     gaps = [-1.0, 0.0, 1.0, 0.0, -1.0]
     rows = [{"macd": 5.0 + gap, "macd_signal": 5.0} for gap in gaps]
 
-    results = _engine_on(rows, [100.0] * len(rows))
+    results = _engine_on(rows, [100.0] * len(rows), road)
 
     assert [r["reasons"] for r in results] == [
         [],
@@ -319,17 +392,19 @@ def test_macd_cross_through_exact_zero_fires_once() -> None:
     ]
 
 
-def test_golden_cross_needs_both_bars_warmed_up() -> None:
+def test_golden_cross_needs_both_bars_warmed_up(road: str) -> None:
     rows = [{"sma_50": 101.0, "sma_200": None}, {"sma_50": 101.0, "sma_200": 100.0}]
 
-    results = _engine_on(rows, [100.0, 100.0])
+    results = _engine_on(rows, [100.0, 100.0], road)
 
     assert [r["reasons"] for r in results] == [[], []]
 
 
 @pytest.mark.parametrize(("move", "flagged"), [(0.19, False), (0.2001, True), (-0.21, True)])
-def test_price_spike_fires_above_twenty_percent_either_way(move: float, flagged: bool) -> None:
-    results = _engine_on([{}, {}], [100.0, 100.0 * (1 + move)])
+def test_price_spike_fires_above_twenty_percent_either_way(
+    move: float, flagged: bool, road: str
+) -> None:
+    results = _engine_on([{}, {}], [100.0, 100.0 * (1 + move)], road)
 
     assert results[1]["data_quality"] is flagged
     assert ("price_spike" in results[1]["reasons"]) is flagged
@@ -343,26 +418,24 @@ def test_reasons_follow_the_documented_rule_order_whatever_the_config_order() ->
 
 @pytest.mark.parametrize("codec", ["pickle", "json"])
 def test_engine_restored_mid_series_gives_identical_results(
-    real_data_dir: Path, codec: str
+    real_data_dir: Path, codec: str, road: str
 ) -> None:
     # Arrange
     bars = _bars(_load(real_data_dir, "aapl_1d").iloc[:3000], "AAPL")
-    indicator_rows = []
     indicator_set = IndicatorSet(IndicatorConfig(resolution="1d"))
     indicator_rows = [indicator_set.update(bar) for bar in bars]
     config = SignalConfig(volume_window=10, weights={"death_cross": 2.0})
     uninterrupted = SignalEngine(config, resolution="1d")
     expected = [uninterrupted.evaluate(b, i) for b, i in zip(bars, indicator_rows, strict=True)]
     first_part = SignalEngine(config, resolution="1d")
-    for bar, row in zip(bars[:1200], indicator_rows[:1200], strict=True):
-        first_part.evaluate(bar, row)
+    _results(first_part, bars[:1200], indicator_rows[:1200], road)
     # Act
     state = first_part.snapshot()
     state = (
         pickle.loads(pickle.dumps(state)) if codec == "pickle" else json.loads(json.dumps(state))
     )
     resumed = SignalEngine.restore(state)
-    got = [resumed.evaluate(b, i) for b, i in zip(bars[1200:], indicator_rows[1200:], strict=True)]
+    got = _results(resumed, bars[1200:], indicator_rows[1200:], road)
     # Assert
     assert got == expected[1200:]
     assert resumed.config == config
@@ -416,3 +489,35 @@ def test_bad_signal_config_raises_one_clear_line(table: dict[str, Any], message:
     assert message in text
     assert "\n" not in text
     assert isinstance(raised.value, ValueError)
+
+
+# --------------------------------------------------------------------------- rule definitions
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_a_rule_reads_only_its_inputs_and_never_fires_on_a_missing_one(name: str) -> None:
+    # Arrange: values that make every rule fire, then each input missing (NaN) in turn
+    rule = DEFINITIONS[name]
+    firing = {
+        "rsi": 20.0 if name == "rsi_oversold" else 80.0,
+        "prev_macd_gap": 0.0,
+        "macd_gap": 1.0 if name == "macd_cross_up" else -1.0,
+        "prev_sma_gap": 0.0,
+        "sma_gap": 1.0 if name == "golden_cross" else -1.0,
+        "close": 10.0,
+        "bb_lower": 11.0,
+        "bb_upper": 9.0,
+        "volume": 5000.0,
+        "volume_z": 4.0,
+        "change": 0.5,
+    }
+    x = {key: firing[key] for key in rule.inputs}  # a KeyError if it reads another
+    config = SignalConfig()
+    # Act / Assert
+    assert rule.fires(config, x)
+    assert rule.fires(config, {k: np.array([v, v]) for k, v in x.items()}).tolist() == [True] * 2
+    assert isinstance(rule.explain(config, x), str)
+    for missing in set(rule.inputs) - {"close", "volume"}:  # the bar's own: never missing
+        assert not rule.fires(config, {**x, missing: math.nan})
+        arrays = {k: np.array([v, math.nan if k == missing else v]) for k, v in x.items()}
+        assert rule.fires(config, arrays).tolist() == [True, False]
