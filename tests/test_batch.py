@@ -479,6 +479,7 @@ def _bar_table(df: pd.DataFrame, symbol: str, resolution: str) -> pa.Table:
             **{c: df[c].astype(float) for c in ("open", "high", "low", "close", "volume")},
             "vwap": df["pv"] / df["volume"] if "pv" in df else [None] * len(df),
             "trades": [None] * len(df),
+            "session": [None] * len(df),
         },
         schema=BAR_SCHEMA,
     )

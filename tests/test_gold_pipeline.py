@@ -22,7 +22,20 @@ def gold_lake(real_data, tmp_path_factory):
 
     lake = tmp_path_factory.mktemp("gold") / "lake"
     pattern = str(real_data / "ticks" / "*_2013100[78].csv.gz")
-    run(Settings.load(env={}, source=f"file:{pattern}", lake=str(lake), bounded=True, workers=2))
+    # Every tick counts (the direct aggregation below has no sale-condition
+    # rules), and a daily bar is the extended session: on these October days
+    # (New York = UTC-4) 04:00-20:00 New York is the whole UTC day of the data.
+    run(
+        Settings.load(
+            env={},
+            source=f"file:{pattern}",
+            lake=str(lake),
+            bounded=True,
+            workers=2,
+            sale_conditions="off",
+            daily_session="extended",
+        )
+    )
     ticks = pd.concat([read_ticks_csv(real_data / "ticks" / f"{f}.csv.gz") for f in FILES])
     return lake, ticks
 
