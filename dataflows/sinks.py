@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bytewax.operators as op
 import pyarrow as pa
@@ -21,6 +21,9 @@ from connectors.ddl import serving_tables
 from dataflows.core.config import Settings
 from dataflows.core.schema import REJECT_SCHEMA, LakeTables
 from dataflows.streams import PipelineStreams
+
+if TYPE_CHECKING:
+    from connectors.kafka.sink import SharedProducers
 
 
 def attach_parquet(streams: PipelineStreams) -> None:
@@ -106,6 +109,16 @@ def attach_snowflake(streams: Any) -> None:
     )
 
 
+def _producers(streams: PipelineStreams) -> SharedProducers:
+    """The Kafka producers of this flow, shared by all its Kafka sinks."""
+    from connectors.kafka.sink import SharedProducers
+
+    key = "kafka_producers"
+    if key not in streams.memo:
+        streams.memo[key] = SharedProducers()  # type: ignore[assignment]
+    return streams.memo[key]  # type: ignore[return-value]
+
+
 def attach_kafka(streams: PipelineStreams) -> None:
     """The Kafka sinks of a flow (``--sink kafka``): 1-minute bars and
     signals, each to its topic (created when missing). Dead letters are
@@ -114,11 +127,19 @@ def attach_kafka(streams: PipelineStreams) -> None:
 
     settings = streams.settings
     parts = settings.shards
+    shared = _producers(streams)
     ensure_topics(settings, [settings.topic_bars, settings.topic_signals])
     op.output(
         "kafka_bars_1m",
         streams.bars("1m"),
-        KafkaTopicSink(settings, settings.topic_bars, bar_messages, parts, stats=streams.stats),
+        KafkaTopicSink(
+            settings,
+            settings.topic_bars,
+            bar_messages,
+            parts,
+            stats=streams.stats,
+            producers=shared,
+        ),
     )
     op.output(
         "kafka_signals",
@@ -144,7 +165,12 @@ def attach_dlq(streams: PipelineStreams) -> None:
         "kafka_dlq",
         streams.rejects,
         KafkaTopicSink(
-            settings, settings.topic_dlq, dlq_messages, settings.shards, stats=streams.stats
+            settings,
+            settings.topic_dlq,
+            dlq_messages,
+            settings.shards,
+            stats=streams.stats,
+            producers=_producers(streams),
         ),
     )
 

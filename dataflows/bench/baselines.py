@@ -170,7 +170,8 @@ def child_gold_baseline(data: str) -> dict[str, Any]:
 
 
 def child_kafka_raw(args: dict[str, Any]) -> dict[str, Any]:
-    from connectors.kafka import measure_raw_consume, source_fetch_config
+    from connectors.kafka import source_fetch_config
+    from dataflows.bench.kafka import measure_raw_consume
     from dataflows.core.config import Settings
 
     settings = Settings.load(env={}, kafka_brokers=args["brokers"], bounded=True)
