@@ -636,5 +636,7 @@ class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, Any]]):
 
     def _series_chain(self, series: str, state: dict[str, Any] | None) -> _Chain:
         paths = self._series[series]
-        opens = [partial(_file_partition, p, self._batch_size, self._ts_unit) for p in paths]
+        opens: list[Callable[[Any], StatefulSourcePartition[RawTickBatch, Any]]] = [
+            partial(_file_partition, p, self._batch_size, self._ts_unit) for p in paths
+        ]
         return _Chain([p.name for p in paths], opens, state)

@@ -339,4 +339,3 @@ def init_database(settings: Settings) -> list[str]:
                     ) from None
                 done.append(ddl.sql_object(statement))
     return done
-

@@ -404,4 +404,3 @@ def init_database(settings: Settings) -> list[str]:
     finally:
         conn.close()
     return done
-

@@ -226,7 +226,9 @@ def run_backfill(
         resolution = req.resolution or "1d"
         if not req.symbols or req.start is None or req.end is None:
             raise UserError("a Finnhub backfill needs --symbols, --start and --end")
-        source = FinnhubCandleSource(settings, sorted(req.symbols), req.start, req.end, resolution)
+        source: Any = FinnhubCandleSource(
+            settings, sorted(req.symbols), req.start, req.end, resolution
+        )
         progress.units_total, progress.unit_name = source.units, "requests"
         source.progress = progress
         flow = _bar_flow(run_settings, source, resolution, progress)

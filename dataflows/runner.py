@@ -98,9 +98,7 @@ class RunSummary:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejects_by_reason.items()))
             lines.append(f"rejects by reason: {reasons}")
         if self.ineligible_by_reason:
-            reasons = ", ".join(
-                f"{k} {v:,}" for k, v in sorted(self.ineligible_by_reason.items())
-            )
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.ineligible_by_reason.items()))
             lines.append(f"ticks kept from some bar value by sale condition: {reasons}")
         if self.lake:
             lines.append(f"lake: {self.lake}")

@@ -297,7 +297,10 @@ def _number(
     high_open: bool = False,
 ) -> float:
     """``value`` as a float if it is a finite number in the interval, else a one-line error."""
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise _fail(key, value, f"use a number in {interval}")
+    ok = True
     if ok:
         above = low < value if low_open else low <= value
         below = value < high if high_open else value <= high

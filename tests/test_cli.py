@@ -170,7 +170,10 @@ _PACKAGES = ("dataflows", "connectors", "indicators")
 # `test_every_text_that_names_flags_is_mapped_to_its_commands`: add it.
 SHOWN_BY: dict[tuple[str, str], frozenset[str]] = {
     ("dataflows/backfill.py", "run_backfill"): frozenset({"backfill"}),
-    **{(f"dataflows/bench/{m}.py", "*"): frozenset({"bench"}) for m in ("scenarios", "harness", "baselines", "kafka", "soak", "lake")},
+    **{
+        (f"dataflows/bench/{m}.py", "*"): frozenset({"bench"})
+        for m in ("scenarios", "harness", "baselines", "kafka", "soak", "lake")
+    },
     # bench_kafka calls replay_ticks without a speed: only `replay` can show the --speed check.
     ("dataflows/replay.py", "replay_ticks"): frozenset({"replay"}),
     # The benchmark's line describes the `run` it timed (`--source kafka --bounded`).

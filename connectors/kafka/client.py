@@ -239,7 +239,7 @@ class CheckedProducer:
         """Queue one message (waits while librdkafka's queue is full)."""
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers)
+                self._producer.produce(topic, value, key, headers=headers)  # type: ignore[arg-type]
                 break
             except BufferError:
                 self._producer.poll(0.05)

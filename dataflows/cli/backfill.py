@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
@@ -50,7 +51,7 @@ def backfill(
     resolution: str | None,
     config_file: str | None,
     progress: bool | None,
-    **flags: object,
+    **flags: Any,
 ) -> None:
     """Load history into the lake and serving tables; re-running a range replaces it."""
     from connectors.bar_files import normalise_resolution

@@ -9,6 +9,8 @@ every command (``STOCKFLOW_PG_DSN``, ``STOCKFLOW_SNOWFLAKE_*``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from connectors.ddl import TARGETS, init_database
@@ -37,10 +39,11 @@ def db_group() -> None:
 def init_cmd(target: str, config_file: str | None, schema: str | None, pg_dsn: str | None) -> None:
     """Create (or update) the serving schema, tables and views; idempotent."""
     schema_flag = "pg_schema" if target == "postgres" else "snowflake_schema"
+    flags: dict[str, Any] = {"pg_dsn": pg_dsn, schema_flag: schema}
     settings = Settings.load(
         config_file=config_file,
         flag_names={schema_flag: "--schema"},
-        **{"pg_dsn": pg_dsn, schema_flag: schema},
+        **flags,
     )
     objects = init_database(target, settings)
     for name in objects:

@@ -49,7 +49,6 @@ ELIGIBLE = LAST | HIGH_LOW | VOLUME  # a regular trade
 _USES = LAST | HIGH_LOW | VOLUME
 
 
-
 @dataclass(frozen=True)
 class Rule:
     """What a sale condition allows (consolidated processing)."""

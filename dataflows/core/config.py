@@ -69,7 +69,6 @@ def _with_resolution(config: IndicatorConfig, res: str) -> IndicatorConfig:
     return replace(config, resolution=res)
 
 
-
 @dataclass(frozen=True)
 class Option:
     name: str

@@ -73,10 +73,10 @@ from dataflows.core.net import free_port
 from dataflows.core.stats import WRITE_BUCKETS, RunStats
 
 if TYPE_CHECKING:
-
     from dataflows.core.config import Settings
 
 log = logging.getLogger("stockflow.metrics")
+
 
 def run_families(stats: RunStats) -> Iterator[Metric]:
     """Our series, from the run's own counters (read at scrape time)."""
@@ -94,7 +94,9 @@ def run_families(stats: RunStats) -> Iterator[Metric]:
         None,
         {"": figures["ticks_in"]},
     )
-    yield counter("stockflow_rejects", "Rejected rows by reason code.", "reason", figures["rejects"])
+    yield counter(
+        "stockflow_rejects", "Rejected rows by reason code.", "reason", figures["rejects"]
+    )
     yield counter(
         "stockflow_ineligible_ticks",
         "Ticks whose sale conditions keep them from some bar value (open/close, high/low or "

@@ -130,7 +130,7 @@ def technical_chart(
             linewidth=0,
             label="Bollinger 20, 2σ",
         )
-    price.vlines(x, frame["low"], frame["high"], colors=colours, linewidth=0.8)
+    price.vlines(x, frame["low"], frame["high"], colors=list(colours), linewidth=0.8)
     body_low = np.minimum(frame["open"], frame["close"]).to_numpy()
     body = np.abs(frame["close"] - frame["open"]).to_numpy()
     # A doji still gets a visible sliver.

@@ -48,7 +48,7 @@ Semantics (PRODUCT.md, Bars):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,7 +194,7 @@ def _floor(ts: np.ndarray) -> np.ndarray:
     return (ts // MINUTE_US) * MINUTE_US
 
 
-def _empty(columns: dict[str, type]) -> dict[str, np.ndarray]:
+def _empty(columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {name: np.empty(0, dtype) for name, dtype in columns.items()}
 
 
@@ -386,7 +386,7 @@ class BarBuilder:
         """(session, trading day) of times `ts` of symbols `sym` (codes)."""
         cals = self._calendar
         first = cals[int(sym[0])] if len(sym) else None
-        if all(c == first for c in cals):
+        if first is not None and all(c == first for c in cals):
             return session_table(first, self.config.calendars).lookup(ts)
         session = np.empty(len(ts), np.uint8)
         day = np.empty(len(ts), np.int64)
@@ -640,7 +640,8 @@ class BarBuilder:
             self._open = _take(op, np.flatnonzero(~done))
         else:
             out = _EMPTY_OPEN
-        session = day = None
+        session: np.ndarray | None = None
+        day: np.ndarray | None = None
         if len(out["sym"]):
             session, day = self._sessions(out["sym"], out["start"])
         rollups = {
@@ -648,7 +649,7 @@ class BarBuilder:
             for res in self._roll
         }
         bars = _EMPTY_BARS
-        if len(out["sym"]):
+        if session is not None:
             priced = ~np.isnan(out["close"])  # a minute of only ineligible ticks: no bar
             if priced.all():
                 bars = self._bars_table(out, MINUTE_US, session)

@@ -112,7 +112,7 @@ def _parse_messages_vectorised(
     lens = np.fromiter(map(len, payloads), np.int64, n)
     slow = lens > MAX_MESSAGE_BYTES
     cand = np.flatnonzero(~slow)
-    chosen = payloads if len(cand) == n else [payloads[i] for i in cand]
+    chosen = payloads if len(cand) == n else [payloads[int(i)] for i in cand]
     buf = b"\n".join(chosen)
     doubtful = _doubtful(buf, lens[cand], chosen)
     if doubtful.any():

@@ -72,7 +72,7 @@ def _records(message: Any) -> list[dict[str, Any]]:
         data = message.get("data")
         if not isinstance(data, list):
             raise _MessageReject(RejectReason.MISSING_FIELD, "trade message without a data list")
-        out = []
+        out: list[dict[str, Any]] = []
         for trade in data:
             if not isinstance(trade, dict):
                 out.append({"__error__": (RejectReason.WRONG_TYPE, "trade entry is not an object")})
@@ -173,7 +173,7 @@ def parse_messages(
     if len(slow_idx) == len(payloads):
         return _parse_messages_one_by_one(payloads, positions, source, now)[0]
     parsed, msg = _parse_messages_one_by_one(
-        [payloads[i] for i in slow_idx], [positions[i] for i in slow_idx], source, now
+        [payloads[int(i)] for i in slow_idx], [positions[int(i)] for i in slow_idx], source, now
     )
     if ticks.num_rows and parsed.ticks.num_rows:
         # Ticks in message order, as the per-message road emits them.

@@ -31,7 +31,7 @@ from dataflows.core.schema import (
     rejects_table,
 )
 
-US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
+US_PER_UNIT: dict[str, int] = {"s": 1_000_000, "ms": 1_000, "us": 1}  # ns: divided, see below
 MAX_FUTURE_US = 86_400_000_000  # a tick more than a day ahead of the wall clock is rejected
 SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9.:/_\-^=]{0,31}$"
 # Messages larger than this are rejected as `too_large` before any parsing.
@@ -297,10 +297,10 @@ def _checked_symbols(symbol: pa.Array) -> tuple[pa.Array, np.ndarray]:
         return sym, np.zeros(0, bool)
     if _all_same(sym):
         upper = pc.utf8_upper(sym.slice(0, 1))
-        ok = bool(_np_bool(pc.match_substring_regex(upper, SYMBOL_PATTERN))[0])
+        valid = bool(_np_bool(pc.match_substring_regex(upper, SYMBOL_PATTERN))[0])
         if upper[0] != sym[0]:
             sym = pa.repeat(upper[0], len(sym))
-        return sym, np.full(len(sym), ok)
+        return sym, np.full(len(sym), valid)
     enc = pc.dictionary_encode(sym)
     if isinstance(enc, pa.ChunkedArray):
         enc = enc.combine_chunks()
