@@ -100,6 +100,10 @@ def _to_utc_us(col: pa.ChunkedArray) -> tuple[np.ndarray, bool]:
     return pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False), naive
 
 
+# Long on purpose: reads, maps columns, converts times and checks a bar file
+# in one place, each step a few lines, so a bad file fails at the first check.
+
+
 def load_bar_file(
     path: Path,
     resolution: str,

@@ -188,6 +188,81 @@ def _bar_flow(
     return flow
 
 
+@dataclass
+class _Plan:
+    """What a backfill runs: its flow, source, kind and the resolutions it
+    writes (the ranges it replaces)."""
+
+    flow: Dataflow
+    source: Any
+    kind: str
+    resolutions: frozenset[str]
+
+
+def _plan(
+    settings: Settings, run_settings: Settings, req: BackfillRequest, progress: BackfillProgress
+) -> _Plan:
+    """The flow for `req`'s source: Finnhub candles or bar files enter at the
+    gold stage, tick files take the whole road."""
+    if req.source == "finnhub":
+        from connectors.candles import FinnhubCandleSource
+
+        resolution = req.resolution or "1d"
+        if not req.symbols or req.start is None or req.end is None:
+            raise UserError("a Finnhub backfill needs --symbols, --start and --end")
+        source: Any = FinnhubCandleSource(
+            settings, sorted(req.symbols), req.start, req.end, resolution
+        )
+        progress.units_total, progress.unit_name = source.units, "requests"
+        source.progress = progress
+        flow = _bar_flow(run_settings, source, resolution, progress)
+        return _Plan(flow, source, f"finnhub candles {resolution}", frozenset({resolution}))
+    paths = expand_paths(req.source)
+    bar_files = [p for p in paths if looks_like_bar_file(p)]
+    if bar_files and len(bar_files) != len(paths):
+        raise UserError(f"{req.source}: mixes tick files and bar files; backfill them separately")
+    progress.units_total = len(paths)
+    if bar_files:
+        resolution = req.resolution or "1d"
+        source = BarFileSource(
+            paths, resolution, set(req.symbols) if req.symbols else None, req.start, req.end
+        )
+        source.progress = progress
+        flow = _bar_flow(run_settings, source, resolution, progress)
+        return _Plan(flow, source, f"bar files {resolution}", frozenset({resolution}))
+    if req.resolution not in (None, "1m"):
+        raise UserError("tick files make 1-minute bars and their roll-ups; drop --resolution")
+    progress.units_total = 0  # tick files: rows and bars, no per-file count
+    source = TickFileSource(
+        paths, batch_size=settings.batch_size, ts_unit=settings.ts_unit, shards=settings.shards
+    )
+    flow = build_flow(
+        run_settings, source, "stockflow_backfill", select=_tick_select(req), stats=progress.stats
+    )
+    return _Plan(flow, source, "tick files", frozenset(run_settings.resolutions))
+
+
+def _execute_with_progress(
+    flow: Dataflow, settings: Settings, progress: BackfillProgress, show: bool | None
+) -> float:
+    """Run `flow`, with a progress line on a terminal (or when asked); its seconds."""
+    stop = threading.Event()
+    ticker = None
+    if show is None:
+        show = sys.stderr.isatty()
+    if show:
+        ticker = threading.Thread(target=_progress_loop, args=(progress, stop), daemon=True)
+        ticker.start()
+    try:
+        execute(flow, settings, recovery=False, metrics=False)
+    finally:
+        stop.set()
+        if ticker is not None:
+            ticker.join()
+            sys.stderr.write("\r" + progress.line().ljust(90) + "\n")  # the final state
+    return time.perf_counter() - progress.started
+
+
 def run_backfill(
     settings: Settings,
     req: BackfillRequest,
@@ -199,8 +274,7 @@ def run_backfill(
     lake = Lake(settings.lake, settings.s3_endpoint)
     if "parquet" in settings.sinks:
         lake.check()
-    run = new_run_id()
-    staging_url = _staging_url(settings.lake, run)
+    staging_url = _staging_url(settings.lake, new_run_id())
     gold = replace(
         settings.gold,
         warmup=LakeWarmup(settings.lake, settings.s3_endpoint, req.start),
@@ -218,94 +292,26 @@ def run_backfill(
         lake_partitions=1,
         recovery_dir=None,
     )
-    notes: list[str] = []
-
-    if req.source == "finnhub":
-        from connectors.candles import FinnhubCandleSource
-
-        resolution = req.resolution or "1d"
-        if not req.symbols or req.start is None or req.end is None:
-            raise UserError("a Finnhub backfill needs --symbols, --start and --end")
-        source: Any = FinnhubCandleSource(
-            settings, sorted(req.symbols), req.start, req.end, resolution
-        )
-        progress.units_total, progress.unit_name = source.units, "requests"
-        source.progress = progress
-        flow = _bar_flow(run_settings, source, resolution, progress)
-        kind = f"finnhub candles {resolution}"
-        resolutions = frozenset({resolution})
-    else:
-        paths = expand_paths(req.source)
-        bar_files = [p for p in paths if looks_like_bar_file(p)]
-        if bar_files and len(bar_files) != len(paths):
-            raise UserError(
-                f"{req.source}: mixes tick files and bar files; backfill them separately"
-            )
-        progress.units_total = len(paths)
-        if bar_files:
-            resolution = req.resolution or "1d"
-            source = BarFileSource(
-                paths, resolution, set(req.symbols) if req.symbols else None, req.start, req.end
-            )
-            source.progress = progress
-            flow = _bar_flow(run_settings, source, resolution, progress)
-            kind = f"bar files {resolution}"
-            resolutions = frozenset({resolution})
-        else:
-            if req.resolution not in (None, "1m"):
-                raise UserError(
-                    "tick files make 1-minute bars and their roll-ups; drop --resolution"
-                )
-            progress.units_total = 0  # tick files: rows and bars, no per-file count
-            source = TickFileSource(
-                paths,
-                batch_size=settings.batch_size,
-                ts_unit=settings.ts_unit,
-                shards=settings.shards,
-            )
-            flow = build_flow(
-                run_settings,
-                source,
-                "stockflow_backfill",
-                select=_tick_select(req),
-                stats=progress.stats,
-            )
-            kind = "tick files"
-            resolutions = frozenset(run_settings.resolutions)
-
-    stop = threading.Event()
-    ticker = None
-    if show_progress is None:
-        show_progress = sys.stderr.isatty()
-    if show_progress:
-        ticker = threading.Thread(target=_progress_loop, args=(progress, stop), daemon=True)
-        ticker.start()
-    try:
-        execute(flow, settings, recovery=False, metrics=False)
-    finally:
-        stop.set()
-        if ticker is not None:
-            ticker.join()
-            sys.stderr.write("\r" + progress.line().ljust(90) + "\n")  # the final state
-    seconds = time.perf_counter() - progress.started
+    plan = _plan(settings, run_settings, req, progress)
+    seconds = _execute_with_progress(plan.flow, settings, progress, show_progress)
 
     written: dict[str, int] = {}
     staging = Lake(staging_url, settings.s3_endpoint)
     if "parquet" in settings.sinks:
-        spec = ReplaceSpec(req.symbols, req.start, req.end, resolutions)
+        spec = ReplaceSpec(req.symbols, req.start, req.end, plan.resolutions)
         written = commit_backfill(lake, staging, spec)
     _remove_staging(staging)
-    if getattr(source, "naive_times", False):
+    notes: list[str] = []
+    if getattr(plan.source, "naive_times", False):
         notes.append("note: bar times without a zone were read as UTC")
     figures = progress.stats.snapshot()
     rows = figures["lake_rows"]
     bars_written = sum(n for t, n in rows.items() if t.startswith("silver/bars_"))
+    rows_in = progress.rows_in or rows.get("bronze/ticks", 0) + rows.get("bronze/rejects", 0)
     return BackfillSummary(
-        kind,
+        plan.kind,
         seconds,
-        progress.rows_in
-        if progress.rows_in
-        else rows.get("bronze/ticks", 0) + rows.get("bronze/rejects", 0),
+        rows_in,
         progress.bars or bars_written,
         written,
         rows.get("bronze/rejects", 0),

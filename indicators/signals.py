@@ -518,6 +518,10 @@ class SignalEngine:
             "data_quality": data_quality,
         }
 
+    # Long on purpose: one pass over the arrays with the per-bar work inlined
+    # (a call per bar would cost more than the rules); each rule is still its
+    # own function, evaluated over the whole arrays.
+
     def run(
         self, bars: Mapping[str, Any], indicators: Mapping[str, Any], symbol: str
     ) -> dict[str, Any]:

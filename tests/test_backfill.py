@@ -252,10 +252,16 @@ def test_finnhub_candles_are_chunked_retried_and_equal_the_served_bars(
 ):
     # A paid plan's limit: at the free tier's 60 a minute the 9 calls alone
     # wait 8 s, and the spacing is proven by the limiter's own test below.
-    monkeypatch.setenv("STOCKFLOW_FINNHUB_CALLS_PER_MINUTE", "1800")
     fake_finnhub.fail_first = {429: 2, 500: 1}
     lake = tmp_path / "lake"
-    settings = Settings.load(env={"FINNHUB_API_KEY": "good-key"}, lake=str(lake))
+    settings = Settings.load(
+        env={
+            "FINNHUB_API_KEY": "good-key",
+            "STOCKFLOW_FINNHUB_API_URL": fake_finnhub.url,
+            "STOCKFLOW_FINNHUB_CALLS_PER_MINUTE": "1800",
+        },
+        lake=str(lake),
+    )
     req = BackfillRequest(
         "finnhub", frozenset({"SPY", "AAPL"}), _day("2015-01-01"), _day("2017-07-01"), "1d"
     )

@@ -84,6 +84,10 @@ def _x(times: pd.Series) -> np.ndarray:
     return mdates.date2num(times.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy())
 
 
+# Long on purpose: one figure, its panels drawn top to bottom (price and
+# overlays, volume, RSI, MACD) on shared axes.
+
+
 def technical_chart(
     bars: pd.DataFrame,
     signals: pd.DataFrame | None = None,

@@ -32,6 +32,9 @@ from dataflows.stages.parse.validation import (
     _validate,
 )
 
+# Long on purpose: one vectorised pass over a batch, a check per tick field
+# in reject-priority order; split, the masks would travel between functions.
+
 
 def parse_columns(
     table: pa.Table | pa.RecordBatch,
