@@ -307,8 +307,9 @@ def inspect_tick_file(path: Path, ts_unit: str | None) -> None:
         _check_columns(path, names)
     if first is not None and ts_unit is None and first.num_rows and _numeric_ts(first):
         raise UserError(
-            f"{path}: ts holds epoch numbers; say their unit with --ts-unit "
-            f"{'|'.join(TS_UNITS)} (stockflow never guesses it)"
+            f"{path}: ts holds epoch numbers; say their unit ({'|'.join(TS_UNITS)}) with "
+            "STOCKFLOW_TS_UNIT, `stockflow run --ts-unit` or `stockflow backfill --ts-unit` "
+            "(stockflow never guesses it)"
         )
 
 

@@ -297,7 +297,8 @@ def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
             if time.monotonic() + delay > deadline:
                 raise UserError(
                     f"cannot {what} for {budget_s:.0f} s ({type(exc).__name__}); stopping. "
-                    "Nothing was lost: restart with the same --recovery-dir to resume"
+                    "Nothing was lost: a run with a recovery store resumes from it when "
+                    "started again (`stockflow run --recovery-dir`); any other, run it again"
                 ) from None
             log.warning("lake write failed (%s); retrying in %.1f s", type(exc).__name__, delay)
             time.sleep(delay)

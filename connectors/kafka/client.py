@@ -102,7 +102,7 @@ def check_reachable(settings: Settings, timeout_s: float = 3.0) -> None:
             continue
     raise UserError(
         f"cannot reach {_where(settings)} (no bootstrap server accepts connections); check "
-        "STOCKFLOW_KAFKA_BROKERS (or --brokers) and that the broker is running"
+        "STOCKFLOW_KAFKA_BROKERS (kafka.brokers in a config file) and that the broker is running"
     )
 
 
@@ -121,7 +121,7 @@ def _admin_error(settings: Settings, exc: BaseException) -> UserError:
         )
     return UserError(
         f"cannot reach {_where(settings)} ({detail}); check STOCKFLOW_KAFKA_BROKERS "
-        "(or --brokers) and that the broker is running"
+        "(kafka.brokers in a config file) and that the broker is running"
     )
 
 

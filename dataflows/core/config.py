@@ -252,7 +252,7 @@ OPTIONS: tuple[Option, ...] = (
         "kafka_bounded_idle_timeout_s",
         "STOCKFLOW_KAFKA_BOUNDED_IDLE_TIMEOUT_S",
         "kafka.bounded_idle_timeout_s",
-        "--bounded: fail when no partition advances this long short of its end",
+        "bounded runs: fail when no partition advances this long short of its end",
     ),
     Option(
         "kafka_security_protocol",
