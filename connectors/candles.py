@@ -26,7 +26,6 @@ bars are emitted in one batch.
 
 from __future__ import annotations
 
-import random
 import socket
 import ssl
 import time
@@ -43,6 +42,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.bar_files import RESOLUTION_US, BarBatch
 from connectors.finnhub import RateLimit, RateLimiter
+from dataflows.core.backoff import Backoff
 from dataflows.core.errors import UserError
 from dataflows.core.schema import BAR_SCHEMA, UTC_US, rejects_table
 
@@ -116,6 +116,10 @@ def network_cause(exc: BaseException, timeout_s: float) -> str:
     return type(exc).__name__
 
 
+# Between failed attempts: 0.5 s, then doubling up to 8 s (with jitter).
+RETRY_BACKOFF = Backoff(initial=0.5, factor=2.0, maximum=8.0)
+
+
 def fetch_candles(
     client: finnhub.Client,
     limiter: RateLimiter,
@@ -130,6 +134,7 @@ def fetch_candles(
     docstring); returns Finnhub's dict (``s`` = ok/no_data)."""
     first = clock()
     attempts = 0
+    delays = RETRY_BACKOFF.delays()
     budget = RETRY_BUDGET_S  # RATE_LIMIT_BUDGET_S once Finnhub answered 429
     while True:
         sleep(limiter.delay())
@@ -168,8 +173,7 @@ def fetch_candles(
                 if client.API_URL != finnhub.Client.API_URL
                 else "check the network connection"
             )
-        backoff = min(8.0, 0.5 * 2 ** (attempts - 1)) * (0.5 + random.random())
-        limiter.hold_off(backoff)
+        limiter.hold_off(next(delays))
         if clock() + limiter.delay() - first > budget:
             raise UserError(
                 f"{failure}; gave up after {attempts} attempt(s) in {clock() - first:.1f} s "

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.core import faults
+from dataflows.core.backoff import Backoff
 from dataflows.core.config import RESOLUTIONS
 from dataflows.core.errors import UserError
 from dataflows.core.shards import shard_index
@@ -199,7 +200,18 @@ class Lake:
 # Rows per Parquet row group (the last one of a file may be smaller).
 ROW_GROUP_ROWS = 65_536
 # Threads that encode lake files in the background (per process).
-_ENCODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stockflow-parquet")
+_ENCODERS: ThreadPoolExecutor | None = None
+_ENCODERS_LOCK = threading.Lock()
+
+
+def _encoders() -> ThreadPoolExecutor:
+    """The encoding threads, started on the first lake write (not at import:
+    `stockflow --help` and runs without a lake start no thread)."""
+    global _ENCODERS
+    with _ENCODERS_LOCK:
+        if _ENCODERS is None:
+            _ENCODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stockflow-parquet")
+        return _ENCODERS
 
 
 class _FileEncoder:
@@ -240,7 +252,7 @@ class _FileEncoder:
             previous, self._job = self._job, None
         if previous is not None:
             previous.result()  # done; re-raises an encoding error here
-        self._job = _ENCODERS.submit(self._drain)
+        self._job = _encoders().submit(self._drain)
 
     def _drain(self) -> None:
         try:
@@ -278,6 +290,10 @@ class _FileEncoder:
             self._writer.close()
 
 
+# A failing write (S3 down) waits 0.25 s, then doubling up to 8 s (with jitter).
+WRITE_BACKOFF = Backoff(initial=0.25, factor=2.0, maximum=8.0)
+
+
 def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
     """Run `action`, retrying transient failures (endpoint down, timeouts)
     with exponential backoff for up to `budget_s`; then stop with one line.
@@ -286,8 +302,9 @@ def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
     back-pressure instead of unbounded buffering, and nothing is dropped.
     """
     deadline = time.monotonic() + budget_s
-    delay = 0.25
+    delays = WRITE_BACKOFF.delays()
     while True:
+        delay = next(delays)
         try:
             action()
             return
@@ -302,7 +319,6 @@ def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
                 ) from None
             log.warning("lake write failed (%s); retrying in %.1f s", type(exc).__name__, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 8.0)
 
 
 def new_run_id() -> str:
