@@ -350,8 +350,15 @@ def test_writer_upserts_replace_rows_by_key(pg_server):
     writer = PostgresWriter(target, tables)
     start = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
     bar = {"symbol": "AAA", "start": start, "end": start, "open": 1.0, "high": 2.0, "low": 0.5}
-    first = {**bar, "close": 1.5, "volume": 10.0, "vwap": None, "trades": 3}
-    second = {**bar, "close": 1.7, "volume": 12.0, "vwap": 1.6, "trades": None}
+    first = {**bar, "close": 1.5, "volume": 10.0, "vwap": None, "trades": 3, "session": "pre"}
+    second = {
+        **bar,
+        "close": 1.7,
+        "volume": 12.0,
+        "vwap": 1.6,
+        "trades": None,
+        "session": "regular",
+    }
     schema_ = tables["bars_1m"].schema
     writer.connect()
 
