@@ -309,7 +309,7 @@ def test_bytewax_cluster_processes_agree_on_addresses_ids_and_recovery() -> None
     assert services["dataflow"]["profiles"] == ["single"]
     # The flow the processes import exists and builds from the environment.
     market = (ROOT / "dataflows" / "market.py").read_text()
-    assert re.search(r"^\s*flow = build_flow\(settings\)", market, re.MULTILINE)
+    assert re.search(r"^\s*flow = build_flow\(settings[,)]", market, re.MULTILINE)
 
 
 def test_hosts_ports_topics_and_buckets_line_up() -> None:
