@@ -339,3 +339,13 @@ def init_database(settings: Settings) -> list[str]:
                     ) from None
                 done.append(ddl.sql_object(statement))
     return done
+
+
+def target_of(settings: Settings) -> PostgresTarget:
+    """The serving database `settings` name (checked when a flow is built)."""
+    return PostgresTarget.from_settings(settings)
+
+
+def writer_of(target: PostgresTarget, tables: Mapping[str, ddl.ServingTable]) -> PostgresWriter:
+    """A writer for one sink partition (one connection)."""
+    return PostgresWriter(target, tables)

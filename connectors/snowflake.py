@@ -404,3 +404,13 @@ def init_database(settings: Settings) -> list[str]:
     finally:
         conn.close()
     return done
+
+
+def target_of(settings: Settings) -> SnowflakeTarget:
+    """The serving database `settings` name (checked when a flow is built)."""
+    return SnowflakeTarget.from_settings(settings)
+
+
+def writer_of(target: SnowflakeTarget, tables: Mapping[str, ddl.ServingTable]) -> SnowflakeWriter:
+    """A writer for one sink partition (one connection)."""
+    return SnowflakeWriter(target, tables)

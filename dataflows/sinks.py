@@ -62,51 +62,42 @@ def attach_parquet(streams: PipelineStreams) -> None:
     op.output("lake_signals", streams.signals, lake_sink(tables.signals))
 
 
-def attach_postgres(streams: Any) -> None:
-    """Write every serving table of `streams` through the serving sink."""
-    from connectors import postgres, serving
+def _attach_serving(streams: PipelineStreams, name: str, prefix: str, partitions: int) -> None:
+    """Every serving table of `streams` through the batching serving sink of
+    the connector `name` (``postgres`` or ``snowflake``)."""
+    import importlib
 
-    settings: Settings = streams.settings
-    target = postgres.PostgresTarget.from_settings(settings)
+    from connectors import serving
+
+    connector: Any = importlib.import_module(f"connectors.{name}")
+    target = connector.target_of(streams.settings)
     tables = serving_tables(streams.resolutions)
-    postgres.check_tables(target, list(tables))
+    connector.check_tables(target, list(tables))
     op.output(
-        "postgres",
-        serving_stream(streams, "pg"),
+        name,
+        serving_stream(streams, prefix),
         serving.ServingSink(
-            "postgres",
-            lambda: postgres.PostgresWriter(target, tables),
+            name,
+            lambda: connector.writer_of(target, tables),
             tables,
-            partitions=max(1, min(settings.workers, settings.shards)),
-            batch_rows=postgres.DEFAULT_BATCH_ROWS,
-            max_batch_age_s=postgres.DEFAULT_MAX_BATCH_AGE_S,
-            reconnect_timeout_s=postgres.DEFAULT_RECONNECT_TIMEOUT_S,
+            partitions=partitions,
+            batch_rows=connector.DEFAULT_BATCH_ROWS,
+            max_batch_age_s=connector.DEFAULT_MAX_BATCH_AGE_S,
+            reconnect_timeout_s=connector.DEFAULT_RECONNECT_TIMEOUT_S,
             stats=streams.stats,
         ),
     )
 
 
-def attach_snowflake(streams: Any) -> None:
-    """Write every serving table of `streams` through the serving sink."""
-    from connectors import serving, snowflake
+def attach_postgres(streams: PipelineStreams) -> None:
+    """Postgres: one connection per worker, at most one per shard."""
+    settings = streams.settings
+    _attach_serving(streams, "postgres", "pg", max(1, min(settings.workers, settings.shards)))
 
-    target = snowflake.SnowflakeTarget.from_settings(streams.settings)
-    tables = serving_tables(streams.resolutions)
-    snowflake.check_tables(target, list(tables))
-    op.output(
-        "snowflake",
-        serving_stream(streams, "sf"),
-        serving.ServingSink(
-            "snowflake",
-            lambda: snowflake.SnowflakeWriter(target, tables),
-            tables,
-            partitions=1,
-            batch_rows=snowflake.DEFAULT_BATCH_ROWS,
-            max_batch_age_s=snowflake.DEFAULT_MAX_BATCH_AGE_S,
-            reconnect_timeout_s=snowflake.DEFAULT_RECONNECT_TIMEOUT_S,
-            stats=streams.stats,
-        ),
-    )
+
+def attach_snowflake(streams: PipelineStreams) -> None:
+    """Snowflake: one writer, one session (as the Snowflake sink always had)."""
+    _attach_serving(streams, "snowflake", "sf", 1)
 
 
 def _producers(streams: PipelineStreams) -> SharedProducers:
