@@ -66,7 +66,9 @@ def demo(lake: str, ticks: int, seed: int, workers: int) -> None:
 
 
 @cli.command("run")
-@click.option("--source", help="synthetic | file:PATH (a file, directory or glob).")
+@click.option(
+    "--source", help="synthetic | file:PATH (a file, directory or glob) | kafka | finnhub."
+)
 @click.option("--sink", "sinks", help="Comma list of sinks: parquet,postgres,snowflake,kafka.")
 @click.option("--lake", help="Lake root: local path or s3://bucket/prefix.")
 @click.option("--s3-endpoint", help="S3/MinIO endpoint URL.")
