@@ -279,6 +279,33 @@ def _segment_cummax(keys: np.ndarray, values: np.ndarray, starts: np.ndarray) ->
     return out
 
 
+def _extremes_and_sums(rows: dict[str, np.ndarray], gs: np.ndarray) -> dict[str, np.ndarray]:
+    """High, low, volume, price x volume and trades of each group of `rows`
+    (groups start at `gs`): the OHLCV reduce of both the minute merge and the
+    roll-ups."""
+    return {
+        "high": np.maximum.reduceat(rows["high"], gs),
+        "low": np.minimum.reduceat(rows["low"], gs),
+        "volume": np.add.reduceat(rows["volume"], gs),
+        "pv": np.add.reduceat(rows["pv"], gs),
+        "trades": np.add.reduceat(rows["trades"], gs),
+    }
+
+
+def _auction_prints(
+    rows: dict[str, np.ndarray], group: np.ndarray, groups: int
+) -> dict[str, np.ndarray]:
+    """Each group's official opening and closing print (the partials' auction
+    prints ranked as :func:`_pick` ranks them), or none when no partial has one."""
+    if not ((rows["ao_sz"] >= 0).any() or (rows["ac_sz"] >= 0).any()):
+        return _no_auction(groups)
+    ao = _pick(group, (rows["ao_seq"], rows["ao_ts"], -rows["ao_sz"]))
+    ac = _pick(group, (rows["ac_seq"], rows["ac_ts"], rows["ac_sz"]), last=True)
+    out = {k: rows[k][ao] for k in ("ao_px", "ao_sz", "ao_ts", "ao_seq")}
+    out.update({k: rows[k][ac] for k in ("ac_px", "ac_sz", "ac_ts", "ac_seq")})
+    return out
+
+
 def _group_starts(*keys: np.ndarray) -> np.ndarray:
     n = len(keys[0])
     new = np.zeros(n, dtype=bool)
@@ -583,7 +610,8 @@ class BarBuilder:
         by_close = np.lexsort((cat["close_seq"], cat["close_ts"], cat["start"], cat["sym"]))
         a = _take(cat, by_open)
         b = _take(cat, by_close)
-        gs = np.flatnonzero(_group_starts(a["sym"], a["start"]))
+        start_of = _group_starts(a["sym"], a["start"])
+        gs = np.flatnonzero(start_of)
         ge = np.append(gs[1:] - 1, len(a["sym"]) - 1)
         merged = {
             "sym": a["sym"][gs],
@@ -591,27 +619,14 @@ class BarBuilder:
             "open_ts": a["open_ts"][gs],
             "open_seq": a["open_seq"][gs],
             "open": a["open"][gs],
-            "high": np.maximum.reduceat(a["high"], gs),
-            "low": np.minimum.reduceat(a["low"], gs),
             "close_ts": b["close_ts"][ge],
             "close_seq": b["close_seq"][ge],
             "close": b["close"][ge],
             # A group holds at most two partials (open + new) and float
             # addition of two terms is commutative: order cannot matter.
-            "volume": np.add.reduceat(a["volume"], gs),
-            "pv": np.add.reduceat(a["pv"], gs),
-            "trades": np.add.reduceat(a["trades"], gs),
+            **_extremes_and_sums(a, gs),
+            **_auction_prints(a, np.cumsum(start_of) - 1, len(gs)),
         }
-        if (cat["ao_sz"] >= 0).any() or (cat["ac_sz"] >= 0).any():
-            group = np.cumsum(_group_starts(a["sym"], a["start"])) - 1
-            o = by_open[_pick(group, (a["ao_seq"], a["ao_ts"], -a["ao_sz"]))]
-            c = by_open[_pick(group, (a["ac_seq"], a["ac_ts"], a["ac_sz"]), last=True)]
-            for k in ("ao_px", "ao_sz", "ao_ts", "ao_seq"):
-                merged[k] = cat[k][o]
-            for k in ("ac_px", "ac_sz", "ac_ts", "ac_seq"):
-                merged[k] = cat[k][c]
-        else:
-            merged.update(_no_auction(len(gs)))
         self._open = merged
 
     # -- bars out ------------------------------------------------------------
@@ -758,25 +773,13 @@ class BarBuilder:
                 "start": c["start"][gs],
                 "open": c["open"][first],
                 "open_at": c["open_at"][first],
-                "high": np.maximum.reduceat(c["high"], gs),
-                "low": np.minimum.reduceat(c["low"], gs),
                 "close": c["close"][final_],
                 "close_at": c["close_at"][final_],
-                "volume": np.add.reduceat(c["volume"], gs),
-                "pv": np.add.reduceat(c["pv"], gs),
-                "trades": np.add.reduceat(c["trades"], gs),
+                **_extremes_and_sums(c, gs),
                 "session": np.where(lo_s == hi_s, lo_s, MIXED).astype(np.uint8),
                 "due": np.maximum.reduceat(c["due"], gs),
+                **_auction_prints(c, group, len(gs)),
             }
-            if (c["ao_sz"] >= 0).any() or (c["ac_sz"] >= 0).any():
-                ao = _pick(group, (c["ao_seq"], c["ao_ts"], -c["ao_sz"]))
-                ac = _pick(group, (c["ac_seq"], c["ac_ts"], c["ac_sz"]), last=True)
-                for k in ("ao_px", "ao_sz", "ao_ts", "ao_seq"):
-                    acc[k] = c[k][ao]
-                for k in ("ac_px", "ac_sz", "ac_ts", "ac_seq"):
-                    acc[k] = c[k][ac]
-            else:
-                acc.update(_no_auction(len(gs)))
         if final:
             done = np.ones(len(acc["sym"]), dtype=bool)
         else:
