@@ -88,10 +88,11 @@ OPTIONS: tuple[Option, ...] = (
         "roll a Parquet file at this many rows",
     ),
     Option(
-        "max_file_age_s",
-        "STOCKFLOW_MAX_FILE_AGE_S",
-        "lake.max_file_age_s",
-        "roll a Parquet file after its oldest row waited this long",
+        "commit_interval_s",
+        "STOCKFLOW_COMMIT_INTERVAL_S",
+        "lake.commit_interval_s",
+        "commit a lake writer's rows (one Delta commit per table and worker) once the "
+        "oldest waited this long",
     ),
     Option(
         "lateness_s",
@@ -254,8 +255,8 @@ class Settings:
     lake: str = "./lake"
     s3_endpoint: str | None = None
     max_rows_per_file: int = 1_000_000
-    lake_partitions: int | None = None  # writers per lake table (None: one per shard)
-    max_file_age_s: float = 60.0
+    lake_partitions: int | None = None  # writers per lake table (None: one per worker)
+    commit_interval_s: float = 60.0
     lateness_s: float = 5.0
     resolutions: tuple[str, ...] = RESOLUTIONS
     warmup: bool = False
@@ -363,7 +364,7 @@ class Settings:
         for name in ("workers", "shards", "batch_size", "max_rows_per_file", "synthetic_ticks"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("snapshot_interval_s", "max_file_age_s"):
+        for name in ("snapshot_interval_s", "commit_interval_s"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be > 0")
         if not 0 <= self.lateness_s <= 3600:

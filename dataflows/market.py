@@ -36,11 +36,28 @@ def bytewax_recovery_dir() -> str | None:
     return os.environ.get("BYTEWAX_RECOVERY_DIRECTORY") or None
 
 
+def bytewax_worker_count() -> int | None:
+    """All workers of the ``python -m bytewax.run`` cluster running this
+    module (``-w`` per process times the ``-a`` addresses), if any: the lake
+    has one writer per worker and table."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) != "bytewax.run":
+        return None
+    from bytewax.run import _parse_args
+
+    args = _parse_args()
+    processes = len(args.addresses.split(";")) if args.addresses else 1
+    return int(args.workers_per_process or 1) * processes
+
+
 try:
     settings = Settings.load()
     recovery_dir = bytewax_recovery_dir()
     if recovery_dir is not None and settings.recovery_dir is None:
         settings = replace(settings, recovery_dir=recovery_dir)
+    workers = bytewax_worker_count()
+    if workers is not None and settings.lake_partitions is None:
+        settings = replace(settings, lake_partitions=workers)
     flow = build_flow(settings)
     process_metrics(settings)  # STOCKFLOW_METRICS_PORT: /metrics while the flow runs
 except UserError as exc:  # one clear line, as from the CLI

@@ -13,6 +13,7 @@ only in their source and sinks::
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,7 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream
 
 from connectors.files import TickFileSource, expand_paths
-from connectors.lake import Lake, ParquetLakeSink
+from connectors.lake import EncoderPool, Lake, ParquetLakeSink, commit_clock
 from connectors.synthetic import SyntheticConfig, SyntheticTickSource
 from dataflows.bars import BarConfig
 from dataflows.config import Settings
@@ -103,6 +104,8 @@ class PipelineStreams:
     bars_by_res: KeyedStream[tuple[str, pa.Table]]
     gold: GoldStreams
     resolutions: tuple[str, ...]
+    # The bounded input's identity (bounded_input_key), None when unknown.
+    input_key: str | None = None
     # One filter step per resolution and flow, however many sinks use it.
     memo: dict[str, KeyedStream[pa.Table]] = field(default_factory=dict, compare=False)
 
@@ -126,36 +129,68 @@ class PipelineStreams:
 
 
 def attach_parquet(streams: PipelineStreams) -> None:
-    """The lake sink: every table of every layer."""
+    """The lake sink: every table of every layer, one writer per worker and
+    table, woken by a commit clock so rows are committed on time."""
     settings = streams.settings
     lake = Lake(settings.lake, settings.s3_endpoint)
     tables = LakeTables()
-    run_id = recovery_run_id(settings)
+    exactly_once = settings.recovery_dir is not None
+    writer_key = streams.input_key or recovery_run_id(settings)
+    encoders = EncoderPool()  # this run's background Parquet encoders
+    epoch_s = settings.snapshot_interval_s
+    tick_s = max(0.05, min(epoch_s, settings.commit_interval_s) / 2)
+    # A due commit waits for the next call (a tick), and with recovery for
+    # the snapshot after it: commit that much early to stay within the interval.
+    margin_s = tick_s + (epoch_s if exactly_once else 0.0)
+    active_s = settings.commit_interval_s + 2 * epoch_s + 2 * tick_s
 
-    def lake_sink(table: str, columns: tuple[str, ...] | None = None) -> ParquetLakeSink:
-        return ParquetLakeSink(
+    def lake_output(name: str, stream: KeyedStream[pa.Table], table: str, columns=None) -> None:
+        sink = ParquetLakeSink(
             lake,
             table,
-            partitions=settings.lake_partitions or settings.shards,
+            partitions=settings.lake_partitions or settings.workers,
             max_rows_per_file=settings.max_rows_per_file,
-            max_file_age_s=settings.max_file_age_s,
-            exactly_once=settings.recovery_dir is not None,
+            commit_interval_s=settings.commit_interval_s,
+            commit_margin_s=margin_s,
+            exactly_once=exactly_once,
             columns=columns,
-            run_id=run_id,
+            writer_key=writer_key,
+            encoders=encoders,
         )
+        op.output(name, commit_clock(f"{name}_clock", stream, tick_s, active_s), sink)
 
-    reject_columns = tuple(REJECT_SCHEMA.names)
-    op.output("lake_rejects", streams.rejects, lake_sink(tables.rejects, reject_columns))
+    lake_output("lake_rejects", streams.rejects, tables.rejects, tuple(REJECT_SCHEMA.names))
     if streams.ticks is not None:
-        op.output("lake_ticks", streams.ticks, lake_sink(tables.ticks))
+        lake_output("lake_ticks", streams.ticks, tables.ticks)
     if streams.late is not None:
-        op.output("lake_late", streams.late, lake_sink(tables.late))
+        lake_output("lake_late", streams.late, tables.late)
     for res in streams.resolutions:
-        op.output(f"lake_bars_{res}", streams.bars(res), lake_sink(tables.bars_of(res)))
-        op.output(
-            f"lake_indicators_{res}", streams.indicators(res), lake_sink(tables.indicators_of(res))
-        )
-    op.output("lake_signals", streams.signals, lake_sink(tables.signals))
+        lake_output(f"lake_bars_{res}", streams.bars(res), tables.bars_of(res))
+        lake_output(f"lake_indicators_{res}", streams.indicators(res), tables.indicators_of(res))
+    lake_output("lake_signals", streams.signals, tables.signals)
+
+
+def bounded_input_key(settings: Settings) -> str | None:
+    """The identity of a bounded input (None for an unbounded one): the
+    lake's writers of two runs of the same input share app ids, so the
+    second run writes nothing twice (connectors/lake.py). Tick files: path,
+    size and mtime of each; synthetic (not live): seed, ticks, symbols; a
+    bounded Kafka run: brokers, topic and each partition's offset range.
+    The shard count is part of it (it decides which writer holds a row)."""
+    kind = settings.source_kind
+    parts = [kind, f"shards={settings.shards}"]
+    if kind == "file":
+        for path in expand_paths(settings.source_path):
+            stat = path.stat()
+            parts.append(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+    elif kind == "synthetic" and not settings.live:
+        symbols = ",".join(settings.synthetic_symbols)
+        parts.append(f"{settings.synthetic_seed}|{settings.synthetic_ticks}|{symbols}")
+    elif kind == "kafka" and settings.bounded:
+        parts.extend(_load("connectors.kafka:offset_ranges")(settings, settings.topic_ticks))
+    else:
+        return None
+    return "in-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
 # Sink name -> "module:function" taking PipelineStreams; imported only when
@@ -201,7 +236,15 @@ def build_flow(
         )
     gold = gold_stage(bars.bars, gold_config)
     streams = PipelineStreams(
-        flow, settings, ticks.rejects, ticks.ticks, bars.late, bars.bars, gold, ("1m", *rollups)
+        flow,
+        settings,
+        ticks.rejects,
+        ticks.ticks,
+        bars.late,
+        bars.bars,
+        gold,
+        ("1m", *rollups),
+        input_key=bounded_input_key(settings) if source is None else None,
     )
     attach_sinks(streams)
     return flow
@@ -230,8 +273,8 @@ def recovery_config(settings: Settings):  # noqa: ANN201 - bytewax type
 
 
 def recovery_run_id(settings: Settings) -> str | None:
-    """A run id that lives with the recovery store (lake file names): a
-    restart with the same store finds and replaces its own files."""
+    """A run id that lives with the recovery store (the lake writers' app
+    ids): a restart with the same store finds its own commits."""
     if settings.recovery_dir is None:
         return None
     from connectors.lake import new_run_id

@@ -34,14 +34,16 @@ class RunSummary:
     files: dict[str, int]
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     lake: str = ""
+    # Rows not written because the same bounded input is in the lake already.
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def ticks_accepted(self) -> int:
-        return self.rows.get(LakeTables.ticks, 0)
+        return self.rows.get(LakeTables.ticks, 0) + self.skipped.get(LakeTables.ticks, 0)
 
     @property
     def ticks_rejected(self) -> int:
-        return self.rows.get(LakeTables.rejects, 0)
+        return self.rows.get(LakeTables.rejects, 0) + self.skipped.get(LakeTables.rejects, 0)
 
     @property
     def ticks_in(self) -> int:
@@ -69,6 +71,11 @@ class RunSummary:
         if self.rejects_by_reason:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rejects_by_reason.items()))
             lines.append(f"rejects by reason: {reasons}")
+        if self.skipped:
+            lines.append(
+                f"already in the lake from an earlier run of this input, not written again: "
+                f"{sum(self.skipped.values()):,} rows"
+            )
         if self.lake:
             lines.append(f"lake: {self.lake}")
         return "\n".join(lines)
@@ -113,19 +120,27 @@ def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSu
         Lake(settings.lake, settings.s3_endpoint).check()
     flow = build_flow(settings, source)
     before_rows, before_files = dict(WRITE_STATS.rows), dict(WRITE_STATS.files)
+    before_skipped = dict(WRITE_STATS.skipped)
     before_reasons = dict(REJECTS_BY_REASON.counts)
     start = time.perf_counter()
     execute(flow, settings)
     seconds = time.perf_counter() - start
     rows = {t: n - before_rows.get(t, 0) for t, n in WRITE_STATS.rows.items()}
     files = {t: n - before_files.get(t, 0) for t, n in WRITE_STATS.files.items()}
+    skipped = {
+        t: n - before_skipped.get(t, 0)
+        for t, n in WRITE_STATS.skipped.items()
+        if n - before_skipped.get(t, 0)
+    }
     reasons = {
         k: v - before_reasons.get(k, 0)
         for k, v in REJECTS_BY_REASON.counts.items()
         if v - before_reasons.get(k, 0)
     }
     lake = Lake(settings.lake, settings.s3_endpoint)
-    return RunSummary(seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root)
+    return RunSummary(
+        seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root, skipped
+    )
 
 
 __all__ = ["RunSummary", "UserError", "run"]

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from connectors.finnhub import trade_messages
@@ -29,6 +28,7 @@ from connectors.kafka import (
     kafka_config,
     redacted,
 )
+from connectors.lake import Lake
 from dataflows.cli_kafka import bench_kafka, replay_ticks
 from dataflows.config import Settings
 from dataflows.operators import parse_raw
@@ -415,6 +415,7 @@ def test_ctrl_c_on_a_live_kafka_run_ends_in_one_line(kafka_broker, tmp_path):
         STOCKFLOW_KAFKA_BROKERS=kafka_broker.brokers,
         STOCKFLOW_TOPIC_TICKS=topic,
         STOCKFLOW_SNAPSHOT_INTERVAL_S="0.5",
+        STOCKFLOW_COMMIT_INTERVAL_S="1",
     )
     args = [exe, "run", "--source", "kafka", "--live", "--lake", str(lake)]
     run = subprocess.Popen(
@@ -438,5 +439,5 @@ def test_ctrl_c_on_a_live_kafka_run_ends_in_one_line(kafka_broker, tmp_path):
 
 
 def _lake_rows(lake: Path) -> int:
-    files = list(lake.glob("bronze/ticks/date=*/part-*.parquet"))
-    return sum(pq.read_metadata(f).num_rows for f in files)
+    table = Lake(str(lake)).table("bronze/ticks")
+    return 0 if table is None else table.to_pyarrow_dataset().count_rows()
