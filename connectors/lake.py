@@ -45,20 +45,23 @@ longer references)::
      snapshot call, i.e. at least one epoch after the snapshot that lists
      them, when it is durable. So every commit covers a prefix of the
      numbered pieces, and its version says which.
-  2. On resume from a snapshot with uncommitted pieces ``P`` and next
-     number ``n``, the writer reads ``v = transaction_version(app id)``:
-     pieces numbered ``<= v`` are already in the table and are dropped
-     (committed after the snapshot: recognised, not committed twice); the
-     others stay pending, and the replayed input after the snapshot
-     continues them. Nothing is lost (the snapshot holds every row not in
-     a commit) and nothing doubles (a committed piece is never committed
-     again, and rows after the snapshot were in no commit, by 1).
+  2. A snapshot records its pending pieces ``P``, its next number ``n``
+     and the app version ``c`` of the writer's last commit. On resume the
+     writer reads ``v = transaction_version(app id)``: ``v == c``, nothing
+     was committed since, ``P`` stays pending; ``c < v < n``, the first
+     commit after the snapshot (which holds exactly ``P``, by 1) landed, so
+     ``P`` is dropped: recognised, not committed twice. Either way the
+     replayed input after the snapshot continues from there. Nothing is
+     lost (the snapshot holds every row not in a commit) and nothing
+     doubles (rows after the snapshot were in no commit, by 1).
   3. Should the store lag further than 1 allows (``v >= n``: the table
-     holds pieces of a snapshot the resume does not know), the writer
-     removes exactly those pieces' files in one commit (found in the Delta
-     log by their names, never by listing) and numbers on from ``v + 1``;
-     the replay writes their rows again. Readers may see those rows
-     vanish and come back, never doubled.
+     holds commits of a snapshot the resume does not know, which may hold
+     this snapshot's rows merged with later ones), the writer removes, in
+     one commit, every file it committed after this snapshot (found in the
+     Delta log by their names, never by listing), sets its app version back
+     to the snapshot's, keeps the snapshot's pieces pending and numbers on
+     from ``v + 1``; the replay writes the later rows again. Readers may see
+     those rows vanish and come back, never doubled.
   4. Files written but never committed (a crash between writing and
      committing) are simply never committed; ``stockflow lake vacuum``
      removes them later. A resumed writer never reuses the name of a
@@ -441,6 +444,8 @@ def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
         try:
             action()
             return
+        except UserError:
+            raise
         except (PermissionError, FileNotFoundError) as exc:
             raise UserError(f"cannot {what}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - botocore/aiohttp/delta-rs raise many kinds
@@ -574,8 +579,11 @@ class _DeltaLog:
         return self._table
 
     def version_of(self, app_id: str) -> int | None:
+        """The app's last version; None when it never committed (or was
+        set back to -1: nothing of it in the table)."""
         found = self.table()
-        return None if found is None else found.transaction_version(app_id)
+        version = None if found is None else found.transaction_version(app_id)
+        return None if version is None or version < 0 else version
 
     def files_named(self, prefix: re.Pattern[str]) -> list[tuple[str, int, str, int]]:
         """(path, size, date, number) of the current version's files whose
@@ -677,6 +685,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         self._pieces: list[dict[str, Any]] = []
         self._sealed = -1  # pieces numbered <= this were in a snapshot
         self._next = 0
+        self._committed: int | None = None  # the version of this writer's last commit
         self._oldest: float | None = None  # monotonic time of the oldest uncommitted row
         self._skip = False
         self._schema: pa.Schema | None = None
@@ -697,18 +706,29 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
                 f"{found} workers; run again with {found} workers (or into another lake)"
             )
 
+    def _read_log(self, read: Callable[[], Any]) -> Any:
+        """A read of the Delta log, retried like writes (S3 may be down)."""
+        found: list[Any] = []
+        _retrying(
+            lambda: found.append(read()),
+            self._sink.retry_s,
+            f"read the Delta log of {self._sink.table} at {self._lake.url}",
+        )
+        return found[-1]
+
     def _start_fresh(self) -> None:
-        self._check_writers()
-        if self._log.version_of(self._end_app) is not None:
+        self._read_log(self._check_writers)
+        if self._read_log(lambda: self._log.version_of(self._end_app)) is not None:
             self._skip = True
             log.info("%s: this input is already in the lake; not writing it again", self._app)
             return
-        committed = self._log.version_of(self._app)
+        committed = self._read_log(lambda: self._log.version_of(self._app))
         if committed is not None:
             # An earlier run of this writer died before a durable snapshot:
             # its rows come again from the start.
-            self._remove_committed(0, committed)
+            self._remove_committed(None)
             self._next = committed + 1
+            self._committed = committed
 
     def _resume(self, state: dict[str, Any]) -> None:
         if (
@@ -721,33 +741,44 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
             )
         self._skip = state["skip"]
         self._next = state["next"]
+        self._committed = known = state["committed"]
         pieces = state["pieces"]
         if self._skip:
             return
-        committed = self._log.version_of(self._app)
-        if committed is None:
-            self._pieces = pieces
-        elif committed >= self._next:
-            # The store lagged behind a commit (see the module docstring, 3).
-            self._remove_committed(self._next, committed)
-            self._next = committed + 1
+        now = self._read_log(lambda: self._log.version_of(self._app))
+        if now == known or now is None:
+            self._pieces = pieces  # nothing committed since the snapshot
+        elif (known is None or now > known) and now < self._next:
+            # The first commit after a snapshot holds exactly its pieces
+            # (module docstring, 2): they are in the table.
+            self._pieces = [p for p in pieces if p["n"] > now]
+            self._committed = now
         else:
-            self._pieces = [p for p in pieces if p["n"] > committed]
+            # Commits of a later snapshot than this one (module docstring, 3):
+            # taken back, the app version set back to this snapshot's; new
+            # pieces are numbered past the taken-back ones (no name reused).
+            self._remove_committed(known, reset=True)
+            self._pieces = pieces
+            self._next = max(self._next, now + 1)
         self._sealed = max((p["n"] for p in self._pieces), default=-1)
         if self._pieces:
             self._oldest = time.monotonic() - state.get("age", 0.0)
 
-    def _remove_committed(self, first: int, last: int) -> None:
-        """Remove this writer's committed files numbered first..last in one
-        commit (their rows are coming again); looked up again on a retry, so
-        a commit whose answer was lost is not repeated."""
+    def _remove_committed(self, after: int | None, reset: bool = False) -> None:
+        """Remove, in one commit, this writer's committed files numbered
+        above `after` (all when None): their rows are coming again. With
+        `reset` the app version goes back to `after` (-1: none), else it
+        stays. Looked up again on a retry, so a commit whose answer was lost
+        is not made twice."""
         from deltalake.transaction import RemoveAction
 
         removed = 0
 
         def remove() -> None:
             nonlocal removed
-            doomed = [f for f in self._log.files_named(self._names) if first <= f[3] <= last]
+            doomed = [
+                f for f in self._log.files_named(self._names) if after is None or f[3] > after
+            ]
             if not doomed:
                 return
             now_ms = int(time.time() * 1000)
@@ -755,7 +786,12 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
                 RemoveAction(path, True, now_ms, size, {PARTITION_COLUMN: day})
                 for path, size, day, _ in doomed
             ]
-            versions = {self._app: last, self._writers_app: self._sink.partitions}
+            version = self._log.version_of(self._app)
+            if reset:
+                version = -1 if after is None else after
+            versions = {self._writers_app: self._sink.partitions}
+            if version is not None:
+                versions[self._app] = version
             self._log.commit(self._table_schema(), actions, versions)
             removed = len(doomed)
 
@@ -971,7 +1007,8 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
             attempt += 1
             if (
                 attempt > 1
-                and (self._log.version_of(self._app) or -1) >= version
+                and self._log.version_of(self._app) == version
+                and version != self._committed
                 and (not extra or all(self._log.version_of(a) is not None for a in extra))
             ):
                 return  # the earlier attempt landed; its answer was lost
@@ -979,6 +1016,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
 
         start = time.perf_counter()
         _retrying(commit, self._sink.retry_s, f"commit {self._sink.table} at {self._lake.url}")
+        self._committed = version
         faults.point("lake_commit")
         WRITE_STATS.add_commit(self._sink.table, rows, files, time.perf_counter() - start)
 
@@ -1001,6 +1039,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
             "key": self._sink.writer_key,
             "partitions": self._sink.partitions,
             "next": self._next,
+            "committed": self._committed,
             "pieces": list(self._pieces),
             "skip": self._skip,
             "age": 0.0 if self._oldest is None else time.monotonic() - self._oldest,

@@ -100,9 +100,32 @@ def test_a_resume_from_a_snapshot_older_than_a_commit_removes_that_commit_and_lo
     resumed.write_batch([_rows(1000, 2000, day_every=7)])
     resumed.close()
 
-    # Assert: the commit it did not know was taken back in one commit, then
-    # every row came back once; the table's rows never doubled meanwhile.
-    assert removed == list(range(1000))
+    # Assert: the commits it did not know were taken back in one commit
+    # (the snapshot's own rows are pending again), then every row came back
+    # once; the table's rows never doubled meanwhile.
+    assert removed == []
+    assert _seqs(lake).tolist() == list(range(3000))
+
+
+def test_a_resume_that_took_commits_back_and_dies_again_still_loses_nothing(tmp_path):
+    # Arrange: as above, then the resumed writer snapshots and dies too.
+    lake = Lake(str(tmp_path))
+    part = _sink(lake).build_part("lake", "0000", None)
+    part.write_batch([_rows(0, 1000)])
+    first = part.snapshot()
+    for k in (1, 2):
+        part.write_batch([_rows(k * 1000, 1000)])
+        part.snapshot()
+    resumed = _sink(lake).build_part("lake", "0000", first)
+    resumed.write_batch([_rows(1000, 500)])
+    again = resumed.snapshot()
+
+    # Act: resume from the resumed writer's snapshot
+    last = _sink(lake).build_part("lake", "0000", again)
+    last.write_batch([_rows(1500, 1500)])
+    last.close()
+
+    # Assert
     assert _seqs(lake).tolist() == list(range(3000))
 
 
