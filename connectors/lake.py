@@ -731,6 +731,11 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
             self._committed = committed
 
     def _resume(self, state: dict[str, Any]) -> None:
+        if "pieces" not in state:
+            raise UserError(
+                "the recovery store holds lake states of an earlier stockflow (plain Parquet "
+                "files); finish that run with that version, or start a new --recovery-dir"
+            )
         if (
             state.get("partitions") != self._sink.partitions
             or state.get("key") != self._sink.writer_key
