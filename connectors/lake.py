@@ -610,19 +610,29 @@ class _DeltaLog:
         versions: dict[str, int],
     ) -> None:
         """Append `actions` (adds and removes) in one commit carrying the app
-        transactions `versions`; creates the table on first use."""
-        from deltalake import CommitProperties, DeltaTable, Transaction
+        transactions `versions`; the first commit creates the table."""
+        from deltalake import CommitProperties, DeltaTable, Schema, Transaction
+        from deltalake.transaction import create_table_with_add_actions
 
+        properties = CommitProperties(
+            app_transactions=[Transaction(app, v) for app, v in versions.items()],
+            # Appends by other writers never conflict with ours; delta-rs
+            # retries them at the next version.
+            max_commit_retries=1000,
+        )
         table = self.table()
         if table is None:
             try:
-                DeltaTable.create(
+                create_table_with_add_actions(
                     self.uri,
-                    schema,
-                    mode="ignore",
+                    Schema.from_arrow(schema),
+                    actions,
+                    mode="error",
                     partition_by=[PARTITION_COLUMN],
                     storage_options=self.options,
+                    commit_properties=properties,
                 )
+                return
             except Exception:  # noqa: BLE001 - another writer created it first
                 if not DeltaTable.is_deltatable(self.uri, self.options):
                     raise
@@ -633,12 +643,7 @@ class _DeltaLog:
             mode="append",
             schema=schema,
             partition_by=[PARTITION_COLUMN],
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(app, v) for app, v in versions.items()],
-                # Appends by other writers never conflict with ours; delta-rs
-                # retries them at the next version.
-                max_commit_retries=1000,
-            ),
+            commit_properties=properties,
         )
 
 
