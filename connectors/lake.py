@@ -44,7 +44,9 @@ longer references)::
      pieces numbered up to that snapshot's last one), made at a later
      snapshot call, i.e. at least one epoch after the snapshot that lists
      them, when it is durable. So every commit covers a prefix of the
-     numbered pieces, and its version says which.
+     numbered pieces, and its version says which. (The end of a bounded
+     input commits everything at once, before the last snapshot is
+     surely durable: a crash in that moment is case 3.)
   2. A snapshot records its pending pieces ``P``, its next number ``n``
      and the app version ``c`` of the writer's last commit. On resume the
      writer reads ``v = transaction_version(app id)``: ``v == c``, nothing
