@@ -138,9 +138,7 @@ def run(settings: Settings, source: Source[RawTickBatch] | None = None) -> RunSu
         if v - before_reasons.get(k, 0)
     }
     lake = Lake(settings.lake, settings.s3_endpoint)
-    return RunSummary(
-        seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root, skipped
-    )
+    return RunSummary(seconds, rows, files, reasons, lake.url if lake.is_s3 else lake.root, skipped)
 
 
 __all__ = ["RunSummary", "UserError", "run"]
