@@ -9,9 +9,12 @@ configured sinks) so that history and live data are computed identically:
 * indicator state is seeded from the lake's earlier bars of each series
   (:mod:`dataflows.warmup`), so a backfill of ``[t1, t2)`` after one of
   ``[t0, t1)`` gives the same values as one of ``[t0, t2)``;
-* the lake output is staged under ``<lake>/_staging/<run>/`` and then
-  replaces the range table by table (:func:`connectors.lake.commit_backfill`):
-  re-running a range replaces it, never duplicates it;
+* the lake output is staged in a local temporary directory, then each
+  table's range is replaced in ONE Delta commit
+  (:func:`connectors.lake_tables.replace_range`: a predicate overwrite,
+  atomic on local disk and S3, retried when a concurrent commit conflicts);
+  re-running a range replaces it, never duplicates it, and a live flow
+  appending other rows of the same table and date meanwhile loses none;
 * database sinks receive the same rows through their idempotent upserts.
 
 Live handover: start the live flow with ``--warmup`` (``STOCKFLOW_WARMUP``)
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +41,8 @@ from bytewax.dataflow import Dataflow
 
 from connectors.bar_files import BarBatch, BarFileSource, looks_like_bar_file
 from connectors.files import TickFileSource, expand_paths
-from connectors.lake import WRITE_STATS, Lake, ReplaceSpec, commit_backfill, new_run_id
+from connectors.lake import TABLES, WRITE_STATS, Lake
+from connectors.lake_tables import ReplaceSpec, append_rows, replace_range
 from dataflows.config import Settings
 from dataflows.errors import UserError
 from dataflows.gold import gold_stage
@@ -136,10 +141,6 @@ class BackfillSummary:
         return "\n".join(lines)
 
 
-def _staging_url(lake: str, run: str) -> str:
-    return f"{lake.rstrip('/')}/_staging/{run}"
-
-
 def _tick_select(req: BackfillRequest) -> Callable[[pa.Table], pa.Table] | None:
     if req.symbols is None and req.start is None and req.end is None:
         return None
@@ -193,8 +194,9 @@ def run_backfill(
     lake = Lake(settings.lake, settings.s3_endpoint)
     if "parquet" in settings.sinks:
         lake.check()
-    run = new_run_id()
-    staging_url = _staging_url(settings.lake, run)
+    # Staged on local disk even for an S3 lake: the rows cross the network
+    # once, in the commit, and a failed backfill leaves nothing in the lake.
+    staging_url = tempfile.mkdtemp(prefix="stockflow-backfill-")
     gold = replace(
         settings.gold,
         warmup=LakeWarmup(settings.lake, settings.s3_endpoint, req.start),
@@ -202,7 +204,7 @@ def run_backfill(
     )
     # One writer per table: history has many small date partitions, and a
     # file per shard per date would multiply them (file creation dominates).
-    # No recovery: a failed backfill leaves only its staging area; rerun it.
+    # No recovery: a failed backfill leaves the lake as it was; rerun it.
     run_settings = replace(
         settings,
         lake=staging_url,
@@ -268,21 +270,22 @@ def run_backfill(
     if show_progress:
         ticker = threading.Thread(target=_progress_loop, args=(progress, stop), daemon=True)
         ticker.start()
-    try:
-        execute(flow, settings, recovery=False, metrics=False)
-    finally:
-        stop.set()
-        if ticker is not None:
-            ticker.join()
-            sys.stderr.write("\r" + progress.line().ljust(90) + "\n")  # the final state
-    seconds = time.perf_counter() - progress.started
-
+    staging = Lake(staging_url)
     written: dict[str, int] = {}
-    staging = Lake(staging_url, settings.s3_endpoint)
-    if "parquet" in settings.sinks:
-        spec = ReplaceSpec(req.symbols, req.start, req.end, resolutions)
-        written = commit_backfill(lake, staging, spec)
-    _remove_staging(staging)
+    try:
+        try:
+            execute(flow, settings, recovery=False, metrics=False)
+        finally:
+            stop.set()
+            if ticker is not None:
+                ticker.join()
+                sys.stderr.write("\r" + progress.line().ljust(90) + "\n")  # the final state
+        if "parquet" in settings.sinks:
+            spec = ReplaceSpec(req.symbols, req.start, req.end, resolutions)
+            written = commit_backfill(lake, staging, spec, settings.lake_target_file_mb)
+    finally:
+        shutil.rmtree(staging_url, ignore_errors=True)
+    seconds = time.perf_counter() - progress.started
     if getattr(source, "naive_times", False):
         notes.append("note: bar times without a zone were read as UTC")
     rows = {t: n - before_rows.get(t, 0) for t, n in WRITE_STATS.rows.items()}
@@ -302,12 +305,23 @@ def run_backfill(
     )
 
 
-def _remove_staging(staging: Lake) -> None:
-    if staging.is_s3:
-        if staging.fs.exists(staging.root):
-            staging.fs.rm(staging.root, recursive=True)
-    else:
-        shutil.rmtree(staging.root, ignore_errors=True)
+def commit_backfill(
+    lake: Lake, staging: Lake, spec: ReplaceSpec, target_file_mb: int
+) -> dict[str, int]:
+    """Replace `spec`'s range in every table with the staged output, one
+    commit per table; ``bronze/rejects`` is appended (no range owns a
+    reject). Returns the date partitions written per table."""
+    written: dict[str, int] = {}
+    for table in sorted(TABLES):
+        staged = staging.dataset(table) if staging.fs.exists(staging.path(table)) else None
+        if table == "bronze/rejects":
+            if staged is not None and (dates := append_rows(lake, table, staged, target_file_mb)):
+                written[table] = dates
+            continue
+        result = replace_range(lake, table, staged, spec, target_file_mb=target_file_mb)
+        if result is not None and result.dates:
+            written[table] = result.dates
+    return written
 
 
 def _progress_loop(progress: BackfillProgress, stop: threading.Event) -> None:

@@ -168,6 +168,7 @@ _COMMAND_MODULES = (
     "dataflows.cli_db",
     "dataflows.cli_backfill",
     "dataflows.cli_report",
+    "dataflows.cli_lake",
 )
 
 
