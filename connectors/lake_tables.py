@@ -129,6 +129,50 @@ def check_lake(lake: Lake) -> None:
         raise UserError(f"no lake at {lake.root}: the directory does not exist")
 
 
+def table_dataset(
+    lake: Lake,
+    table: str,
+    dt: Any,
+    dates: Iterable[str] | None = None,
+    prune: list[tuple[str, str, Any]] | None = None,
+) -> Any:
+    """A ``pyarrow.dataset`` of the table version `dt` holds: exactly the
+    files its log lists (optionally only those of `dates`, and only files
+    whose statistics can match `prune`, e.g. ``[("symbol", "=", "AAPL")]``),
+    with ``date`` from the hive path delta-rs writes.
+
+    ``DeltaTable.to_pyarrow_dataset()`` reads the same files but builds
+    each fragment in Python: 13.7 s for a daily table of 5,849 dates here,
+    against 0.2 s for this.
+    """
+    import pyarrow.dataset as ds
+
+    predicate: list[tuple[str, str, Any]] = list(prune or [])
+    if dates is not None:
+        predicate.append((DATE, "in", sorted(set(dates))))
+    uris = dt.file_uris(file_pruning_predicate=predicate or None)
+    schema = pa.schema(dt.schema().to_arrow())
+    base = lake.path(table)
+    if lake.is_s3:
+        uris = [u[len("s3://") :] if u.startswith("s3://") else u for u in uris]
+    return ds.dataset(
+        uris,
+        schema=schema,
+        format="parquet",
+        filesystem=lake.fs if lake.is_s3 else None,
+        partitioning=ds.partitioning(pa.schema([(DATE, pa.string())]), flavor="hive"),
+        partition_base_dir=base,
+    )
+
+
+def read_table(lake: Lake, table: str, version: int | None = None) -> pa.Table:
+    """The whole table (an empty table when there is none)."""
+    dt = open_table(lake, table, version)
+    if dt is None:
+        return pa.table({})
+    return table_dataset(lake, table, dt).to_table()
+
+
 def table_dates(dt: Any) -> list[str]:
     """The table's date partitions in the current version, newest first."""
     return sorted({p[DATE] for p in dt.partitions() if p.get(DATE)}, reverse=True)
@@ -239,6 +283,7 @@ def replace_range(
     symbols = spec.symbols
     lo, hi = spec.start, spec.end
     hi_inclusive = False
+    new_dates: set[str] = set()
     if staged is not None:
         keys = staged.to_table(columns=["symbol", col]) if _is_dataset(staged) else staged
         rows = keys.num_rows
@@ -249,6 +294,7 @@ def replace_range(
             lo = first if lo is None else min(lo, first)
             if hi is None or last >= hi:
                 hi, hi_inclusive = last if hi is None else max(hi, last), True
+            new_dates = set(pc.unique(date_strings(keys.column(col))).to_pylist())
     if not symbols or lo is None or hi is None:
         return None  # the backfill wrote nothing and names no range to clear
     predicate = range_predicate(table, symbols, lo, hi, hi_inclusive, spec.resolutions)
@@ -260,14 +306,13 @@ def replace_range(
         in_range = (
             {d for d in table_dates(dt) if _day(lo) <= d <= _day(hi)} if dt is not None else set()
         )
-        new_dates = set(_staged_dates(staged)) if rows else set()
         if before_commit is not None:
             before_commit(attempt)
         try:
             if dt is None:
                 write_deltalake(
                     lake.uri(table),
-                    _reader(staged),
+                    _reader(staged, None, col),
                     mode="append",
                     partition_by=[DATE],
                     storage_options=lake.storage_options(),
@@ -277,7 +322,7 @@ def replace_range(
             elif rows:
                 write_deltalake(
                     dt,
-                    _reader(staged, dt.schema().to_arrow()),
+                    _reader(staged, dt.schema().to_arrow(), col),
                     mode="overwrite",
                     predicate=predicate,
                     target_file_size=target_file_mb * 2**20,
@@ -319,47 +364,52 @@ def append_rows(lake: Lake, table: str, staged: Any, target_file_mb: int) -> int
     """Append `staged` (rows that no range owns, e.g. rejects) in one commit."""
     from deltalake import write_deltalake
 
-    rows = staged.count_rows() if _is_dataset(staged) else staged.num_rows
-    if not rows:
+    col = TABLES[table]
+    times = staged.to_table(columns=[col]).column(col) if _is_dataset(staged) else staged[col]
+    if not len(times):
         return 0
     dt = open_table(lake, table)
     write_deltalake(
         dt if dt is not None else lake.uri(table),
-        _reader(staged, dt.schema().to_arrow() if dt is not None else None),
+        _reader(staged, dt.schema().to_arrow() if dt is not None else None, col),
         mode="append",
         partition_by=None if dt is not None else [DATE],
         storage_options=None if dt is not None else lake.storage_options(),
         target_file_size=target_file_mb * 2**20,
         writer_properties=writer_properties(),
     )
-    return len(set(_staged_dates(staged)))
+    return len(set(pc.unique(date_strings(times)).to_pylist()))
 
 
 def _is_dataset(data: Any) -> bool:
     return hasattr(data, "scanner")
 
 
-def _staged_dates(staged: Any) -> list[str]:
-    table = staged.to_table(columns=[DATE]) if _is_dataset(staged) else staged.select([DATE])
-    return pc.unique(table.column(DATE)).to_pylist()
+def date_strings(times: Any) -> Any:
+    """``YYYY-MM-DD`` of each timestamp's UTC day (the partition value)."""
+    micros = pc.cast(times, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    days = pc.divide(micros, 86_400_000_000).cast(pa.int32())  # times are after 1970
+    return days.cast(pa.date32()).cast(pa.string())
 
 
-def _reader(staged: Any, schema: Any = None) -> pa.RecordBatchReader:
+def _reader(staged: Any, schema: Any, time_column: str) -> pa.RecordBatchReader:
     """The staged rows as a stream (never the whole backfill in memory),
-    columns in the table's order."""
-    arrow_schema = pa.schema(schema) if schema is not None else None
-    names = arrow_schema.names if arrow_schema is not None else None
-    if _is_dataset(staged):
-        scanner = staged.scanner(columns=names)
-        reader = scanner.to_reader()
-    else:
-        reader = (staged.select(names) if names else staged).to_reader()
-    if arrow_schema is None:
-        return reader
-    target = pa.schema([arrow_schema.field(n) for n in names])  # type: ignore[union-attr]
-    if reader.schema.equals(target):
-        return reader
-    return pa.RecordBatchReader.from_batches(target, (batch.cast(target) for batch in reader))
+    with their ``date``, columns in the table's order."""
+    source = staged.schema
+    if DATE not in source.names:
+        source = source.append(pa.field(DATE, pa.string()))
+    target = pa.schema(schema) if schema is not None else source
+
+    def stream() -> Iterable[pa.RecordBatch]:
+        for batch in staged.to_batches():
+            if not batch.num_rows:
+                continue
+            if DATE not in batch.schema.names:
+                batch = batch.append_column(DATE, date_strings(batch.column(time_column)))
+            batch = batch.select(target.names)
+            yield batch if batch.schema.equals(target) else batch.cast(target)
+
+    return pa.RecordBatchReader.from_batches(target, stream())
 
 
 # --- compaction and checkpoints ------------------------------------------------------

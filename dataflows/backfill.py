@@ -37,7 +37,9 @@ from typing import Any
 import bytewax.operators as op
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.bar_files import BarBatch, BarFileSource, looks_like_bar_file
 from connectors.files import TickFileSource, expand_paths
@@ -47,7 +49,7 @@ from dataflows.config import Settings
 from dataflows.errors import UserError
 from dataflows.gold import gold_stage
 from dataflows.operators import REJECT_KEY, SKIPPED, split_by_shard
-from dataflows.pipeline import PipelineStreams, attach_sinks, build_flow
+from dataflows.pipeline import PipelineStreams, attach_lake_outputs, attach_sinks, build_flow
 from dataflows.runner import execute
 from dataflows.warmup import LakeWarmup
 
@@ -141,6 +143,71 @@ class BackfillSummary:
         return "\n".join(lines)
 
 
+# Rows per row group of a staged file.
+_STAGED_GROUP_ROWS = 65_536
+# The lake output goes to the staging sink instead of the lake sink.
+_STAGING = {"parquet": "dataflows.backfill:attach_staging"}
+
+
+class _StagingPartition(StatelessSinkPartition[Any]):
+    """One worker's rows of one table, in one unpartitioned Parquet file:
+    the commit reads a few large files, not one per date per flush."""
+
+    def __init__(self, path: str, table: str, columns: tuple[str, ...] | None) -> None:
+        self._path, self._table, self._columns = path, table, columns
+        self._writer: pq.ParquetWriter | None = None
+        self._queued: list[pa.Table] = []
+        self._rows = 0
+
+    def write_batch(self, items: list[Any]) -> None:
+        for item in items:
+            table = item[1] if isinstance(item, tuple) else item
+            if not table.num_rows:
+                continue
+            if self._columns is not None:
+                table = table.select(list(self._columns))
+            self._queued.append(table)
+            self._rows += table.num_rows
+            WRITE_STATS.add(self._table, table.num_rows)
+        if self._rows >= _STAGED_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._queued:
+            return
+        rows = pa.concat_tables(self._queued, promote_options="none")
+        self._queued, self._rows = [], 0
+        if self._writer is None:
+            import os
+
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            self._writer = pq.ParquetWriter(self._path, rows.schema, compression="lz4")
+        self._writer.write_table(rows, row_group_size=rows.num_rows)
+
+    def close(self) -> None:
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+
+
+class StagingSink(DynamicSink[Any]):
+    """A backfill's output of one lake table, staged on local disk until
+    the commit replaces the table's range (``<root>/<table>/part-<worker>.parquet``)."""
+
+    def __init__(self, root: str, table: str, columns: tuple[str, ...] | None) -> None:
+        self.root, self.table, self.columns = root, table, columns
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StagingPartition:
+        path = f"{self.root}/{self.table}/part-{worker_index:04d}.parquet"
+        return _StagingPartition(path, self.table, self.columns)
+
+
+def attach_staging(streams: PipelineStreams) -> None:
+    """The lake's tables into the staging area (``settings.lake``)."""
+    root = streams.settings.lake
+    attach_lake_outputs(streams, lambda table, columns: StagingSink(root, table, columns))
+
+
 def _tick_select(req: BackfillRequest) -> Callable[[pa.Table], pa.Table] | None:
     if req.symbols is None and req.start is None and req.end is None:
         return None
@@ -179,7 +246,7 @@ def _bar_flow(
     bars = op.flat_map("shard_bars", batches, shard)
     gold = gold_stage(bars, settings.gold)
     streams = PipelineStreams(flow, settings, rejects, None, None, bars, gold, (resolution,))
-    attach_sinks(streams)
+    attach_sinks(streams, _STAGING)
     return flow
 
 
@@ -202,8 +269,6 @@ def run_backfill(
         warmup=LakeWarmup(settings.lake, settings.s3_endpoint, req.start),
         snapshots=False,
     )
-    # One writer per table: history has many small date partitions, and a
-    # file per shard per date would multiply them (file creation dominates).
     # No recovery: a failed backfill leaves the lake as it was; rerun it.
     run_settings = replace(
         settings,
@@ -211,7 +276,6 @@ def run_backfill(
         gold=gold,
         bounded=True,
         live=False,
-        lake_partitions=1,
         recovery_dir=None,
     )
     notes: list[str] = []
@@ -257,7 +321,13 @@ def run_backfill(
                 ts_unit=settings.ts_unit,
                 shards=settings.shards,
             )
-            flow = build_flow(run_settings, source, "stockflow_backfill", select=_tick_select(req))
+            flow = build_flow(
+                run_settings,
+                source,
+                "stockflow_backfill",
+                select=_tick_select(req),
+                attachers=_STAGING,
+            )
             kind = "tick files"
             resolutions = frozenset(run_settings.resolutions)
 
@@ -305,6 +375,13 @@ def run_backfill(
     )
 
 
+def _staged(staging: Lake, table: str) -> Any | None:
+    import pyarrow.dataset as ds
+
+    path = staging.path(table)
+    return ds.dataset(path, format="parquet") if staging.fs.exists(path) else None
+
+
 def commit_backfill(
     lake: Lake, staging: Lake, spec: ReplaceSpec, target_file_mb: int
 ) -> dict[str, int]:
@@ -313,7 +390,7 @@ def commit_backfill(
     reject). Returns the date partitions written per table."""
     written: dict[str, int] = {}
     for table in sorted(TABLES):
-        staged = staging.dataset(table) if staging.fs.exists(staging.path(table)) else None
+        staged = _staged(staging, table)
         if table == "bronze/rejects":
             if staged is not None and (dates := append_rows(lake, table, staged, target_file_mb)):
                 written[table] = dates

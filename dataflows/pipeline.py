@@ -14,7 +14,7 @@ only in their source and sinks::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -129,7 +129,6 @@ def attach_parquet(streams: PipelineStreams) -> None:
     """The lake sink: every table of every layer."""
     settings = streams.settings
     lake = Lake(settings.lake, settings.s3_endpoint)
-    tables = LakeTables()
     run_id = recovery_run_id(settings)
 
     def lake_sink(table: str, columns: tuple[str, ...] | None = None) -> ParquetLakeSink:
@@ -144,18 +143,29 @@ def attach_parquet(streams: PipelineStreams) -> None:
             run_id=run_id,
         )
 
+    attach_lake_outputs(streams, lake_sink)
+
+
+def attach_lake_outputs(
+    streams: PipelineStreams, lake_sink: Callable[[str, tuple[str, ...] | None], Any]
+) -> None:
+    """Every lake table's stream into ``lake_sink(table, columns)`` (the
+    lake sink; a backfill's staging sink)."""
+    tables = LakeTables()
     reject_columns = tuple(REJECT_SCHEMA.names)
     op.output("lake_rejects", streams.rejects, lake_sink(tables.rejects, reject_columns))
     if streams.ticks is not None:
-        op.output("lake_ticks", streams.ticks, lake_sink(tables.ticks))
+        op.output("lake_ticks", streams.ticks, lake_sink(tables.ticks, None))
     if streams.late is not None:
-        op.output("lake_late", streams.late, lake_sink(tables.late))
+        op.output("lake_late", streams.late, lake_sink(tables.late, None))
     for res in streams.resolutions:
-        op.output(f"lake_bars_{res}", streams.bars(res), lake_sink(tables.bars_of(res)))
+        op.output(f"lake_bars_{res}", streams.bars(res), lake_sink(tables.bars_of(res), None))
         op.output(
-            f"lake_indicators_{res}", streams.indicators(res), lake_sink(tables.indicators_of(res))
+            f"lake_indicators_{res}",
+            streams.indicators(res),
+            lake_sink(tables.indicators_of(res), None),
         )
-    op.output("lake_signals", streams.signals, lake_sink(tables.signals))
+    op.output("lake_signals", streams.signals, lake_sink(tables.signals, None))
 
 
 # Sink name -> "module:function" taking PipelineStreams; imported only when
@@ -178,11 +188,14 @@ def build_flow(
     source: Source[Any] | None = None,
     flow_id: str = "stockflow",
     select: Callable[[pa.Table], pa.Table] | None = None,
+    attachers: Mapping[str, str] | None = None,
 ) -> Dataflow:
     """The whole pipeline for `settings`.
 
     :arg source: overrides the source the settings name.
     :arg select: keeps only some valid ticks (backfills: symbols and range).
+    :arg attachers: sink name -> "module:function" replacing
+        :data:`SINK_ATTACHERS` entries (a backfill stages its lake output).
     """
     flow = Dataflow(flow_id)
     raw = op.input("ticks_in", flow, source if source is not None else make_source(settings))
@@ -203,13 +216,14 @@ def build_flow(
     streams = PipelineStreams(
         flow, settings, ticks.rejects, ticks.ticks, bars.late, bars.bars, gold, ("1m", *rollups)
     )
-    attach_sinks(streams)
+    attach_sinks(streams, attachers)
     return flow
 
 
-def attach_sinks(streams: PipelineStreams) -> None:
+def attach_sinks(streams: PipelineStreams, attachers: Mapping[str, str] | None = None) -> None:
+    chosen = {**SINK_ATTACHERS, **(attachers or {})}
     for sink in streams.settings.sinks:
-        _load(SINK_ATTACHERS[sink])(streams)
+        _load(chosen[sink])(streams)
 
 
 def epoch_interval(settings: Settings) -> timedelta:
