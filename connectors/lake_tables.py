@@ -147,11 +147,13 @@ def table_dataset(
     """
     import pyarrow.dataset as ds
 
+    schema = pa.schema(dt.schema().to_arrow())
     predicate: list[tuple[str, str, Any]] = list(prune or [])
     if dates is not None:
+        if not dates:
+            return ds.dataset(schema.empty_table())
         predicate.append((DATE, "in", sorted(set(dates))))
     uris = dt.file_uris(file_pruning_predicate=predicate or None)
-    schema = pa.schema(dt.schema().to_arrow())
     base = lake.path(table)
     if lake.is_s3:
         uris = [u[len("s3://") :] if u.startswith("s3://") else u for u in uris]

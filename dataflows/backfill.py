@@ -51,7 +51,7 @@ from dataflows.gold import gold_stage
 from dataflows.operators import REJECT_KEY, SKIPPED, split_by_shard
 from dataflows.pipeline import PipelineStreams, attach_lake_outputs, attach_sinks, build_flow
 from dataflows.runner import execute
-from dataflows.warmup import LakeWarmup
+from dataflows.warmup import LakeWarmup, warmup_bars
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,9 @@ def run_backfill(
     staging_url = tempfile.mkdtemp(prefix="stockflow-backfill-")
     gold = replace(
         settings.gold,
-        warmup=LakeWarmup(settings.lake, settings.s3_endpoint, req.start),
+        warmup=LakeWarmup(
+            settings.lake, settings.s3_endpoint, req.start, warmup_bars(settings.gold.indicators)
+        ),
         snapshots=False,
     )
     # No recovery: a failed backfill leaves the lake as it was; rerun it.

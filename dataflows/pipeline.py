@@ -207,11 +207,12 @@ def build_flow(
     )
     gold_config = replace(settings.gold, snapshots=settings.recovery_dir is not None)
     if settings.warmup:
-        from dataflows.warmup import LakeWarmup
+        from dataflows.warmup import LakeWarmup, warmup_bars
 
-        gold_config = replace(
-            gold_config, warmup=LakeWarmup(settings.lake, settings.s3_endpoint, None)
+        warmup = LakeWarmup(
+            settings.lake, settings.s3_endpoint, None, warmup_bars(settings.gold.indicators)
         )
+        gold_config = replace(gold_config, warmup=warmup)
     gold = gold_stage(bars.bars, gold_config)
     streams = PipelineStreams(
         flow, settings, ticks.rejects, ticks.ticks, bars.late, bars.bars, gold, ("1m", *rollups)
