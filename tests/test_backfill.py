@@ -376,6 +376,11 @@ def test_backfill_reruns_and_overlaps_leave_one_row_per_key_in_postgres(
     assert db_close == (lake["close"].iloc[-1], lake["sma_50"].iloc[-1])
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the Delta lake sink (branch i16-writer): this version's sink writes plain "
+    "files into the table's folder, which the Delta table the backfill made does not list",
+)
 def test_live_run_with_warmup_picks_up_where_the_backfill_ended(real_data, tmp_path, run_pipeline):
     ticks = real_data / "ticks"
     whole, handover = tmp_path / "whole", tmp_path / "handover"
