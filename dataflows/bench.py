@@ -108,7 +108,7 @@ class BenchOptions:
     # lake: a simulated month of live commits (dataflows.bench_lake)
     lake_days: int = 21
     lake_symbols: int = 200
-    lake_commit_minutes: int = 15
+    lake_commit_minutes: int = 30
     lake_writers: int = 2
 
 

@@ -131,7 +131,7 @@ def run_cmd(config_file: str | None, **flags: Any) -> None:
 @click.option("--lake-symbols", default=200, show_default=True, help="Symbols (lake).")
 @click.option(
     "--lake-commit-minutes",
-    default=15,
+    default=30,
     show_default=True,
     help="Simulated minutes per commit interval (lake; the live cadence is 1).",
 )
