@@ -115,6 +115,16 @@ def require_table(lake: Lake, table: str) -> Any:
     return dt
 
 
+def refuse_plain_table(lake: Lake, table: str) -> None:
+    """One line instead of writing a Delta table over (and so hiding) the
+    plain Parquet files an earlier version left in the table's folder."""
+    if _has_parquet(lake, table):
+        raise UserError(
+            f"{table} at {lake.url} holds plain Parquet files of an earlier stockflow "
+            "version; run `stockflow lake convert` first"
+        )
+
+
 def existing_tables(lake: Lake) -> list[str]:
     """The lake tables that exist as Delta tables, in name order."""
     return [t for t in sorted(TABLES) if open_table(lake, t) is not None]
@@ -305,6 +315,8 @@ def replace_range(
         dt = open_table(lake, table)
         if dt is None and not rows:
             return None
+        if dt is None:
+            refuse_plain_table(lake, table)
         in_range = (
             {d for d in table_dates(dt) if _day(lo) <= d <= _day(hi)} if dt is not None else set()
         )
@@ -371,6 +383,8 @@ def append_rows(lake: Lake, table: str, staged: Any, target_file_mb: int) -> int
     if not len(times):
         return 0
     dt = open_table(lake, table)
+    if dt is None:
+        refuse_plain_table(lake, table)
     write_deltalake(
         dt if dt is not None else lake.uri(table),
         _reader(staged, dt.schema().to_arrow() if dt is not None else None, col),

@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from connectors.lake import Lake
-from connectors.lake_tables import open_table, table_dataset, table_dates
+from connectors.lake_tables import open_table, refuse_plain_table, table_dataset, table_dates
 from dataflows import charts
 from dataflows.errors import UserError
 
@@ -94,6 +94,7 @@ def _open(lake: Lake, table: str) -> _Table | None:
 def _require(lake: Lake, table: str) -> _Table:
     opened = _open(lake, table)
     if opened is None:
+        refuse_plain_table(lake, table)
         raise UserError(
             f"the lake at {lake.url} has no {table} yet; run the pipeline into it first "
             "(stockflow run / stockflow demo --lake ...)"

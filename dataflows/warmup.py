@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from connectors.lake import Lake
-from connectors.lake_tables import open_table, table_dataset, table_dates
+from connectors.lake_tables import open_table, refuse_plain_table, table_dataset, table_dates
 from indicators import IndicatorConfig
 
 # The seed's weight below this is lost in double-precision rounding.
@@ -87,6 +87,9 @@ class LakeWarmup:
         if res not in self._tables:
             self._lake = self._lake or Lake(self.lake_url, self.endpoint)
             dt = open_table(self._lake, f"silver/bars_{res}")
+            if dt is None:
+                # replaying nothing from a lake of plain files would be wrong silently
+                refuse_plain_table(self._lake, f"silver/bars_{res}")
             self._tables[res] = None if dt is None else (dt, table_dates(dt))
         return self._tables[res]
 

@@ -26,6 +26,7 @@ from connectors.lake_tables import (
     AutoCompactor,
     ReplaceSpec,
     compact_dates,
+    convert_lake,
     files_by_date,
     open_table,
     read_table,
@@ -491,3 +492,24 @@ def test_warmup_returns_the_newest_bars_of_the_symbol_only(tmp_path: Path) -> No
     assert [r["start"] for r in got] == list(expected["start"])
     assert {r["symbol"] for r in got} == {"BBB"}
     assert np.allclose([r["close"] for r in got], expected["close"])
+
+
+def test_a_table_of_plain_files_is_refused_not_hidden_behind_a_new_delta_table(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    old = bars(["AAA"], DAY0, range(5))
+    part = tmp_path / "lake" / TABLE / f"date={DAY0:%Y-%m-%d}"
+    part.mkdir(parents=True)
+    pq.write_table(old.drop_columns(["date"]), part / "part-0-0000-00000000.parquet")
+    spec = ReplaceSpec(frozenset({"AAA"}), DAY0, DAY0 + timedelta(days=1))
+
+    with pytest.raises(UserError, match="run `stockflow lake convert` first"):
+        replace_range(lake, TABLE, bars(["AAA"], DAY0, range(5), 1.0), spec)
+    with pytest.raises(UserError, match="run `stockflow lake convert` first"):
+        LakeWarmup(str(tmp_path / "lake"), None, None).bars_before("AAA", "1m", DAY0 + timedelta(1))
+
+    assert open_table(lake, TABLE) is None
+    convert_lake(lake)
+    replace_range(lake, TABLE, bars(["AAA"], DAY0, range(5), 1.0), spec)
+    assert read_table(lake, TABLE)["close"].to_pylist() == [101.0, 102.0, 103.0, 104.0, 105.0]
