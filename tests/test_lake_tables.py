@@ -302,6 +302,8 @@ def test_reader_polling_during_a_backfill_commit_on_s3_sees_old_or_new_rows(
     assert not failures, failures[:3]
     states = {(n, round(s, 6)) for n, s in seen}
     assert states == {(old.num_rows, round(old_sum, 6)), (new.num_rows, round(new_sum, 6))}
+    # our own reader (the log's file list over s3fs) sees the new version
+    pd.testing.assert_frame_equal(frame(read_table(lake, TABLE)), frame(new))
 
 
 # --- compaction, retention, checkpoints ----------------------------------------------
