@@ -69,6 +69,15 @@ DEFAULT_CLOSE_AFTER_S = 3600.0
 # delta-rs's default for delta.deletedFileRetentionDuration.
 SAFE_RETENTION = timedelta(days=7)
 _REPLACE_ATTEMPTS = 6
+# Properties of the tables this package creates. Log entries are kept as
+# long as data files (vacuum's default retention): a version whose files
+# are gone cannot be read anyway, and a month of one-minute commits would
+# otherwise keep ~20k log files per table (delta-rs's default is 30 days;
+# it drops expired entries when it writes a checkpoint).
+TABLE_CONFIGURATION = {
+    "delta.logRetentionDuration": "interval 7 days",
+    "delta.deletedFileRetentionDuration": "interval 7 days",
+}
 
 
 def writer_properties() -> Any:
@@ -329,6 +338,7 @@ def replace_range(
                     _reader(staged, None, col),
                     mode="append",
                     partition_by=[DATE],
+                    configuration=TABLE_CONFIGURATION,
                     storage_options=lake.storage_options(),
                     target_file_size=target_file_mb * 2**20,
                     writer_properties=writer_properties(),
@@ -390,6 +400,7 @@ def append_rows(lake: Lake, table: str, staged: Any, target_file_mb: int) -> int
         _reader(staged, dt.schema().to_arrow() if dt is not None else None, col),
         mode="append",
         partition_by=None if dt is not None else [DATE],
+        configuration=None if dt is not None else TABLE_CONFIGURATION,
         storage_options=None if dt is not None else lake.storage_options(),
         target_file_size=target_file_mb * 2**20,
         writer_properties=writer_properties(),

@@ -124,7 +124,7 @@ def write_month(
     from deltalake import CommitProperties, Transaction, write_deltalake
 
     from connectors.lake import Lake
-    from connectors.lake_tables import AutoCompactor, open_table
+    from connectors.lake_tables import TABLE_CONFIGURATION, AutoCompactor, open_table
 
     rng = np.random.default_rng(opts.seed)
     symbols = symbol_names(opts.symbols)
@@ -152,7 +152,12 @@ def write_month(
                 props = CommitProperties(app_transactions=[Transaction(f"bench-w{w}", seq)])
                 t0 = time.perf_counter()
                 write_deltalake(
-                    uri, rows, mode="append", partition_by=["date"], commit_properties=props
+                    uri,
+                    rows,
+                    mode="append",
+                    partition_by=["date"],
+                    commit_properties=props,
+                    configuration=TABLE_CONFIGURATION,
                 )
                 commit_s.append(time.perf_counter() - t0)
                 # Today's sink: a plain file per writer per commit interval.
