@@ -515,3 +515,20 @@ def test_a_table_of_plain_files_is_refused_not_hidden_behind_a_new_delta_table(
     convert_lake(lake)
     replace_range(lake, TABLE, bars(["AAA"], DAY0, range(5), 1.0), spec)
     assert read_table(lake, TABLE)["close"].to_pylist() == [101.0, 102.0, 103.0, 104.0, 105.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("STOCKFLOW_LAKE_TARGET_FILE_MB", "0", "lake_target_file_mb (from $STOCKFLOW_LAKE_TARGET"),
+        ("STOCKFLOW_LAKE_COMPACT_AFTER_FILES", "many", "expected a number, got 'many'"),
+        ("STOCKFLOW_LAKE_CLOSE_AFTER_S", "-1", "lake_close_after_s"),
+        ("STOCKFLOW_LAKE_CHECKPOINT_INTERVAL", "0", "must be at least 1"),
+    ],
+)
+def test_bad_lake_maintenance_settings_end_in_one_line(tmp_path: Path, name, value, message):
+    out = cli("lake", "optimize", "--lake", str(tmp_path), env={name: value})
+
+    assert out.returncode == 2
+    assert out.stderr.startswith("stockflow: error: bad setting") and message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
