@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -210,7 +211,12 @@ def _q2_arrow(dataset: Any) -> pa.Table:
     rows = dataset.to_table(columns=["symbol", "start", "close"])
     latest = rows.group_by("symbol").aggregate([("start", "max")])
     latest = latest.rename_columns(["symbol", "start"])
-    return latest.join(rows, ["symbol", "start"]).rename_columns(["symbol", "start", "close_last"])
+    # only rows at or after the earliest of the symbols' latest starts can
+    # be a latest row: join those few, not the month
+    first = pc.min(latest["start"])
+    candidates = rows.filter(pc.greater_equal(rows["start"], first))
+    joined = latest.join(candidates, ["symbol", "start"])
+    return joined.rename_columns(["symbol", "start", "close_last"])
 
 
 def _queries(name: str, dataset: Any, symbol: str, date: str, repeats: int) -> dict[str, Any]:

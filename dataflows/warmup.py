@@ -116,12 +116,16 @@ class LakeWarmup:
         found, i, chunk = 0, 0, 1
         while i < len(dates) and found < self.bars:
             days = dates[i : i + chunk]
-            i, chunk = i + chunk, chunk * 2
+            i += chunk
             dataset = table_dataset(self._lake, name, dt, days, [("symbol", "=", symbol)])
             part = dataset.to_table(filter=wanted)
             if part.num_rows:
                 parts.append(part)
                 found += part.num_rows
+            # The next chunk: the dates the bars still missing need at the
+            # rate seen so far (a symbol that did not trade: twice as many).
+            per_date = found / i
+            chunk = math.ceil((self.bars - found) / per_date) if per_date else chunk * 2
         if not parts:
             return pa.table({})
         table = pa.concat_tables(parts).sort_by("start")
