@@ -286,8 +286,9 @@ def replace_range(
 ) -> ReplaceResult | None:
     """Replace `spec`'s range of `table` with the rows of `staged` in one commit.
 
-    :arg staged: a ``pyarrow.dataset.Dataset`` (or Table) of the new rows,
-        with a string ``date`` column, or None when the backfill wrote none.
+    :arg staged: a ``pyarrow.dataset.Dataset`` (or Table) of the new rows
+        (``date`` is derived from the time column when absent), or None
+        when the backfill wrote none. It is read twice, a batch at a time.
     :arg before_commit: test hook, called with the attempt number after the
         snapshot is read and before the commit is tried.
 
@@ -306,16 +307,12 @@ def replace_range(
     hi_inclusive = False
     new_dates: set[str] = set()
     if staged is not None:
-        keys = staged.to_table(columns=["symbol", col]) if _is_dataset(staged) else staged
-        rows = keys.num_rows
+        rows, found, first, last, new_dates = _scan_keys(staged, col)
         if rows:
-            found = frozenset(pc.unique(keys.column("symbol")).to_pylist())
             symbols = found if symbols is None else symbols | found
-            first, last = pc.min(keys.column(col)).as_py(), pc.max(keys.column(col)).as_py()
             lo = first if lo is None else min(lo, first)
             if hi is None or last >= hi:
                 hi, hi_inclusive = last if hi is None else max(hi, last), True
-            new_dates = set(pc.unique(date_strings(keys.column(col))).to_pylist())
     if not symbols or lo is None or hi is None:
         return None  # the backfill wrote nothing and names no range to clear
     predicate = range_predicate(table, symbols, lo, hi, hi_inclusive, spec.resolutions)
@@ -406,6 +403,28 @@ def append_rows(lake: Lake, table: str, staged: Any, target_file_mb: int) -> int
         writer_properties=writer_properties(),
     )
     return len(set(pc.unique(date_strings(times)).to_pylist()))
+
+
+def _scan_keys(staged: Any, col: str) -> tuple[int, frozenset[str], Any, Any, set[str]]:
+    """Rows, symbols, first and last time and dates of the staged rows, in
+    one pass over two columns, batch by batch (memory stays flat)."""
+    rows, symbols, dates = 0, set(), set()
+    first = last = None
+    batches = (
+        staged.to_batches(columns=["symbol", col])
+        if _is_dataset(staged)
+        else staged.select(["symbol", col]).to_batches()
+    )
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        rows += batch.num_rows
+        symbols.update(pc.unique(batch.column(0)).to_pylist())
+        dates.update(pc.unique(date_strings(batch.column(1))).to_pylist())
+        lo, hi = pc.min(batch.column(1)).as_py(), pc.max(batch.column(1)).as_py()
+        first = lo if first is None else min(first, lo)
+        last = hi if last is None else max(last, hi)
+    return rows, frozenset(symbols), first, last, dates
 
 
 def _is_dataset(data: Any) -> bool:
