@@ -849,6 +849,7 @@ def convert_lake(lake: Lake, tables: Iterable[str] = tuple(TABLES)) -> list[Conv
     ``.swap-*`` folders of an interrupted backfill swap.
     """
     from deltalake import Field, Schema, convert_to_deltalake
+    from deltalake.schema import PrimitiveType
 
     results = []
     for table in sorted(tables):
@@ -866,7 +867,7 @@ def convert_lake(lake: Lake, tables: Iterable[str] = tuple(TABLES)) -> list[Conv
         try:
             convert_to_deltalake(
                 lake.uri(table),
-                partition_by=Schema([Field(DATE, "string")]),
+                partition_by=Schema([Field(DATE, PrimitiveType("string"))]),
                 partition_strategy="hive",
                 storage_options=lake.storage_options(),
             )

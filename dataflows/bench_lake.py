@@ -60,7 +60,8 @@ class LakeBenchOptions:
 
 
 def trading_days(n: int) -> list[datetime]:
-    days, day = [], FIRST_DAY
+    days: list[datetime] = []
+    day = FIRST_DAY
     while len(days) < n:
         if day.weekday() < 5:
             days.append(day)
@@ -125,7 +126,7 @@ def write_month(
     from deltalake import CommitProperties, Transaction, write_deltalake
 
     from connectors.lake import Lake
-    from connectors.lake_tables import TABLE_CONFIGURATION, AutoCompactor, open_table
+    from connectors.lake_tables import TABLE_CONFIGURATION, AutoCompactor, require_table
 
     rng = np.random.default_rng(opts.seed)
     symbols = symbol_names(opts.symbols)
@@ -182,7 +183,7 @@ def write_month(
     # The month is over: the last date closes too.
     final = compactor.maybe_run(days[-1] + timedelta(days=2))
     compaction_s += [r.seconds for r in final.compacted]
-    dt = open_table(lake, TABLE)
+    dt = require_table(lake, TABLE)
     return (
         {
             "commits": len(commit_s),
@@ -294,7 +295,7 @@ def _compact_lake(root: Path, symbols: int, days: list[datetime], minutes: int, 
 
 def run_lake_bench(opts: LakeBenchOptions | None = None) -> dict[str, Any]:
     from connectors.lake import Lake
-    from connectors.lake_tables import files_by_date, log_size, open_table, table_dataset
+    from connectors.lake_tables import files_by_date, log_size, require_table, table_dataset
     from dataflows.warmup import warmup_bars
 
     opts = opts or LakeBenchOptions()
@@ -304,7 +305,7 @@ def run_lake_bench(opts: LakeBenchOptions | None = None) -> dict[str, Any]:
         writes, days, symbols = write_month(root, opts)
         write_s = time.perf_counter() - t0
         lake = Lake(str(root / "delta"))
-        dt = open_table(lake, TABLE)
+        dt = require_table(lake, TABLE)
         per_date = files_by_date(dt)
         log_files, log_bytes = log_size(lake, TABLE)
         symbol, date = symbols[len(symbols) // 2], days[len(days) // 2].strftime("%Y-%m-%d")
@@ -355,7 +356,7 @@ def run_lake_bench(opts: LakeBenchOptions | None = None) -> dict[str, Any]:
             "symbols": opts.symbols,
             "commit_minutes": opts.commit_minutes,
             "writers": opts.writers,
-            "rows": dt.count() if hasattr(dt, "count") else None,
+            "rows": dt.count(),
             "write_seconds": round(write_s, 1),
             **writes,
             "files_per_date_max": max(f for f, _, _ in per_date.values()),
