@@ -221,7 +221,14 @@ def _q2_arrow(dataset: Any) -> pa.Table:
 
 
 def _queries(name: str, dataset: Any, symbol: str, date: str, repeats: int) -> dict[str, Any]:
-    import duckdb
+    try:
+        import duckdb
+    except ModuleNotFoundError:
+        from dataflows.errors import UserError
+
+        raise UserError(
+            "the lake scenario times DuckDB too: pip install duckdb (a dev dependency)"
+        ) from None
 
     con = duckdb.connect()
     con.register("bars", dataset)
