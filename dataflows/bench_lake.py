@@ -123,7 +123,7 @@ def write_month(
 ) -> tuple[dict[str, Any], list[datetime], list[str]]:
     """The Delta month (with auto-compaction), the small-file lake and the
     one-file-per-date lake, holding the same rows."""
-    from deltalake import CommitProperties, Transaction, write_deltalake
+    from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
     from connectors.lake import Lake
     from connectors.lake_tables import TABLE_CONFIGURATION, AutoCompactor, require_table
@@ -139,6 +139,7 @@ def write_month(
         lake, (TABLE,), close_after_s=3600, compact_after_files=4, every_s=600
     )
     groups = [symbols[w :: opts.writers] for w in range(opts.writers)]
+    tables: list[Any] = [None] * opts.writers
     commit_s: list[float] = []
     compaction_s: list[float] = []
     seq = 0
@@ -153,14 +154,22 @@ def write_month(
                 day_parts.append(rows)
                 props = CommitProperties(app_transactions=[Transaction(f"bench-w{w}", seq)])
                 t0 = time.perf_counter()
+                # A writer keeps its table open and reads only the commits
+                # since its last one, as the sink does (opening it anew each
+                # time replays the log from the last checkpoint).
+                table = tables[w]
+                if table is not None:
+                    table.update_incremental()
                 write_deltalake(
-                    uri,
+                    table if table is not None else uri,
                     rows,
                     mode="append",
                     partition_by=["date"],
                     commit_properties=props,
                     configuration=TABLE_CONFIGURATION,
                 )
+                if table is None:
+                    tables[w] = DeltaTable(uri)
                 commit_s.append(time.perf_counter() - t0)
                 # Today's sink: a plain file per writer per commit interval.
                 part = small / f"date={date}"
