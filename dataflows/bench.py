@@ -75,7 +75,7 @@ from typing import Any
 from dataflows.errors import UserError
 from dataflows.shards import DEFAULT_SHARDS, shard_of
 
-SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency")
+SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency", "lake")
 # What `stockflow bench` runs without --scenario: the soak and the paced
 # latency run take minutes by design, so they run only when asked for.
 DEFAULT_SCENARIOS = ("file", "gold", "backfill", "kafka", "processes")
@@ -105,6 +105,11 @@ class BenchOptions:
     soak_snapshot_interval: float | None = None  # default: the product's (snapshot_interval_s)
     soak_recovery: bool = False  # a recovery store: state snapshots and exactly-once lake
     lateness: float = 5.0
+    # lake: a simulated month of live commits (dataflows.bench_lake)
+    lake_days: int = 21
+    lake_symbols: int = 200
+    lake_commit_minutes: int = 30
+    lake_writers: int = 2
 
 
 def real_data_dir() -> Path | None:
@@ -1227,6 +1232,10 @@ def render(r: dict[str, Any]) -> str:
             f"{r['peak_rss_mb']:,.0f} MB ({r['peak_rss_incl_shutdown_mb']:,.0f} MB incl. shutdown), "
             f"{trend}; {r['ticks']:,} ticks, {r['bars_1m']:,} 1m bars"
         )
+    if s == "lake":
+        from dataflows.bench_lake import render_lake
+
+        return render_lake(r)
     if s == "latency":
         return (
             f"{s:<10} {r['achieved_rate']:,.0f} ticks/s over {r['symbols']} symbols: bar in the "
@@ -1342,10 +1351,27 @@ def run_scenario(
         "processes": _processes_scenario,
         "symbols10k": _symbols10k_scenario,
         "latency": _latency_scenario,
+        "lake": _lake_scenario,
     }
     if scenario not in runners:
         raise UserError(f"unknown scenario {scenario!r}; use {', '.join(SCENARIOS)}")
     return runners[scenario](opts, data)
+
+
+def _lake_scenario(opts: BenchOptions, data: Path | None) -> Result:
+    from dataflows.bench_lake import LakeBenchOptions, run_lake_bench
+
+    figures = run_lake_bench(
+        LakeBenchOptions(
+            days=opts.lake_days,
+            symbols=opts.lake_symbols,
+            commit_minutes=opts.lake_commit_minutes,
+            writers=opts.lake_writers,
+            seed=opts.seed,
+        )
+    )
+    figures.pop("scenario")
+    return Result("lake", figures)
 
 
 def machine() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -133,7 +133,6 @@ def attach_parquet(streams: PipelineStreams) -> None:
     table, woken by a commit clock so rows are committed on time."""
     settings = streams.settings
     lake = Lake(settings.lake, settings.s3_endpoint)
-    tables = LakeTables()
     exactly_once = settings.recovery_dir is not None
     writer_key = streams.input_key or recovery_run_id(settings)
     encoders = EncoderPool()  # this run's background Parquet encoders
@@ -159,15 +158,25 @@ def attach_parquet(streams: PipelineStreams) -> None:
         )
         op.output(name, commit_clock(f"{name}_clock", stream, tick_s, active_s), sink)
 
-    lake_output("lake_rejects", streams.rejects, tables.rejects, tuple(REJECT_SCHEMA.names))
+    attach_lake_outputs(streams, lake_output)
+
+
+LakeOutput = Callable[[str, KeyedStream[pa.Table], str, tuple[str, ...] | None], None]
+
+
+def attach_lake_outputs(streams: PipelineStreams, output: LakeOutput) -> None:
+    """Every lake table's stream into ``output(step_id, stream, table,
+    columns)``: the lake sink, or a backfill's staging sink."""
+    tables = LakeTables()
+    output("lake_rejects", streams.rejects, tables.rejects, tuple(REJECT_SCHEMA.names))
     if streams.ticks is not None:
-        lake_output("lake_ticks", streams.ticks, tables.ticks)
+        output("lake_ticks", streams.ticks, tables.ticks, None)
     if streams.late is not None:
-        lake_output("lake_late", streams.late, tables.late)
+        output("lake_late", streams.late, tables.late, None)
     for res in streams.resolutions:
-        lake_output(f"lake_bars_{res}", streams.bars(res), tables.bars_of(res))
-        lake_output(f"lake_indicators_{res}", streams.indicators(res), tables.indicators_of(res))
-    lake_output("lake_signals", streams.signals, tables.signals)
+        output(f"lake_bars_{res}", streams.bars(res), tables.bars_of(res), None)
+        output(f"lake_indicators_{res}", streams.indicators(res), tables.indicators_of(res), None)
+    output("lake_signals", streams.signals, tables.signals, None)
 
 
 def bounded_input_key(settings: Settings) -> str | None:
@@ -213,11 +222,14 @@ def build_flow(
     source: Source[Any] | None = None,
     flow_id: str = "stockflow",
     select: Callable[[pa.Table], pa.Table] | None = None,
+    attachers: Mapping[str, str] | None = None,
 ) -> Dataflow:
     """The whole pipeline for `settings`.
 
     :arg source: overrides the source the settings name.
     :arg select: keeps only some valid ticks (backfills: symbols and range).
+    :arg attachers: sink name -> "module:function" replacing
+        :data:`SINK_ATTACHERS` entries (a backfill stages its lake output).
     """
     flow = Dataflow(flow_id)
     raw = op.input("ticks_in", flow, source if source is not None else make_source(settings))
@@ -229,11 +241,12 @@ def build_flow(
     )
     gold_config = replace(settings.gold, snapshots=settings.recovery_dir is not None)
     if settings.warmup:
-        from dataflows.warmup import LakeWarmup
+        from dataflows.warmup import LakeWarmup, warmup_bars
 
-        gold_config = replace(
-            gold_config, warmup=LakeWarmup(settings.lake, settings.s3_endpoint, None)
+        warmup = LakeWarmup(
+            settings.lake, settings.s3_endpoint, None, warmup_bars(settings.gold.indicators)
         )
+        gold_config = replace(gold_config, warmup=warmup)
     gold = gold_stage(bars.bars, gold_config)
     streams = PipelineStreams(
         flow,
@@ -246,13 +259,14 @@ def build_flow(
         ("1m", *rollups),
         input_key=bounded_input_key(settings) if source is None else None,
     )
-    attach_sinks(streams)
+    attach_sinks(streams, attachers)
     return flow
 
 
-def attach_sinks(streams: PipelineStreams) -> None:
+def attach_sinks(streams: PipelineStreams, attachers: Mapping[str, str] | None = None) -> None:
+    chosen = {**SINK_ATTACHERS, **(attachers or {})}
     for sink in streams.settings.sinks:
-        _load(SINK_ATTACHERS[sink])(streams)
+        _load(chosen[sink])(streams)
 
 
 def epoch_interval(settings: Settings) -> timedelta:

@@ -13,8 +13,9 @@ it. What it shows:
   candlesticks with SMA/EMA and Bollinger overlays, buy/sell signals marked,
   RSI and MACD panels, and the latest non-hold signals in words.
 
-Only what the page needs is read: the symbols' latest date partitions of
-``gold/indicators_<res>`` and ``gold/signals``, and the latest
+Only what the page needs is read, through each Delta table (its log names
+the files and their dates; no folder is listed): the symbols' latest date
+partitions of ``gold/indicators_<res>`` and ``gold/signals``, and the latest
 :data:`KPI_DATES` date partitions of ``silver/bars_1m`` (a symbol whose
 previous trading day is older than that shows no change).
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,13 +35,13 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from connectors.lake import Lake
+from connectors.lake_tables import open_table, refuse_plain_table, table_dataset, table_dates
 from dataflows import charts
 from dataflows.errors import UserError
 
 KPI_DATES = 10
 DEFAULT_BARS = 300
 DEFAULT_TOP = 8
-_DATE_DIR = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 
 
 @dataclass
@@ -70,27 +70,44 @@ class ReportSummary:
         )
 
 
-def _require(lake: Lake, table: str) -> Any:
-    if not lake.fs.exists(lake.path(table)) or not lake.files(table):
+@dataclass
+class _Table:
+    """An open Delta table and its date partitions, newest first."""
+
+    lake: Lake
+    name: str
+    dt: Any
+    dates: list[str]
+
+    def rows(self, dates: Sequence[str], **scan: Any) -> Any:
+        return table_dataset(self.lake, self.name, self.dt, dates).to_table(**scan)
+
+
+def _open(lake: Lake, table: str) -> _Table | None:
+    dt = open_table(lake, table)
+    if dt is None:
+        return None
+    dates = table_dates(dt)
+    return _Table(lake, table, dt, dates) if dates else None
+
+
+def _require(lake: Lake, table: str) -> _Table:
+    opened = _open(lake, table)
+    if opened is None:
+        refuse_plain_table(lake, table)
         raise UserError(
             f"the lake at {lake.url} has no {table} yet; run the pipeline into it first "
             "(stockflow run / stockflow demo --lake ...)"
         )
-    return lake.dataset(table)
-
-
-def _dates(dataset: Any) -> list[str]:
-    """The dataset's date partitions, newest first."""
-    found = {m[1] for f in dataset.files if (m := _DATE_DIR.search(f.replace("\\", "/")))}
-    return sorted(found, reverse=True)
+    return opened
 
 
 def _latest(
-    dataset: Any, symbols: Sequence[str], rows: int, columns: list[str] | None = None
+    table: _Table, symbols: Sequence[str], rows: int, columns: list[str] | None = None
 ) -> pd.DataFrame:
     """Each symbol's newest `rows` rows, reading date partitions newest
     first in growing chunks until every symbol has enough."""
-    dates = _dates(dataset)
+    dates = table.dates
     wanted = set(symbols)
     counts: dict[str, int] = {}
     parts: list[pd.DataFrame] = []
@@ -98,13 +115,14 @@ def _latest(
     while i < len(dates) and wanted:
         days = dates[i : i + chunk]
         i, chunk = i + chunk, chunk * 2
-        table = dataset.to_table(
-            filter=ds.field("date").isin(days) & ds.field("symbol").isin(sorted(wanted)),
+        found = table.rows(
+            days,
+            filter=ds.field("symbol").isin(sorted(wanted)),
             columns=columns,
         )
-        if not table.num_rows:
+        if not found.num_rows:
             continue
-        frame = table.to_pandas()
+        frame = found.to_pandas()
         parts.append(frame)
         for symbol, n in frame["symbol"].value_counts().items():
             counts[symbol] = counts.get(symbol, 0) + int(n)
@@ -129,11 +147,8 @@ def load_report_data(
     :arg bars: bars per chart (the newest).
     """
     bars_1m = _require(lake, "silver/bars_1m")
-    recent_dates = _dates(bars_1m)[:KPI_DATES]
-    recent = bars_1m.to_table(
-        filter=ds.field("date").isin(recent_dates),
-        columns=["symbol", "start", "close", "volume"],
-    ).to_pandas()
+    recent_dates = bars_1m.dates[:KPI_DATES]
+    recent = bars_1m.rows(recent_dates, columns=["symbol", "start", "close", "volume"]).to_pandas()
     volatility = charts.volatility_from_bars(recent)
     kpi = charts.kpi_from_bars(recent)
     chosen = [s.upper() for s in symbols]
@@ -148,16 +163,14 @@ def load_report_data(
         )
     indicators = _latest(_require(lake, f"gold/indicators_{resolution}"), chosen, bars)
     data = ReportData(lake.url, resolution, kpi, volatility)
-    signals_path = lake.path("gold/signals")
     signal_rows = pd.DataFrame()
-    if lake.fs.exists(signals_path) and lake.files("gold/signals") and not indicators.empty:
+    signals = _open(lake, "gold/signals")
+    if signals is not None and not indicators.empty:
         first = indicators["start"].min()
-        signals = lake.dataset("gold/signals")
-        days = [d for d in _dates(signals) if d >= first.strftime("%Y-%m-%d")]
-        signal_rows = signals.to_table(
-            filter=ds.field("date").isin(days)
-            & ds.field("symbol").isin(chosen)
-            & (ds.field("resolution") == resolution),
+        days = [d for d in signals.dates if d >= first.strftime("%Y-%m-%d")]
+        signal_rows = signals.rows(
+            days,
+            filter=ds.field("symbol").isin(chosen) & (ds.field("resolution") == resolution),
             columns=["symbol", "start", "signal", "score", "reasons", "summary"],
         ).to_pandas()
     for symbol in chosen:
