@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.files import column_names, series_of
-from dataflows.errors import UserError
-from dataflows.schema import BAR_SCHEMA, UTC_US, RejectReason
-from dataflows.ticks import reject_record, rejects_table
+from dataflows.core.errors import UserError
+from dataflows.core.schema import BAR_SCHEMA, UTC_US, RejectReason
+from dataflows.stages.parse import reject_record, rejects_table
 
 TIME_COLUMNS = ("start", "date", "timestamp", "timestamp_utc", "time", "ts_event")
 RESOLUTION_US = {

@@ -33,9 +33,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.bar_files import RESOLUTION_US, BarBatch
 from connectors.finnhub import RateLimit, RateLimiter
-from dataflows.errors import UserError
-from dataflows.schema import BAR_SCHEMA, UTC_US
-from dataflows.ticks import rejects_table
+from dataflows.core.errors import UserError
+from dataflows.core.schema import BAR_SCHEMA, UTC_US
+from dataflows.stages.parse import rejects_table
 
 FINNHUB_RESOLUTION = {"1m": "1", "5m": "5", "15m": "15", "1h": "60", "1d": "D"}
 CHUNK = {"1m": 30, "5m": 30, "15m": 30, "1h": 30, "1d": 365}

@@ -36,8 +36,8 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from dataflows.errors import UserError
-from dataflows.shards import DEFAULT_SHARDS, shard_key, shard_keys, shard_of
+from dataflows.core.errors import UserError
+from dataflows.core.shards import DEFAULT_SHARDS, shard_key, shard_keys, shard_of
 
 REQUIRED = ("ts", "symbol", "price", "size")
 OPTIONAL = ("exchange", "condition", "conditions")
@@ -389,7 +389,7 @@ class TickFileSource(FixedPartitionedSource[RawTickBatch, dict[str, Any]]):
 
     Files of one series (same name but for a date, see :func:`series_of`)
     are read one after the other in date order. There is one partition per
-    symbol shard (:mod:`dataflows.shards`), named by its shard key, reading
+    symbol shard (:mod:`dataflows.core.shards`), named by its shard key, reading
     the series whose name is a symbol of that shard (``SPY_*.csv.gz`` ->
     shard of ``SPY``) one after the other: on a cluster the partition runs
     on the worker that holds the shard's bar state and its sink partitions,

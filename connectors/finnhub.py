@@ -17,7 +17,7 @@ pings are answered by the websocket library), reconnects after a drop or
 error with exponential backoff and jitter, and resubscribes on every new
 connection. A rejected API key (HTTP 401/403 on the handshake, or an
 ``error`` frame about the key) ends it with one clear line
-(:class:`~dataflows.errors.UserError`).
+(:class:`~dataflows.core.errors.UserError`).
 
 :class:`QuotePoller` calls ``/quote`` through ``finnhub-python`` within the
 free tier (60 calls a minute and 30 a second) using :class:`RateLimiter`,
@@ -60,9 +60,9 @@ import pyarrow.compute as pc
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from connectors.kafka import CheckedProducer, kafka_config
-from dataflows.config import Settings
-from dataflows.errors import UserError
-from dataflows.ticks import RawMessageBatch
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
+from dataflows.stages.parse import RawMessageBatch
 
 log = logging.getLogger("stockflow.finnhub")
 

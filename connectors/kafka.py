@@ -6,7 +6,7 @@ Source (``--source kafka``)
     (one Bytewax partition per Kafka partition, direct assignment, no
     consumer group, offsets kept in Bytewax's recovery store) with a
     partition that hands the dataflow whole polls as one
-    :class:`~dataflows.ticks.RawMessageBatch` (payload bytes and
+    :class:`~dataflows.stages.parse.RawMessageBatch` (payload bytes and
     ``topic/partition/offset`` positions) instead of one Python message
     object per record. Parsing and validation happen downstream in the
     ``parse`` stage, the same road file rows take.
@@ -51,7 +51,7 @@ Sinks (``--sink kafka``)
     duplicates are possible, losses are not; ``stockflow-id`` (or
     ``source_position`` in the DLQ) identifies them.
 
-Configuration comes from :class:`~dataflows.config.Settings` through
+Configuration comes from :class:`~dataflows.core.config.Settings` through
 :func:`kafka_config`; credentials are passed to librdkafka and never
 logged or put in an error message (:func:`redacted`).
 """
@@ -77,11 +77,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import Producer as _Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from dataflows.config import Settings
-from dataflows.errors import UserError
-from dataflows.metrics import timed_sink_write
-from dataflows.shards import shard_index
-from dataflows.ticks import OffsetPositions, RawMessageBatch
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
+from dataflows.core.metrics import timed_sink_write
+from dataflows.core.shards import shard_index
+from dataflows.stages.parse import OffsetPositions, RawMessageBatch
 
 if TYPE_CHECKING:
     from dataflows.pipeline import PipelineStreams

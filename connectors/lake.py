@@ -116,10 +116,10 @@ import pyarrow.parquet as pq
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from dataflows import faults
-from dataflows.errors import UserError
-from dataflows.metrics import timed_sink_write
-from dataflows.shards import shard_index
+from dataflows.core import faults
+from dataflows.core.errors import UserError
+from dataflows.core.metrics import timed_sink_write
+from dataflows.core.shards import shard_index
 
 if TYPE_CHECKING:
     from bytewax.operators import KeyedStream

@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.lake import TABLES, Lake
-from dataflows.errors import UserError
+from dataflows.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

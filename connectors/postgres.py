@@ -11,7 +11,7 @@ table's rows are streamed with ``COPY ... FROM STDIN (FORMAT csv)`` (the CSV
 is produced by Arrow's C++ writer, floats in their exact shortest form) into
 a session-local temporary table, then moved with ``INSERT ... SELECT ... ON
 CONFLICT (key) DO UPDATE`` (rows that did not change are left alone). The
-batching, back-pressure and retry rules are :mod:`dataflows.db`'s.
+batching, back-pressure and retry rules are :mod:`connectors.serving`'s.
 
 Delivery guarantee: **effectively-once** through idempotent upserts. Every
 batch is retried until a commit confirms it (reconnecting with bounded
@@ -43,9 +43,9 @@ import pyarrow.csv as pa_csv
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from dataflows import db
-from dataflows.config import Settings
-from dataflows.errors import UserError
+from connectors import serving as db
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 
 log = logging.getLogger("stockflow.postgres")
 
@@ -241,7 +241,7 @@ def _table_sql(schema: str, table: db.ServingTable) -> _TableSql:
 
 class PostgresWriter:
     """One connection writing batches of serving tables (a
-    :class:`dataflows.db.UpsertWriter`)."""
+    :class:`connectors.serving.UpsertWriter`)."""
 
     def __init__(self, target: PostgresTarget, tables: Mapping[str, db.ServingTable]) -> None:
         self._target = target

@@ -17,7 +17,7 @@ staging table (a few statements per batch, whatever its size; payloads are
 kept under 8 MB), and one ``MERGE`` on the table key moves them into the
 target table atomically. Timestamps travel as epoch microseconds and become
 ``TIMESTAMP_TZ`` in UTC; floats keep their exact shortest form. The batching,
-back-pressure and retry rules are :mod:`dataflows.db`'s; one writer
+back-pressure and retry rules are :mod:`connectors.serving`'s; one writer
 (partition) by default, as Snowflake serialises DML on a table anyway.
 
 Delivery guarantee: **effectively-once** through idempotent ``MERGE``. Every
@@ -46,9 +46,9 @@ import bytewax.operators as op
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataflows import db
-from dataflows.config import Settings
-from dataflows.errors import UserError
+from connectors import serving as db
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 
 log = logging.getLogger("stockflow.snowflake")
 
@@ -295,7 +295,7 @@ def json_payloads(table: pa.Table, max_bytes: int = MAX_PAYLOAD_BYTES) -> Iterat
 
 class SnowflakeWriter:
     """One Snowflake session writing batches of serving tables (a
-    :class:`dataflows.db.UpsertWriter`)."""
+    :class:`connectors.serving.UpsertWriter`)."""
 
     def __init__(self, target: SnowflakeTarget, tables: Mapping[str, db.ServingTable]) -> None:
         self._target = target

@@ -45,12 +45,12 @@ from connectors.bar_files import BarBatch, BarFileSource, looks_like_bar_file
 from connectors.files import TickFileSource, expand_paths
 from connectors.lake import TABLES, WRITE_STATS, Lake
 from connectors.lake_tables import ReplaceSpec, append_rows, replace_range
-from dataflows.config import Settings
-from dataflows.errors import UserError
-from dataflows.gold import gold_stage
-from dataflows.operators import REJECT_KEY, SKIPPED, split_by_shard
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 from dataflows.pipeline import PipelineStreams, attach_lake_outputs, attach_sinks, build_flow
 from dataflows.runner import execute
+from dataflows.stages.gold import gold_stage
+from dataflows.stages.operators import REJECT_KEY, SKIPPED, split_by_shard
 from dataflows.warmup import LakeWarmup, warmup_bars
 
 

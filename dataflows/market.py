@@ -18,9 +18,9 @@ import os
 import sys
 from dataclasses import replace
 
-from dataflows.config import Settings
-from dataflows.errors import UserError
-from dataflows.metrics import process_metrics
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
+from dataflows.core.metrics import process_metrics
 from dataflows.pipeline import build_flow
 
 

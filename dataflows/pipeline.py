@@ -30,11 +30,11 @@ from bytewax.operators import KeyedStream
 from connectors.files import TickFileSource, expand_paths
 from connectors.lake import EncoderPool, Lake, ParquetLakeSink, commit_clock
 from connectors.synthetic import SyntheticConfig, SyntheticTickSource
-from dataflows.bars import BarConfig
-from dataflows.config import Settings
-from dataflows.gold import GoldStreams, gold_stage
-from dataflows.operators import bar_stage, only_resolution, parse_stage
-from dataflows.schema import REJECT_SCHEMA
+from dataflows.core.config import Settings
+from dataflows.core.schema import REJECT_SCHEMA
+from dataflows.stages.bars import BarConfig
+from dataflows.stages.gold import GoldStreams, gold_stage
+from dataflows.stages.operators import bar_stage, only_resolution, parse_stage
 
 
 def make_source(settings: Settings) -> Source[Any]:
@@ -89,7 +89,7 @@ class LakeTables:
 class PipelineStreams:
     """Every stream a sink may consume, each item ``(shard_key, pa.Table)``.
 
-    Schemas (dataflows/schema.py): `rejects` REJECT_SCHEMA (DLQ_SCHEMA for
+    Schemas (dataflows/core/schema.py): `rejects` REJECT_SCHEMA (DLQ_SCHEMA for
     message sources), `ticks` TICK_SCHEMA, `late` LATE_TICK_SCHEMA,
     `bars(res)` BAR_SCHEMA, `indicators(res)` gold.INDICATOR_SCHEMA,
     `signals` SIGNAL_SCHEMA. A flow that enters at the bar stage (bar-file

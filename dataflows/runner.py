@@ -12,17 +12,17 @@ from bytewax.run import cli_main
 
 from connectors.files import RawTickBatch
 from connectors.lake import WRITE_STATS, Lake
-from dataflows.config import Settings
-from dataflows.errors import (
+from dataflows.core.config import Settings
+from dataflows.core.errors import (
     UserError,
     find_user_error,
     is_interrupt,
     quiet_worker_panics,
     recovery_store_mismatch,
 )
-from dataflows.metrics import run_metrics
-from dataflows.operators import REJECTS_BY_REASON
+from dataflows.core.metrics import run_metrics
 from dataflows.pipeline import LakeTables, build_flow, epoch_interval, recovery_config
+from dataflows.stages.operators import REJECTS_BY_REASON
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from dataflows.testservers import free_port, wait_for_port
+from dataflows.testing.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +106,7 @@ def sort_bars(table: pa.Table) -> pa.Table:
 @pytest.fixture()
 def run_pipeline(tmp_path: Path):
     """Run the pipeline in-process on `source` into a fresh local lake."""
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
     from dataflows.runner import run
 
     counter = iter(range(1_000_000))

@@ -29,7 +29,7 @@ def explore_source(real_data: Path) -> str:
 def explore_lake(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The lake of one bounded run over the explore ticks (parquet sink)."""
     if "lake" not in _LAKES:
-        from dataflows.config import Settings
+        from dataflows.core.config import Settings
         from dataflows.runner import run
 
         lake = tmp_path_factory.mktemp("explore") / "lake"

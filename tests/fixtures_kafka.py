@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from dataflows.testservers import tansu_binary, tansu_broker
+from dataflows.testing.servers import tansu_binary, tansu_broker
 
 
 def first_offset(consumer: Consumer, topic: str, partition: int) -> int:

@@ -259,8 +259,8 @@ class PgRun:
 def pg_gold_run(pg_server: PgServer, real_data: Path, tmp_path_factory) -> PgRun:  # noqa: ANN001
     """One schema, initialised with ``db init``, fed the real ticks twice
     (two workers, so two sink partitions)."""
-    from dataflows.config import Settings
-    from dataflows.db import init_database
+    from connectors.serving import init_database
+    from dataflows.core.config import Settings
     from dataflows.runner import run
     from tests.serving_checks import REAL_TICKS, TABLES
 

@@ -18,10 +18,10 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from dataflows.config import RESOLUTIONS
-from dataflows.db import ServingTable, serving_tables
-from dataflows.gold import INDICATOR_SCHEMA
-from dataflows.schema import BAR_SCHEMA, SIGNAL_SCHEMA
+from connectors.serving import ServingTable, serving_tables
+from dataflows.core.config import RESOLUTIONS
+from dataflows.core.schema import BAR_SCHEMA, SIGNAL_SCHEMA
+from dataflows.stages.gold import INDICATOR_SCHEMA
 from tests.conftest import read_table
 
 TABLES: dict[str, ServingTable] = serving_tables(RESOLUTIONS)

@@ -16,7 +16,7 @@ import ta
 
 from connectors.candles import limiter_from_env
 from dataflows.backfill import BackfillRequest, run_backfill
-from dataflows.config import Settings
+from dataflows.core.config import Settings
 from tests.conftest import cli, read_table, sort_bars
 
 
@@ -338,7 +338,7 @@ def test_finnhub_unknown_symbol_ends_in_one_line(fake_finnhub, tmp_path):
 def test_backfill_reruns_and_overlaps_leave_one_row_per_key_in_postgres(
     real_data, tmp_path, pg_server
 ):
-    from dataflows.db import init_database
+    from connectors.serving import init_database
     from tests.fixtures_postgres import pg_connect
 
     schema = pg_server.new_schema("backfill")

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 
-from dataflows.bars import BarBuilder, BarConfig
-from dataflows.schema import TICK_SCHEMA
+from dataflows.core.schema import TICK_SCHEMA
+from dataflows.stages.bars import BarBuilder, BarConfig
 
 M = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from dataflows.cli import cli
+from dataflows.cli.main import cli
 from tests.fixtures_kafka import kafka_broker  # noqa: F401
 
 START = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)

@@ -118,7 +118,7 @@ def test_numeric_timestamps_without_unit_are_refused_not_guessed(tmp_path):
 
 
 def test_flags_beat_environment_beat_toml(tmp_path):
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
 
     config = tmp_path / "stockflow.toml"
     config.write_text("[lake]\nurl = 'from-toml'\n[bars]\nlateness_s = 7\n[run]\nworkers = 3\n")

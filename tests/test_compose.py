@@ -160,7 +160,7 @@ def stockflow_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[st
 def parse_stockflow(args: list[str]) -> tuple[click.Command, dict[str, Any]]:
     """Resolve `args` through the click command tree, parsing every option as
     ``stockflow`` would (unknown commands, options and bad values raise)."""
-    from dataflows.cli import _register_commands, cli
+    from dataflows.cli.main import _register_commands, cli
 
     _register_commands()
     ctx = cli.make_context("stockflow", list(args))
@@ -226,7 +226,7 @@ def test_every_variable_the_files_use_is_listed_in_env_example() -> None:
 
 
 def test_every_stockflow_command_exists_with_valid_options_and_settings() -> None:
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
 
     checked = 0
     for services in (load(MAIN)["services"], merged()):
@@ -246,13 +246,13 @@ def test_every_stockflow_command_exists_with_valid_options_and_settings() -> Non
 def _setting_names() -> set[str]:
     from dataclasses import fields
 
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
 
     return {f.name for f in fields(Settings)}
 
 
 def test_environment_names_are_settings_the_code_reads() -> None:
-    from dataflows.config import OPTIONS
+    from dataflows.core.config import OPTIONS
 
     read_by_code = set()
     for package in ("dataflows", "connectors", "indicators"):
@@ -431,9 +431,9 @@ def test_dashboard_asks_only_for_series_the_compose_dataflow_serves(
 ) -> None:
     # Arrange: real ticks and some garbage in a fresh topic, a serving schema,
     # and the compose dataflow's own command pointed at them.
-    from dataflows.cli_kafka import replay_ticks
-    from dataflows.config import Settings
-    from dataflows.db import init_database
+    from connectors.serving import init_database
+    from dataflows.cli.kafka import replay_ticks
+    from dataflows.core.config import Settings
 
     wanted = dashboard_metrics()
     assert len(wanted) >= 10, sorted(wanted)

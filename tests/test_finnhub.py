@@ -18,7 +18,7 @@ from connectors.finnhub import (
     RateLimiter,
     split_frame,
 )
-from dataflows.config import Settings
+from dataflows.core.config import Settings
 from tests.conftest import cli
 from tests.fakes_finnhub import FakeFinnhubRest, FakeFinnhubWebsocket, read_trades
 from tests.fixtures_kafka import kafka_broker  # noqa: F401

@@ -14,8 +14,8 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataflows.schema import RejectReason
-from dataflows.ticks import MAX_MESSAGE_BYTES, parse_columns, parse_messages
+from dataflows.core.schema import RejectReason
+from dataflows.stages.parse import MAX_MESSAGE_BYTES, parse_columns, parse_messages
 
 REASONS = {r.value for r in RejectReason}
 # Text with lone UTF-16 surrogates now and then: json.dumps writes them as

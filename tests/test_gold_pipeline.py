@@ -17,7 +17,7 @@ FILES = ("AIG_20131007", "BAC_20131007", "IBM_20131007", "SPY_20131007", "SPY_20
 @pytest.fixture(scope="module")
 def gold_lake(real_data, tmp_path_factory):
     """One run over several real days and symbols, shared by the tests here."""
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
     from dataflows.runner import run
 
     lake = tmp_path_factory.mktemp("gold") / "lake"

@@ -29,9 +29,9 @@ from connectors.kafka import (
     redacted,
 )
 from connectors.lake import Lake
-from dataflows.cli_kafka import bench_kafka, replay_ticks
-from dataflows.config import Settings
-from dataflows.operators import parse_raw
+from dataflows.cli.kafka import bench_kafka, replay_ticks
+from dataflows.core.config import Settings
+from dataflows.stages.operators import parse_raw
 from tests.conftest import cli, free_port, read_table, sort_bars
 from tests.fixtures_kafka import kafka_broker  # noqa: F401
 
@@ -373,8 +373,8 @@ def test_kafka_bench_measures_producer_ceiling_and_pipeline_on_one_topic(kafka_b
 
 
 def test_published_ticks_parse_back_to_exactly_the_same_ticks():
-    from dataflows.schema import TICK_SCHEMA
-    from dataflows.ticks import parse_messages
+    from dataflows.core.schema import TICK_SCHEMA
+    from dataflows.stages.parse import parse_messages
 
     us = pa.timestamp("us", tz="UTC")
     ticks = pa.table(

@@ -21,8 +21,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import run_main
 
 from connectors.lake import INLINE_PIECE_BYTES, Lake, ParquetLakeSink, commit_clock
-from dataflows.config import Settings
-from dataflows.errors import UserError
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 from tests.conftest import read_table, sort_bars
 
 BARS = "silver/bars_1m"
@@ -205,7 +205,7 @@ def test_the_same_tick_file_run_twice_leaves_each_row_once(
 
 
 def test_a_bounded_kafka_run_repeated_leaves_each_row_once(kafka_broker, real_data, tmp_path):
-    from dataflows.cli_kafka import replay_ticks
+    from dataflows.cli.kafka import replay_ticks
     from dataflows.runner import run
 
     topic = kafka_broker.topic("rerun", partitions=2)

@@ -33,8 +33,8 @@ from connectors.lake_tables import (
     replace_range,
     vacuum,
 )
-from dataflows.errors import UserError
-from dataflows.schema import BAR_SCHEMA
+from dataflows.core.errors import UserError
+from dataflows.core.schema import BAR_SCHEMA
 from dataflows.warmup import LakeWarmup
 from tests.conftest import cli
 

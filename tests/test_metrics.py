@@ -20,8 +20,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.files import TickFileSource, expand_paths
-from dataflows.config import Settings
-from dataflows.errors import UserError
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 from dataflows.runner import RunSummary, run
 from tests.conftest import free_port, read_table
 

@@ -108,8 +108,8 @@ def test_sql_serving_notebook_runs_against_postgres_and_saves_its_charts(
     tmp_path: Path,
 ) -> None:
     # Arrange: a serving schema filled by the pipeline's Postgres sink.
-    from dataflows.config import Settings
-    from dataflows.db import init_database
+    from connectors.serving import init_database
+    from dataflows.core.config import Settings
     from dataflows.runner import run
 
     schema = pg_server.new_schema("notebook")

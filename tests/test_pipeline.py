@@ -24,8 +24,8 @@ from bytewax.testing import TestingSink, run_main
 
 from connectors.files import RawTickBatch
 from connectors.lake import Lake
-from dataflows.bars import BarConfig
-from dataflows.operators import bar_stage, parse_stage
+from dataflows.stages.bars import BarConfig
+from dataflows.stages.operators import bar_stage, parse_stage
 from tests.conftest import ROOT, read_table, sort_bars
 from tests.test_bars_real import assert_bars_equal, pandas_bars, read_ticks_csv
 
@@ -458,7 +458,7 @@ def test_bytewax_run_recovery_flag_turns_on_state_snapshots_and_exactly_once_lak
 
 def test_gold_state_is_not_copied_at_each_epoch_without_recovery():
     # Bytewax asks for a snapshot at every epoch's end even without a store.
-    from dataflows.gold import GoldConfig, GoldLogic
+    from dataflows.stages.gold import GoldConfig, GoldLogic
 
     without = GoldLogic(GoldConfig(snapshots=False), None)
     without.on_batch([("1m", _bars(["IBM"], minute=0))])
@@ -486,7 +486,7 @@ def _bars(symbols: list[str], minute: int) -> pa.Table:
 
 
 def test_gold_snapshot_redoes_only_changed_series_and_restores_exactly():
-    from dataflows.gold import GoldConfig, GoldLogic
+    from dataflows.stages.gold import GoldConfig, GoldLogic
 
     logic = GoldLogic(GoldConfig(), None)
     for minute in range(30):

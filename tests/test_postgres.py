@@ -17,9 +17,9 @@ from psycopg import sql
 
 import connectors.postgres
 from connectors.postgres import PostgresTarget, PostgresWriter, copy_csv
-from dataflows.config import Settings
-from dataflows.db import SERVING_STATS, ServingTable, init_database, serving_tables
-from dataflows.errors import UserError
+from connectors.serving import SERVING_STATS, ServingTable, init_database, serving_tables
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 from dataflows.runner import run
 from tests.conftest import cli, free_port
 from tests.fixtures_postgres import (  # noqa: F401

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dataflows.cli_kafka import replay_ticks
-from dataflows.config import Settings
+from dataflows.cli.kafka import replay_ticks
+from dataflows.core.config import Settings
 from dataflows.runner import run
 from tests.conftest import ROOT, read_table, sort_bars
 from tests.fixtures_postgres import pg_connect
@@ -31,7 +31,7 @@ CRASH_FILES = ("AIG_20131007", "BAC_20131007", "IBM_20131007", "SPY_20131008")
 
 def _stockflow(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "dataflows.cli", *args],
+        [sys.executable, "-m", "dataflows.cli.main", *args],
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
@@ -75,7 +75,7 @@ def crash_topic(kafka_broker, real_data):
 def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
     kafka_broker, pg_server, crash_topic, tmp_path
 ):
-    from dataflows.db import init_database
+    from connectors.serving import init_database
 
     bars_topic = kafka_broker.topic("bars")
     schema = pg_server.new_schema("crash")
@@ -437,7 +437,7 @@ def test_a_recovery_store_of_other_partitions_is_refused_in_one_line(real_data, 
     from bytewax.inputs import FixedPartitionedSource
 
     from connectors.files import TickFileSource, expand_paths
-    from dataflows.errors import UserError
+    from dataflows.core.errors import UserError
 
     settings = Settings.load(
         env={},

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from connectors.lake import Lake
-from dataflows.report import write_report
+from dataflows.report.page import write_report
 from tests.conftest import cli
 from tests.fixtures_explore import EXPLORE_SYMBOLS, explore_lake  # noqa: F401
 

@@ -3,9 +3,9 @@ line, an error message, a lake file or a Kafka message."""
 
 from __future__ import annotations
 
-from dataflows.cli_kafka import replay_ticks
-from dataflows.config import Settings
-from dataflows.db import init_database
+from connectors.serving import init_database
+from dataflows.cli.kafka import replay_ticks
+from dataflows.core.config import Settings
 from tests.conftest import cli
 
 

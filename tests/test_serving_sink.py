@@ -1,4 +1,4 @@
-"""The batching upsert sink both database connectors share (dataflows.db):
+"""The batching upsert sink both database connectors share (connectors.serving):
 bounded buffering, flush points, retries, permanent failures. A fake writer
 stands in for the database; the real ones are tested in test_postgres.py and
 test_snowflake.py."""
@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from dataflows.db import (
+from connectors.serving import (
     PERMANENT,
     SERVING_STATS,
     TRANSIENT,
@@ -23,8 +23,8 @@ from dataflows.db import (
     sql_files,
     sql_object,
 )
-from dataflows.errors import UserError
-from dataflows.schema import BAR_SCHEMA
+from dataflows.core.errors import UserError
+from dataflows.core.schema import BAR_SCHEMA
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 FAST = Backoff(initial=0.001, maximum=0.002)

@@ -1,6 +1,6 @@
 """Shard keys and Bytewax's placement of state keys and partitions.
 
-dataflows.shards relies on two rules of Bytewax 0.21 (state key ->
+dataflows.core.shards relies on two rules of Bytewax 0.21 (state key ->
 worker by SipHash, partition -> worker by sorted index); these tests hold
 Bytewax itself to them, then check the consequence in the real pipeline: on
 two workers a one-symbol series is read, built into bars and written to the
@@ -26,7 +26,7 @@ from bytewax.outputs import (
 )
 from bytewax.testing import TestingSource, cluster_main
 
-from dataflows.shards import bytewax_worker_of, shard_index, shard_key, shard_keys, shard_of
+from dataflows.core.shards import bytewax_worker_of, shard_index, shard_key, shard_keys, shard_of
 
 
 class _WorkerOfThread(DynamicSink):
@@ -161,7 +161,7 @@ def _note_workers(monkeypatch) -> dict[str, dict[str, set[str]]]:
     """Per stage (parse, bars, lake ticks), the threads each symbol went
     through."""
     from connectors import lake
-    from dataflows import operators
+    from dataflows.stages import operators
 
     threads: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
 
@@ -234,8 +234,8 @@ def test_on_two_workers_a_symbol_of_a_four_partition_topic_stays_on_one_worker(
     """The producer's default partitioner (librdkafka: crc32(key) %
     partitions) puts a symbol in partition shard % 4, read by the worker that
     holds the shard."""
-    from dataflows.cli_kafka import replay_ticks
-    from dataflows.config import Settings
+    from dataflows.cli.kafka import replay_ticks
+    from dataflows.core.config import Settings
 
     topic = kafka_broker.topic("aligned", 4)
     replay_ticks(

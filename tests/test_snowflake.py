@@ -20,10 +20,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from connectors.serving import SERVING_STATS, ServingSink, init_database, serving_tables
 from connectors.snowflake import SnowflakeTarget, SnowflakeWriter, column, json_payloads
-from dataflows.config import Settings
-from dataflows.db import SERVING_STATS, ServingSink, init_database, serving_tables
-from dataflows.errors import UserError
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 from dataflows.runner import run
 from tests.fixtures_postgres import pg_gold_run, pg_server  # noqa: F401
 from tests.serving_checks import (

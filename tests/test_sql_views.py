@@ -11,8 +11,8 @@ from datetime import date
 import pytest
 
 from connectors.postgres import PostgresTarget, PostgresWriter
-from dataflows.config import Settings
-from dataflows.db import init_database, serving_tables
+from connectors.serving import init_database, serving_tables
+from dataflows.core.config import Settings
 from tests.fixtures_postgres import pg_connect, pg_gold_run, pg_server  # noqa: F401
 from tests.serving_checks import (
     CANDLESTICK_COLUMNS,

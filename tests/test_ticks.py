@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from dataflows.ticks import parse_columns, parse_messages
+from dataflows.stages.parse import parse_columns, parse_messages
 
 NOW = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
 

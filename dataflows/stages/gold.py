@@ -19,8 +19,8 @@ import bytewax.operators as op
 import pyarrow as pa
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
-from dataflows.operators import only_resolution
-from dataflows.schema import SIGNAL_SCHEMA, indicator_schema
+from dataflows.core.schema import SIGNAL_SCHEMA, indicator_schema
+from dataflows.stages.operators import only_resolution
 from indicators import COLUMNS, IndicatorConfig, IndicatorSet, SignalConfig, SignalEngine
 
 INDICATOR_SCHEMA = indicator_schema(COLUMNS)

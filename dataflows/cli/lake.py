@@ -17,9 +17,9 @@ from datetime import date as date_cls
 
 import click
 
-from dataflows.cli import cli
-from dataflows.config import Settings
-from dataflows.errors import UserError
+from dataflows.cli.main import cli
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 
 
 def _lake_options(fn):  # type: ignore[no-untyped-def]

@@ -23,11 +23,11 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from connectors.files import RawTickBatch
-from dataflows import metrics
-from dataflows.bars import BarBuilder, BarConfig, BarOutput
-from dataflows.schema import REJECT_SCHEMA, TICK_SCHEMA
-from dataflows.shards import shard_key, shard_of
-from dataflows.ticks import (
+from dataflows.core import metrics
+from dataflows.core.schema import REJECT_SCHEMA, TICK_SCHEMA
+from dataflows.core.shards import shard_key, shard_of
+from dataflows.stages.bars import BarBuilder, BarConfig, BarOutput
+from dataflows.stages.parse import (
     ParsedTicks,
     RawMessageBatch,
     parse_columns,

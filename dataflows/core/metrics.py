@@ -28,8 +28,8 @@ start until it ends. One endpoint carries three kinds of series:
 
 ``sink`` is ``parquet``, ``postgres``, ``snowflake`` or ``kafka``. Rejects,
 lake and serving figures are read at scrape time from the counters the run
-summary already keeps (:data:`~dataflows.operators.REJECTS_BY_REASON`,
-:data:`~connectors.lake.WRITE_STATS`, :data:`~dataflows.db.SERVING_STATS`), so
+summary already keeps (:data:`~dataflows.stages.operators.REJECTS_BY_REASON`,
+:data:`~connectors.lake.WRITE_STATS`, :data:`~connectors.serving.SERVING_STATS`), so
 they cost the data path nothing.
 
 **Bytewax's**: from its Rust runtime ``bytewax_item_inp_count_total``,
@@ -72,12 +72,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, s
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from dataflows.errors import UserError
+from dataflows.core.errors import UserError
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
 
 log = logging.getLogger("stockflow.metrics")
 
@@ -188,7 +188,7 @@ class _RunStatsCollector:
             yield CounterMetricFamily(name, doc, labels=[label])
 
     def collect(self) -> Iterator[Metric]:
-        operators = sys.modules.get("dataflows.operators")
+        operators = sys.modules.get("dataflows.stages.operators")
         if operators is not None and hasattr(operators, "REJECTS_BY_REASON"):
             rejects = CounterMetricFamily(
                 "stockflow_rejects", "Rejected rows by reason code.", labels=["reason"]
@@ -217,7 +217,7 @@ class _RunStatsCollector:
                 lake_files.add_metric([table], files.get(table, 0))
             yield lake_rows
             yield lake_files
-        db = sys.modules.get("dataflows.db")
+        db = sys.modules.get("connectors.serving")
         if db is not None and hasattr(db, "SERVING_STATS"):
             serving_rows = CounterMetricFamily(
                 "stockflow_serving_rows_written",

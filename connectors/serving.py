@@ -28,7 +28,7 @@ partition and hands them to a connector's :class:`UpsertWriter` in batches:
   restarted, network down) the writer reconnects with bounded exponential
   backoff and writes the whole batch again, for up to
   ``reconnect_timeout_s``; a permanent failure (bad credentials, missing
-  tables) stops the flow with one :class:`~dataflows.errors.UserError` line.
+  tables) stops the flow with one :class:`~dataflows.core.errors.UserError` line.
 
 Delivery guarantee: effectively-once. Rows reach the database at least once
 (a batch is retried until it is confirmed, and the buffer is flushed at every
@@ -58,12 +58,12 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 import dataflows
-from dataflows import metrics
-from dataflows.config import RESOLUTIONS, Settings
-from dataflows.errors import UserError
-from dataflows.gold import INDICATOR_SCHEMA
-from dataflows.schema import BAR_SCHEMA, SIGNAL_SCHEMA
-from dataflows.shards import shard_index
+from dataflows.core import metrics
+from dataflows.core.config import RESOLUTIONS, Settings
+from dataflows.core.errors import UserError
+from dataflows.core.schema import BAR_SCHEMA, SIGNAL_SCHEMA
+from dataflows.core.shards import shard_index
+from dataflows.stages.gold import INDICATOR_SCHEMA
 
 log = logging.getLogger("stockflow.db")
 

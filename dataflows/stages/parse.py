@@ -8,8 +8,8 @@ Three kinds of input travel this one road:
   (:func:`parse_messages`).
 
 Both end in :func:`_validate`, which applies every domain check vectorised
-over a whole batch and splits it into a :data:`~dataflows.schema.TICK_SCHEMA`
-table and a :data:`~dataflows.schema.REJECT_SCHEMA` table. Nothing is dropped
+over a whole batch and splits it into a :data:`~dataflows.core.schema.TICK_SCHEMA`
+table and a :data:`~dataflows.core.schema.REJECT_SCHEMA` table. Nothing is dropped
 without a record: every input row is either a tick or a reject (Finnhub
 ``ping`` messages are not ticks and are ignored by contract).
 
@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataflows.schema import (
+from dataflows.core.schema import (
     DLQ_SCHEMA,
     REJECT_PAYLOAD_LIMIT,
     REJECT_SCHEMA,

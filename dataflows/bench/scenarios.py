@@ -24,7 +24,7 @@ repeats; seeds are fixed and sizes come from flags. Scenarios:
     own fetch settings (``raw_default_*`` is the same consumer with
     librdkafka's default ``fetch.wait.max.ms``, which waits up to 0.5 s at
     the end of each empty partition). The broker is started by the bench
-    (Tansu, :mod:`dataflows.testservers`) unless ``--brokers`` names one.
+    (Tansu, :mod:`dataflows.testing.servers`) unless ``--brokers`` names one.
 ``processes``
     one process vs ``--processes`` processes (one worker each, joined with
     Bytewax's ``-i/-a`` addresses, as ``python -m bytewax.run
@@ -72,8 +72,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dataflows.errors import UserError
-from dataflows.shards import DEFAULT_SHARDS, shard_of
+from dataflows.core.errors import UserError
+from dataflows.core.shards import DEFAULT_SHARDS, shard_of
 
 SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency", "lake")
 # What `stockflow bench` runs without --scenario: the soak and the paced
@@ -105,7 +105,7 @@ class BenchOptions:
     soak_snapshot_interval: float | None = None  # default: the product's (snapshot_interval_s)
     soak_recovery: bool = False  # a recovery store: state snapshots and exactly-once lake
     lateness: float = 5.0
-    # lake: a simulated month of live commits (dataflows.bench_lake)
+    # lake: a simulated month of live commits (dataflows.bench.lake)
     lake_days: int = 21
     lake_symbols: int = 200
     lake_commit_minutes: int = 30
@@ -125,7 +125,7 @@ def real_data_dir() -> Path | None:
 
 
 def _child_file_ours(path: str, workers: int) -> dict[str, Any]:
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
     from dataflows.runner import run
 
     with tempfile.TemporaryDirectory() as lake:
@@ -262,7 +262,7 @@ def _bench_bars(data: Path) -> list[Any]:
 
 
 def _child_gold_ours(data: str) -> dict[str, Any]:
-    from dataflows.gold import GoldConfig
+    from dataflows.stages.gold import GoldConfig
     from indicators import IndicatorSet, SignalEngine
 
     frames = _bench_bars(Path(data))
@@ -331,7 +331,7 @@ def _child_gold_baseline(data: str) -> dict[str, Any]:
 
 def _child_backfill_ours(data: str) -> dict[str, Any]:
     from dataflows.backfill import BackfillRequest, run_backfill
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
 
     bars = 0
     with tempfile.TemporaryDirectory() as lake:
@@ -360,14 +360,14 @@ def kafka_brokers(brokers: str | None) -> Iterator[str]:
     if brokers:
         yield brokers
         return
-    from dataflows.testservers import tansu_broker
+    from dataflows.testing.servers import tansu_broker
 
     with tansu_broker() as started:
         yield started
 
 
 def _child_kafka_ours(args: dict[str, Any]) -> dict[str, Any]:
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
     from dataflows.runner import run
 
     with tempfile.TemporaryDirectory() as lake:
@@ -392,7 +392,7 @@ def _child_kafka_ours(args: dict[str, Any]) -> dict[str, Any]:
 
 def _child_kafka_raw(args: dict[str, Any]) -> dict[str, Any]:
     from connectors.kafka import measure_raw_consume, source_fetch_config
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
 
     settings = Settings.load(env={}, kafka_brokers=args["brokers"], bounded=True)
     like_source = measure_raw_consume(settings, args["topic"], source_fetch_config(settings))
@@ -406,8 +406,8 @@ def _child_kafka_raw(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kafka_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
-    from dataflows.cli_kafka import replay_ticks
-    from dataflows.config import Settings
+    from dataflows.cli.kafka import replay_ticks
+    from dataflows.core.config import Settings
 
     path = _tick_path(opts, data, "kafka")
     with kafka_brokers(opts.brokers) as brokers:
@@ -539,7 +539,7 @@ def _child_process_of_cluster(args: dict[str, Any]) -> dict[str, Any]:
     from bytewax.run import cli_main
 
     from connectors.lake import WRITE_STATS
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
     from dataflows.pipeline import build_flow, epoch_interval, make_source
 
     settings = Settings.load(
@@ -574,7 +574,7 @@ def _cluster_run(tick_dir: str, processes: int) -> dict[str, Any]:
     process not yet listening after 1 s): ``connect_seconds``, from the
     last process entering ``cli_main`` to the first batch, is reported
     apart (about 0 for one process)."""
-    from dataflows.testservers import free_port
+    from dataflows.testing.servers import free_port
 
     with tempfile.TemporaryDirectory() as lake:
         if processes == 1:
@@ -753,7 +753,7 @@ def _rss_mb() -> float:
 
 
 def _child_symbols10k(args: dict[str, Any]) -> dict[str, Any]:
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
     from dataflows.runner import run
 
     progress = SoakProgress()
@@ -803,7 +803,7 @@ def _full_series_kib() -> dict[str, float]:
     import math
     import tracemalloc
 
-    from dataflows.gold import GoldConfig
+    from dataflows.stages.gold import GoldConfig
     from indicators import IndicatorSet, SignalEngine
 
     step = {"1m": 60, "1h": 3600, "1d": 86400}
@@ -925,7 +925,7 @@ def _symbols10k_scenario(opts: BenchOptions, data: Path | None) -> Result:
 
 def _child_latency_pipeline(args: dict[str, Any]) -> dict[str, Any]:
     """A live pipeline reading the topic until SIGINT."""
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
     from dataflows.runner import run
 
     settings = Settings.load(
@@ -1067,7 +1067,7 @@ def _reap_within(child: subprocess.Popen[str], timeout: float) -> float | None:
 
 def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
     from connectors.kafka import ensure_topics
-    from dataflows.config import Settings
+    from dataflows.core.config import Settings
 
     with kafka_brokers(opts.brokers) as brokers, tempfile.TemporaryDirectory() as tmp:
         settings = Settings.load(
@@ -1233,7 +1233,7 @@ def render(r: dict[str, Any]) -> str:
             f"{trend}; {r['ticks']:,} ticks, {r['bars_1m']:,} 1m bars"
         )
     if s == "lake":
-        from dataflows.bench_lake import render_lake
+        from dataflows.bench.lake import render_lake
 
         return render_lake(r)
     if s == "latency":
@@ -1266,8 +1266,8 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
 
 def _child_command(name: str, *args: Any) -> list[str]:
     if len(args) == 1 and isinstance(args[0], dict):
-        return [sys.executable, "-m", "dataflows.bench", name, json.dumps(args[0])]
-    return [sys.executable, "-m", "dataflows.bench", name, *map(str, args)]
+        return [sys.executable, "-m", "dataflows.bench.scenarios", name, json.dumps(args[0])]
+    return [sys.executable, "-m", "dataflows.bench.scenarios", name, *map(str, args)]
 
 
 def _start_child(name: str, *args: Any) -> subprocess.Popen[str]:
@@ -1359,7 +1359,7 @@ def run_scenario(
 
 
 def _lake_scenario(opts: BenchOptions, data: Path | None) -> Result:
-    from dataflows.bench_lake import LakeBenchOptions, run_lake_bench
+    from dataflows.bench.lake import LakeBenchOptions, run_lake_bench
 
     figures = run_lake_bench(
         LakeBenchOptions(

@@ -3,7 +3,7 @@
 :class:`BarBuilder` holds the open (not yet emitted) bars of every symbol of
 one shard and folds whole Arrow batches of ticks into them with numpy: no
 Python object per tick, no Python loop per symbol. It knows nothing of
-Bytewax; :mod:`dataflows.operators` wraps it in a stateful operator.
+Bytewax; :mod:`dataflows.stages.operators` wraps it in a stateful operator.
 
 Semantics (PRODUCT.md, Bars):
 
@@ -38,8 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataflows.schema import BAR_SCHEMA, LATE_TICK_SCHEMA, UTC_US
-from dataflows.ticks import single_symbol
+from dataflows.core.schema import BAR_SCHEMA, LATE_TICK_SCHEMA, UTC_US
+from dataflows.stages.parse import single_symbol
 
 MINUTE_US = 60_000_000
 NEVER = -(2**62)  # "no tick yet": far below any valid time, safe from overflow

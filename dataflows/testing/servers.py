@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dataflows.errors import UserError
+from dataflows.core.errors import UserError
 
 
 def tansu_binary() -> Path | None:

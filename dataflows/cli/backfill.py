@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import click
 
-from dataflows.cli import cli
-from dataflows.config import Settings
-from dataflows.errors import UserError
+from dataflows.cli.main import cli
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 
 
 def _date(value: str | None, name: str) -> datetime | None:

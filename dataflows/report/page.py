@@ -1,7 +1,7 @@
 """``stockflow report``: one static HTML page of charts from the lake.
 
 For people who do not use Jupyter: the same charts as
-``notebooks/explore_lake.ipynb`` (:mod:`dataflows.charts`), rendered to PNG
+``notebooks/explore_lake.ipynb`` (:mod:`dataflows.report.charts`), rendered to PNG
 and embedded as ``data:`` URIs, so the page is a single self-contained file
 with no script, no stylesheet or font to fetch and nothing to install to view
 it. What it shows:
@@ -36,8 +36,8 @@ import pyarrow.dataset as ds
 
 from connectors.lake import Lake
 from connectors.lake_tables import open_table, refuse_plain_table, table_dataset, table_dates
-from dataflows import charts
-from dataflows.errors import UserError
+from dataflows.core.errors import UserError
+from dataflows.report.page import charts
 
 KPI_DATES = 10
 DEFAULT_BARS = 300

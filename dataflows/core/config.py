@@ -22,9 +22,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dataflows.errors import UserError
-from dataflows.gold import GoldConfig
-from dataflows.shards import DEFAULT_SHARDS
+from dataflows.core.errors import UserError
+from dataflows.core.shards import DEFAULT_SHARDS
+from dataflows.stages.gold import GoldConfig
 from indicators import IndicatorConfig, IndicatorConfigError, SignalConfig, SignalConfigError
 
 RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")

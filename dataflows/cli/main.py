@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from dataflows.config import OPTIONS, Settings
-from dataflows.errors import UserError
+from dataflows.core.config import OPTIONS, Settings
+from dataflows.core.errors import UserError
 
 log = logging.getLogger("stockflow")
 
@@ -140,7 +140,7 @@ def bench(scenarios: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     """Measure stockflow against baselines run in the same invocation."""
     import json
 
-    from dataflows.bench import (
+    from dataflows.bench.scenarios import (
         DEFAULT_SCENARIOS,
         BenchOptions,
         machine,
@@ -174,11 +174,11 @@ def show_config() -> None:
 
 # Commands that live with their connectors register themselves on `cli`.
 _COMMAND_MODULES = (
-    "dataflows.cli_kafka",
-    "dataflows.cli_db",
-    "dataflows.cli_backfill",
-    "dataflows.cli_report",
-    "dataflows.cli_lake",
+    "dataflows.cli.kafka",
+    "dataflows.cli.db",
+    "dataflows.cli.backfill",
+    "dataflows.cli.report",
+    "dataflows.cli.lake",
 )
 
 

@@ -1,7 +1,7 @@
 """``stockflow report``: a static HTML page of charts from the lake.
 
 ``stockflow report --lake URL --out report.html [--symbol AAPL --symbol MSFT]``
-writes one self-contained page (see :mod:`dataflows.report`): KPI table,
+writes one self-contained page (see :mod:`dataflows.report.page`): KPI table,
 volatility treemap, and per symbol a candlestick chart with overlays,
 signals, RSI and MACD. The lake comes from ``--lake`` >
 ``STOCKFLOW_LAKE`` > the TOML file > ``./lake``, like every command.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import click
 
-from dataflows.cli import cli
-from dataflows.config import RESOLUTIONS, Settings
+from dataflows.cli.main import cli
+from dataflows.core.config import RESOLUTIONS, Settings
 
 
 @cli.command("report")
@@ -55,7 +55,7 @@ def report_cmd(
 ) -> None:
     """Write a static HTML page of charts from the lake (no Jupyter needed)."""
     from connectors.lake import Lake
-    from dataflows.report import write_report
+    from dataflows.report.page import write_report
 
     settings = Settings.load(config_file=config_file, lake=lake, s3_endpoint=s3_endpoint)
     summary = write_report(

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dataflows.cli import cli
-from dataflows.config import Settings
-from dataflows.errors import UserError
+from dataflows.cli.main import cli
+from dataflows.core.config import Settings
+from dataflows.core.errors import UserError
 
 if TYPE_CHECKING:
     from connectors.kafka import CheckedProducer, ConsumeRate
-    from dataflows.ticks import ParsedTicks
+    from dataflows.stages.parse import ParsedTicks
 
 # Connectors (confluent-kafka, Bytewax, Arrow) are imported where they are
 # used: every `stockflow` command imports this module to register its
@@ -83,7 +83,7 @@ def _parsed_series(
     """Each series of the tick files (see connectors.files.series_of) as an
     iterator of validated batches, read with the file source's own readers."""
     from connectors.files import TickFileSource, expand_paths
-    from dataflows.operators import parse_raw
+    from dataflows.stages.operators import parse_raw
 
     files = expand_paths(path)
     source = TickFileSource(files, batch_size=batch_size, ts_unit=ts_unit)

@@ -1,7 +1,7 @@
 """``stockflow db``: set up the serving databases (Postgres, Snowflake).
 
 ``stockflow db init --target postgres|snowflake`` applies ``sql/<target>``
-(schema, tables, views; see :mod:`dataflows.db`). Every statement is
+(schema, tables, views; see :mod:`connectors.serving`). Every statement is
 idempotent, so running it again is fine; views are replaced with the current
 definitions. Settings come from flags > environment > TOML > defaults, like
 every command (``STOCKFLOW_PG_DSN``, ``STOCKFLOW_SNOWFLAKE_*``).
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import click
 
-from dataflows.cli import cli
-from dataflows.config import Settings
-from dataflows.db import TARGETS, init_database
+from connectors.serving import TARGETS, init_database
+from dataflows.cli.main import cli
+from dataflows.core.config import Settings
 
 
 @cli.group("db")

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from dataflows.schema import BAR_SCHEMA
+from dataflows.core.schema import BAR_SCHEMA
 
 TABLE = "silver/bars_1m"
 FIRST_DAY = datetime(2024, 1, 2, tzinfo=UTC)
@@ -233,7 +233,7 @@ def _queries(name: str, dataset: Any, symbol: str, date: str, repeats: int) -> d
     try:
         import duckdb
     except ModuleNotFoundError:
-        from dataflows.errors import UserError
+        from dataflows.core.errors import UserError
 
         raise UserError(
             "the lake scenario times DuckDB too: pip install duckdb (a dev dependency)"

@@ -1,0 +1,1 @@
+"""`stockflow bench`: the performance benchmark (harness, baselines, scenarios)."""

@@ -1,0 +1,3 @@
+from dataflows.cli.main import main
+
+main()

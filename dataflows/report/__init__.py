@@ -1,0 +1,1 @@
+"""`stockflow report`: a static HTML page of charts over the lake."""
