@@ -1,37 +1,102 @@
-"""The Parquet lake: bronze/silver/gold tables on local disk or S3/MinIO.
+"""The lake: bronze/silver/gold Delta Lake tables on local disk or S3/MinIO.
 
-A lake root is a local path or ``s3://bucket/prefix`` (through s3fs, with an
-``endpoint_url`` for MinIO). Every table is a hive-partitioned Parquet
-dataset, ``<root>/<layer>/<table>/date=YYYY-MM-DD/part-*.parquet``, readable
-with ``pyarrow.dataset.dataset(path, partitioning="hive")``.
+A lake root is a local path or ``s3://bucket/prefix``. Every table
+(:data:`TABLES`) is a Delta table at ``<root>/<layer>/<table>``, partitioned
+by ``date`` (string ``YYYY-MM-DD``, the UTC date of the table's time column):
+Parquet data files plus a ``_delta_log``. Read it through the table, never
+by listing folders (a folder also holds files that the current version no
+longer references)::
+
+    deltalake.DeltaTable(uri).to_pyarrow_dataset()   # or Lake(root).dataset(table)
 
 :class:`ParquetLakeSink` writes one table. Its guarantees:
 
-* **Atomic files.** A reader never sees a half file: local files are
-  written under a hidden temporary name (``.part-*``, which pyarrow
-  ignores) and renamed into place; an S3 object appears only when its
-  upload completes.
-* **Bounded files.** A partition buffers rows and rolls a file when it
-  holds ``max_rows_per_file`` rows or its oldest row waited
-  ``max_file_age_s`` seconds (checked on each write), and at the end of
-  the input; never a file per tick, never an unbounded file.
-* **Encoded while the flow runs.** A partition's rows are Parquet-encoded
-  in memory as they arrive, a row group per ``ROW_GROUP_ROWS`` rows, on a
-  background thread (Arrow releases the GIL while it encodes, so this work
-  runs on another core); the buffer holds compressed bytes, not Arrow
-  tables. A roll only finishes the last row group and writes the bytes.
-* **Exactly-once with recovery** (``exactly_once=True``): the buffer is
-  flushed at every Bytewax snapshot and file names are deterministic per
-  partition, run and sequence number; a resumed partition deletes the files
-  it wrote after the snapshot it resumes from (as Bytewax's own
-  ``_FileSinkPartition`` truncates), and the replayed input writes them
-  again. Without recovery the sink is at-least-once across crashes.
+* **Few commits, few files.** Each sink has one writer per Bytewax worker
+  (not per shard). A writer encodes its rows as Parquet in memory while
+  they arrive (row groups on a background thread, Arrow releases the GIL),
+  writes data files itself under deterministic names
+  (``date=D/part-<writer>-<pid>-<number>.parquet``) and makes them visible
+  with one Delta commit per commit interval (``commit_interval_s``), or
+  when a file reaches ``max_rows_per_file`` rows, or at the end of the
+  input. A file is never visible before its commit, and a commit is atomic
+  on local disk and on S3 (delta-rs's conditional put). Concurrent appends
+  by other writers, threads or processes are retried on conflict by
+  delta-rs, so no commit is lost.
+* **Fresh without small files.** :func:`commit_clock` wakes each writer
+  while it holds uncommitted rows, so a row (a 1-hour bar emitted at a
+  quiet time) is committed within one commit interval of reaching the
+  sink even when no further rows arrive.
+* **Exactly-once with recovery** (``exactly_once=True``). Every commit
+  carries a Delta app transaction ``(app id, version)``: the app id names
+  the writer (the run key, the partition and the writer count), the
+  version is the number of the last data file in the commit. Data files
+  ("pieces") are numbered in order, and the uncommitted ones are part of
+  the partition's Bytewax snapshot: a small piece travels inline as
+  encoded Parquet bytes (up to ``INLINE_LIMIT_BYTES`` per partition; a
+  snapshot never forces a file), a bigger one is written first and
+  referenced by name. The argument, against Bytewax's recovery model
+  (snapshots at epoch ends; a resume loads each partition's latest durable
+  snapshot and replays the input after it; the store can lag the sink by
+  an epoch, so the snapshot just taken may not be the one a crash resumes
+  from):
+
+  1. A commit holds exactly the pieces of an *earlier* snapshot call (all
+     pieces numbered up to that snapshot's last one), made at a later
+     snapshot call, i.e. at least one epoch after the snapshot that lists
+     them, when it is durable. So every commit covers a prefix of the
+     numbered pieces, and its version says which. (The end of a bounded
+     input commits everything at once, before the last snapshot is
+     surely durable: a crash in that moment is case 3.)
+  2. A snapshot records its pending pieces ``P``, its next number ``n``
+     and the app version ``c`` of the writer's last commit. On resume the
+     writer reads ``v = transaction_version(app id)``: ``v == c``, nothing
+     was committed since, ``P`` stays pending; ``c < v < n``, the first
+     commit after the snapshot (which holds exactly ``P``, by 1) landed, so
+     ``P`` is dropped: recognised, not committed twice. Either way the
+     replayed input after the snapshot continues from there. Nothing is
+     lost (the snapshot holds every row not in a commit) and nothing
+     doubles (rows after the snapshot were in no commit, by 1).
+  3. Should the store lag further than 1 allows (``v >= n``: the table
+     holds commits of a snapshot the resume does not know, which may hold
+     this snapshot's rows merged with later ones), the writer removes, in
+     one commit, every file it committed after this snapshot (found in the
+     Delta log by their names, never by listing), sets its app version back
+     to the snapshot's, keeps the snapshot's pieces pending and numbers on
+     from ``v + 1``; the replay writes the later rows again. Readers may see
+     those rows vanish and come back, never doubled.
+  4. Files written but never committed (a crash between writing and
+     committing) are simply never committed; ``stockflow lake vacuum``
+     removes them later. A resumed writer never reuses the name of a
+     committed file.
+
+  A fresh start of a writer that has history (no snapshot, but commits
+  under its app id: killed before its first durable snapshot) removes its
+  earlier files the same way and starts over.
+* **Bounded inputs run twice are written once.** For a bounded input the
+  pipeline derives the run key from the input's identity (file paths,
+  sizes and mtimes; topic, partitions and offsets; the synthetic seed), so
+  a second run of the same input has the same app ids. A writer's last
+  commit carries an end mark (app id ``<app id>/end``); a writer that finds
+  its end mark writes nothing, one that finds commits without it (an
+  earlier run died) replaces them as above. Every commit also records the
+  writer count, and a rerun with another worker count is refused in one
+  line rather than written twice.
+* Without recovery and with an unbounded input (live Kafka without
+  ``--recovery-dir``), the sink is at-least-once across crashes, like the
+  source.
+* Write failures (S3 down) are retried with backoff for ``retry_s``
+  (back-pressure: the sink does not return meanwhile), then the flow stops
+  with one line; a commit retried after a lost answer is recognised by its
+  app transaction and not made twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -39,15 +104,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from dataflows.core import faults
@@ -56,6 +121,10 @@ from dataflows.core.config import RESOLUTIONS
 from dataflows.core.errors import UserError
 from dataflows.core.shards import shard_index
 from dataflows.core.stats import RunStats
+
+if TYPE_CHECKING:
+    from bytewax.operators import KeyedStream
+    from deltalake import DeltaTable
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +138,7 @@ TABLES = {
     **{f"gold/indicators_{res}": "start" for res in RESOLUTIONS},
     "gold/signals": "start",
 }
-_PART_NAME = re.compile(
-    r"part-(?P<run>[0-9A-Za-z]+-[0-9a-f]+)-(?P<pid>\d+)-(?P<seq>\d+)\.parquet(\.tmp)?$"
-)
+PARTITION_COLUMN = "date"
 
 
 class Lake:
@@ -176,42 +243,109 @@ class Lake:
                 "STOCKFLOW_S3_ENDPOINT and that the server is running"
             ) from None
 
-    def dataset(self, table: str) -> Any:
-        """Open a table for reading (hive partitioning, `date` as string)."""
-        import pyarrow.dataset as ds  # lazy: it pulls in pandas (150 ms of start-up)
+    def table(self, table: str) -> DeltaTable | None:
+        """The table's current version, or None when it was never written."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
 
-        return ds.dataset(
-            self.path(table),
-            filesystem=self.fs if self.is_s3 else None,
-            format="parquet",
-            partitioning=ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
+        try:
+            return DeltaTable(self.uri(table), storage_options=self.storage_options())
+        except TableNotFoundError:
+            return None
+
+    def dataset(self, table: str) -> Any:
+        """The table's current version as a ``pyarrow.dataset.Dataset``
+        (``date`` is a string column; filters on it prune files).
+        FileNotFoundError when the table was never written."""
+        found = self.table(table)
+        if found is None:
+            raise FileNotFoundError(f"no Delta table {table} in the lake at {self.url}")
+        return found.to_pyarrow_dataset(filesystem=self._arrow_filesystem(table))
+
+    def _arrow_filesystem(self, table: str) -> Any:
+        """Arrow's own filesystem rooted at the table: faster than delta-rs's
+        Python-wrapped default, and no background reads of that wrapper
+        are left for interpreter shutdown (which aborted now and then)."""
+        import pyarrow.fs as pa_fs
+
+        if not self.is_s3:
+            return pa_fs.SubTreeFileSystem(self.path(table), pa_fs.LocalFileSystem())
+        options: dict[str, Any] = {
+            "region": self.storage_options()["AWS_REGION"],
+            "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
+            "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            "session_token": os.environ.get("AWS_SESSION_TOKEN"),
+        }
+        if self.endpoint_url:
+            scheme, _, host = self.endpoint_url.partition("://")
+            options.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+        return pa_fs.SubTreeFileSystem(
+            self.path(table), pa_fs.S3FileSystem(**{k: v for k, v in options.items() if v})
         )
 
     def read(self, table: str) -> pa.Table:
         """The whole table, or an empty table when nothing was written yet."""
-        if not self.fs.exists(self.path(table)):
+        if self.table(table) is None:
             return pa.table({})
         return self.dataset(table).to_table()
 
     def files(self, table: str) -> list[str]:
-        return sorted(self.fs.glob(f"{self.path(table)}/date=*/part-*.parquet"))
+        """The data files of the table's current version (from its Delta log),
+        as paths for :attr:`fs` (``bucket/key`` on S3)."""
+        found = self.table(table)
+        if found is None:
+            return []
+        uris = found.file_uris()
+        if self.is_s3:
+            return sorted(u[len("s3://") :] if u.startswith("s3://") else u for u in uris)
+        return sorted(u[len("file://") :] if u.startswith("file://") else u for u in uris)
 
 
 # Rows per Parquet row group (the last one of a file may be smaller).
 ROW_GROUP_ROWS = 65_536
-# Threads that encode lake files in the background (per process).
-_ENCODERS: ThreadPoolExecutor | None = None
-_ENCODERS_LOCK = threading.Lock()
+# A piece sealed at a snapshot stays inline in the snapshot (encoded
+# Parquet bytes) below this size; a bigger one is written as a data file.
+INLINE_PIECE_BYTES = 1 << 20
+# At most this many inline bytes per partition; beyond, they are merged
+# into one data file per date (written, committed later).
+INLINE_LIMIT_BYTES = 4 << 20
 
 
-def _encoders() -> ThreadPoolExecutor:
-    """The encoding threads, started on the first lake write (not at import:
-    `stockflow --help` and runs without a lake start no thread)."""
-    global _ENCODERS
-    with _ENCODERS_LOCK:
-        if _ENCODERS is None:
-            _ENCODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stockflow-parquet")
-        return _ENCODERS
+class EncoderPool:
+    """Threads that encode Parquet row groups in the background, owned by a
+    run's sinks: started on first use (never at import), shut down when
+    the last partition using it closes."""
+
+    def __init__(self, threads: int = 2) -> None:
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._users = 0
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            pool = self._pool if self._users <= 0 else None
+            if pool is not None:
+                self._pool = None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def submit(self, fn: Callable[[], None]) -> Future[None]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self._threads, thread_name_prefix="stockflow-parquet"
+                )
+            return self._pool.submit(fn)
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
 
 
 class _FileEncoder:
@@ -223,11 +357,12 @@ class _FileEncoder:
     rest and returns the file's bytes.
     """
 
-    def __init__(self, first: pa.Table, compression: str) -> None:
+    def __init__(self, first: pa.Table, compression: str, pool: EncoderPool) -> None:
         self._stream = pa.BufferOutputStream()
         self._writer = pq.ParquetWriter(
             self._stream, first.schema, **parquet_options(first, compression)
         )
+        self._pool = pool
         self._lock = threading.Lock()
         self._queued: list[pa.Table] = []
         self._queued_rows = 0
@@ -252,7 +387,7 @@ class _FileEncoder:
             previous, self._job = self._job, None
         if previous is not None:
             previous.result()  # done; re-raises an encoding error here
-        self._job = _encoders().submit(self._drain)
+        self._job = self._pool.submit(self._drain)
 
     def _drain(self) -> None:
         try:
@@ -308,9 +443,13 @@ def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
         try:
             action()
             return
+        except UserError:
+            raise
         except (PermissionError, FileNotFoundError) as exc:
             raise UserError(f"cannot {what}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - botocore/aiohttp raise many kinds
+        except Exception as exc:  # noqa: BLE001 - botocore/aiohttp/delta-rs raise many kinds
+            if type(exc).__name__ == "SchemaMismatchError":
+                raise UserError(f"cannot {what}: the table has another schema ({exc})") from None
             if time.monotonic() + delay > deadline:
                 raise UserError(
                     f"cannot {what} for {budget_s:.0f} s ({type(exc).__name__}); stopping. "
@@ -322,7 +461,7 @@ def _retrying(action: Callable[[], None], budget_s: float, what: str) -> None:
 
 
 def new_run_id() -> str:
-    """A file-name run id: UTC start time plus 6 random hex digits."""
+    """A run id: UTC start time plus 6 random hex digits."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
@@ -360,56 +499,353 @@ def parquet_options(table: pa.Table, compression: str) -> dict[str, Any]:
     }
 
 
-class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
+def _stat_value(value: Any) -> Any:
+    """A Parquet statistic as Delta's JSON stats take it; None to leave out."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if hasattr(value, "isoformat"):  # a date
+        return value.isoformat()
+    if isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return None
+
+
+def delta_stats(meta: pq.FileMetaData) -> str:
+    """Delta file statistics (numRecords, min/max and null counts of the
+    columns whose statistics the file carries in every row group), so
+    readers skip files on them as on the Parquet footers."""
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    incomplete: set[str] = set()
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            name = column.path_in_schema
+            if "." in name or name in incomplete:
+                continue  # nested (list) columns carry no Delta stats
+            stats = column.statistics if column.is_stats_set else None
+            if stats is None or not stats.has_null_count:
+                incomplete.add(name)
+                continue
+            nulls[name] = nulls.get(name, 0) + stats.null_count
+            if stats.has_min_max:
+                lo, hi = _stat_value(stats.min), _stat_value(stats.max)
+                if lo is None or hi is None:
+                    incomplete.add(name)
+                    continue
+                mins[name] = lo if name not in mins else min(mins[name], lo)
+                maxs[name] = hi if name not in maxs else max(maxs[name], hi)
+            elif stats.null_count != group.num_rows:
+                incomplete.add(name)  # values but no min/max: unknown range
+    for name in incomplete:
+        mins.pop(name, None)
+        maxs.pop(name, None)
+        nulls.pop(name, None)
+    # A column that is null throughout has a null count but no range.
+    mins = {k: v for k, v in mins.items() if k in maxs}
+    return json.dumps(
+        {"numRecords": meta.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
+        separators=(",", ":"),
+    )
+
+
+class _DeltaLog:
+    """One lake table's Delta log as one writer sees it (a writer's own
+    `DeltaTable`, refreshed before each read of transaction versions)."""
+
+    def __init__(self, lake: Lake, table: str) -> None:
+        self.uri = lake.uri(table)
+        self.options = lake.storage_options()
+        self._table: DeltaTable | None = None
+
+    def table(self) -> DeltaTable | None:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        if self._table is not None:
+            self._table.update_incremental()
+            return self._table
+        try:
+            self._table = DeltaTable(self.uri, storage_options=self.options)
+        except TableNotFoundError:
+            return None
+        return self._table
+
+    def version_of(self, app_id: str) -> int | None:
+        """The app's last version; None when it never committed (or was
+        set back to -1: nothing of it in the table)."""
+        found = self.table()
+        version = None if found is None else found.transaction_version(app_id)
+        return None if version is None or version < 0 else version
+
+    def files_named(self, prefix: re.Pattern[str]) -> list[tuple[str, int, str, int]]:
+        """(path, size, date, number) of the current version's files whose
+        name matches `prefix` (group ``n``: the piece number)."""
+        found = self.table()
+        if found is None:
+            return []
+        actions = pa.table(found.get_add_actions(flatten=True))
+        out = []
+        for path, size in zip(
+            actions.column("path").to_pylist(),
+            actions.column("size_bytes").to_pylist(),
+            strict=True,
+        ):
+            m = prefix.search(path)
+            if m:
+                out.append((path, size, m["date"], int(m["n"])))
+        return out
+
+    def commit(
+        self,
+        schema: pa.Schema,
+        actions: list[Any],
+        versions: dict[str, int],
+    ) -> None:
+        """Append `actions` (adds and removes) in one commit carrying the app
+        transactions `versions`; the first commit creates the table."""
+        from deltalake import CommitProperties, DeltaTable, Schema, Transaction
+        from deltalake.transaction import create_table_with_add_actions
+
+        properties = CommitProperties(
+            app_transactions=[Transaction(app, v) for app, v in versions.items()],
+            # Appends by other writers never conflict with ours; delta-rs
+            # retries them at the next version.
+            max_commit_retries=1000,
+        )
+        table = self.table()
+        if table is None:
+            try:
+                create_table_with_add_actions(
+                    self.uri,
+                    Schema.from_arrow(schema),
+                    actions,
+                    mode="error",
+                    partition_by=[PARTITION_COLUMN],
+                    storage_options=self.options,
+                    commit_properties=properties,
+                )
+                return
+            except Exception:  # noqa: BLE001 - another writer created it first
+                if not DeltaTable.is_deltatable(self.uri, self.options):
+                    raise
+            table = self.table()
+            assert table is not None
+        table.create_write_transaction(
+            actions,
+            mode="append",
+            schema=schema,
+            partition_by=[PARTITION_COLUMN],
+            commit_properties=properties,
+        )
+
+
+def _piece(
+    n: int,
+    date: str,
+    rows: int,
+    data: bytes | None = None,
+    path: str | None = None,
+    size: int = 0,
+    stats: str | None = None,
+) -> dict[str, Any]:
+    """A numbered part of a writer's output: inline Parquet bytes (`data`) or
+    a written, not yet committed data file (`path`, relative to the table)."""
+    return {
+        "n": n,
+        "date": date,
+        "rows": rows,
+        "data": data,
+        "path": path,
+        "size": size,
+        "stats": stats,
+    }
+
+
+class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
+    """One writer of one table (see the module docstring for the protocol)."""
+
     def __init__(self, sink: ParquetLakeSink, pid: int, resume: dict[str, Any] | None) -> None:
         self._sink = sink
         self._lake = sink.lake
         self._pid = pid
-        # Files being encoded: the open one per date, and full ones waiting
-        # for the next roll (each at most max_rows_per_file rows).
+        self._log = _DeltaLog(sink.lake, sink.table)
+        key = sink.writer_key
+        self._app = f"stockflow/{key}/{pid:04d}of{sink.partitions}"
+        self._end_app = f"{self._app}/end"
+        self._writers_app = f"stockflow/{key}/writers"
+        tag = hashlib.sha256(key.encode()).hexdigest()[:10]
+        self._stem = f"part-{tag}-{pid:04d}-"
+        self._names = re.compile(
+            rf"(?:^|/)date=(?P<date>[^/]+)/{re.escape(self._stem)}(?P<n>\d+)\.parquet$"
+        )
         self._open: dict[str, _FileEncoder] = {}
-        self._full: list[tuple[str, _FileEncoder]] = []
-        self._rows = 0
-        self._oldest = 0.0
-        if resume is None:
-            # With recovery the run id comes from the recovery store, so a
-            # run killed before its first snapshot is cleaned up here too.
-            self._run = sink.run_id or new_run_id()
-            self._seq = 0
-            if sink.run_id:
-                self._discard_after_snapshot()
-        else:
-            self._run = resume["run"]
-            self._seq = resume["seq"]
-            self._discard_after_snapshot()
+        self._pieces: list[dict[str, Any]] = []
+        self._sealed = -1  # pieces numbered <= this were in a snapshot
+        self._next = 0
+        self._committed: int | None = None  # the version of this writer's last commit
+        self._oldest: float | None = None  # monotonic time of the oldest uncommitted row
+        self._skip = False
+        self._schema: pa.Schema | None = None
+        sink.encoders.acquire()
+        self._closed = False
+        if resume is not None:
+            self._resume(resume)
+        elif sink.may_have_history:
+            self._start_fresh()
 
-    def _discard_after_snapshot(self) -> None:
-        """Delete what this partition wrote after the snapshot we resume from."""
-        fs = self._lake.fs
-        for path in fs.glob(f"{self._lake.path(self._sink.table)}/date=*/*part-{self._run}-*"):
-            m = _PART_NAME.search(path)
-            name = path.rsplit("/", 1)[-1]
-            if (
-                m
-                and int(m["pid"]) == self._pid
-                and (int(m["seq"]) >= self._seq or name.startswith("."))
-            ):
-                fs.rm(path)
+    # -- starting --------------------------------------------------------
 
-    def write_batch(self, values: list[pa.Table]) -> None:
-        for table in values:
-            if table.num_rows:
-                if self._sink.columns is not None:
-                    table = table.select(list(self._sink.columns))
-                if not self._rows:
-                    self._oldest = time.monotonic()
-                self._rows += table.num_rows
-                for date, part in self._by_date(table):
-                    self._add(date, part)
-        if self._rows >= self._sink.max_rows_per_file or (
-            self._rows and time.monotonic() - self._oldest >= self._sink.max_file_age_s
+    def _check_writers(self) -> None:
+        found = self._log.version_of(self._writers_app)
+        if found is not None and found != self._sink.partitions:
+            raise UserError(
+                f"the lake table {self._sink.table} already holds this run's rows written by "
+                f"{found} workers; run again with {found} workers (or into another lake)"
+            )
+
+    def _read_log(self, read: Callable[[], Any]) -> Any:
+        """A read of the Delta log, retried like writes (S3 may be down)."""
+        found: list[Any] = []
+        _retrying(
+            lambda: found.append(read()),
+            self._sink.retry_s,
+            f"read the Delta log of {self._sink.table} at {self._lake.url}",
+        )
+        return found[-1]
+
+    def _start_fresh(self) -> None:
+        self._read_log(self._check_writers)
+        if self._read_log(lambda: self._log.version_of(self._end_app)) is not None:
+            self._skip = True
+            log.info("%s: this input is already in the lake; not writing it again", self._app)
+            return
+        committed = self._read_log(lambda: self._log.version_of(self._app))
+        if committed is not None:
+            # An earlier run of this writer died before a durable snapshot:
+            # its rows come again from the start.
+            self._remove_committed(None)
+            self._next = committed + 1
+            self._committed = committed
+
+    def _resume(self, state: dict[str, Any]) -> None:
+        if "pieces" not in state:
+            raise UserError(
+                "the recovery store holds lake states of an earlier stockflow (plain Parquet "
+                "files); finish that run with that version, or start a new --recovery-dir"
+            )
+        if (
+            state.get("partitions") != self._sink.partitions
+            or state.get("key") != self._sink.writer_key
         ):
-            self._flush()
+            raise UserError(
+                f"the recovery store was written by a run with {state.get('partitions')} lake "
+                f"writers; resume with {state.get('partitions')} workers"
+            )
+        self._skip = state["skip"]
+        self._next = state["next"]
+        self._committed = known = state["committed"]
+        pieces = state["pieces"]
+        if self._skip:
+            return
+        now = self._read_log(lambda: self._log.version_of(self._app))
+        if now == known or now is None:
+            self._pieces = pieces  # nothing committed since the snapshot
+        elif (known is None or now > known) and now < self._next:
+            # The first commit after a snapshot holds exactly its pieces
+            # (module docstring, 2): they are in the table.
+            self._pieces = [p for p in pieces if p["n"] > now]
+            self._committed = now
+        else:
+            # Commits of a later snapshot than this one (module docstring, 3):
+            # taken back, the app version set back to this snapshot's; new
+            # pieces are numbered past the taken-back ones (no name reused).
+            self._remove_committed(known, reset=True)
+            self._pieces = pieces
+            self._next = max(self._next, now + 1)
+        self._sealed = max((p["n"] for p in self._pieces), default=-1)
+        if self._pieces:
+            self._oldest = time.monotonic() - state.get("age", 0.0)
+
+    def _remove_committed(self, after: int | None, reset: bool = False) -> None:
+        """Remove, in one commit, this writer's committed files numbered
+        above `after` (all when None): their rows are coming again. With
+        `reset` the app version goes back to `after` (-1: none), else it
+        stays. Looked up again on a retry, so a commit whose answer was lost
+        is not made twice."""
+        from deltalake.transaction import RemoveAction
+
+        removed = 0
+
+        def remove() -> None:
+            nonlocal removed
+            doomed = [
+                f for f in self._log.files_named(self._names) if after is None or f[3] > after
+            ]
+            if not doomed:
+                return
+            now_ms = int(time.time() * 1000)
+            actions = [
+                RemoveAction(path, True, now_ms, size, {PARTITION_COLUMN: day})
+                for path, size, day, _ in doomed
+            ]
+            version = self._log.version_of(self._app)
+            if reset:
+                version = -1 if after is None else after
+            versions = {self._writers_app: self._sink.partitions}
+            if version is not None:
+                versions[self._app] = version
+            self._log.commit(self._table_schema(), actions, versions)
+            removed = len(doomed)
+
+        _retrying(remove, self._sink.retry_s, f"commit {self._sink.table} at {self._lake.url}")
+        if removed:
+            log.warning(
+                "%s: removed %d files committed after the snapshot this run resumes from; "
+                "their rows are written again",
+                self._app,
+                removed,
+            )
+
+    def _table_schema(self) -> pa.Schema:
+        if self._schema is not None:
+            return self._schema
+        found = self._log.table()
+        assert found is not None
+        return pa.schema(found.schema().to_arrow())
+
+    # -- writing ---------------------------------------------------------
+
+    def write_batch(self, values: list[pa.Table | None]) -> None:
+        now = time.monotonic()
+        for table in values:
+            if table is None or not table.num_rows:
+                continue  # None: commit_clock's wake-up
+            if self._skip:
+                self._sink.stats.lake_skipped(self._sink.table, table.num_rows)
+                continue
+            if self._sink.columns is not None:
+                table = table.select(list(self._sink.columns))
+            if self._schema is None:
+                self._schema = table.schema.append(pa.field(PARTITION_COLUMN, pa.string()))
+            if self._oldest is None:
+                self._oldest = now
+            for day, part in self._by_date(table):
+                self._add(day, part)
+        if not self._sink.exactly_once and self._due(now):
+            self._commit_pending(final=False)
+
+    def _due(self, now: float) -> bool:
+        sink = self._sink
+        return self._oldest is not None and (
+            now - self._oldest >= sink.commit_interval_s - sink.commit_margin_s
+        )
 
     def _by_date(self, table: pa.Table) -> list[tuple[str, pa.Table]]:
         """The table's rows per UTC date of its time column, in arrival order."""
@@ -429,82 +865,232 @@ class _LakePartition(StatefulSinkPartition[pa.Table, dict[str, Any]]):
             for day, part in groups
         ]
 
-    def _add(self, date: str, table: pa.Table) -> None:
+    def _add(self, day: str, table: pa.Table) -> None:
         limit = self._sink.max_rows_per_file
         while table.num_rows:
-            encoder = self._open.get(date)
+            encoder = self._open.get(day)
             if encoder is None:
-                encoder = self._open[date] = _FileEncoder(table, self._sink.compression)
+                encoder = self._open[day] = _FileEncoder(
+                    table, self._sink.compression, self._sink.encoders
+                )
             room = limit - encoder.rows
             encoder.add(table.slice(0, room))
             table = table.slice(room)
             if encoder.rows >= limit:
-                self._full.append((date, self._open.pop(date)))
+                # A full file: written now, committed with the next commit.
+                self._pieces.append(self._file_piece(day, self._open.pop(day).finish()))
 
-    def _flush(self) -> None:
-        files = self._full + sorted(self._open.items())
-        self._full, self._open, self._rows = [], {}, 0
-        for k, (date, encoder) in enumerate(files):
+    def _finish_open(self, inline: bool) -> None:
+        """Turn the files being encoded into pieces (inline when small)."""
+        files = sorted(self._open.items())
+        self._open = {}
+        for k, (day, encoder) in enumerate(files):
             try:
                 data = encoder.finish()
             except BaseException:
                 for _, other in files[k + 1 :]:
                     other.abandon()
                 raise
-            self._write_file(date, data, encoder.rows)
+            if inline and data.size <= INLINE_PIECE_BYTES:
+                self._pieces.append(
+                    _piece(self._number(), day, encoder.rows, data=data.to_pybytes())
+                )
+            else:
+                self._pieces.append(self._file_piece(day, data))
 
-    def _write_file(self, date: str, data: pa.Buffer, rows: int) -> None:
-        lake, fs = self._lake, self._lake.fs
-        directory = f"{lake.path(self._sink.table)}/date={date}"
-        name = f"part-{self._run}-{self._pid:04d}-{self._seq:08d}.parquet"
-        self._seq += 1
-        final = f"{directory}/{name}"
+    def _number(self) -> int:
+        n = self._next
+        self._next += 1
+        return n
+
+    def _file_piece(
+        self, day: str, data: pa.Buffer | bytes, n: int | None = None
+    ) -> dict[str, Any]:
+        """Write one data file (not yet committed) and describe it."""
+        n = self._number() if n is None else n
+        meta = pq.read_metadata(pa.BufferReader(data))
+        path = f"{PARTITION_COLUMN}={day}/{self._stem}{n:08d}.parquet"
+        size = data.size if isinstance(data, pa.Buffer) else len(data)
+        self._write_file(path, data)
+        return _piece(n, day, meta.num_rows, path=path, size=size, stats=delta_stats(meta))
+
+    def _write_file(self, path: str, data: pa.Buffer | bytes) -> None:
+        lake = self._lake
+        final = f"{lake.path(self._sink.table)}/{path}"
 
         @self._sink.stats.timed("parquet")
         def write() -> None:
             if lake.is_s3:
-                # An S3 object becomes visible only once its upload completes.
-                with fs.open(final, "wb") as fh:
+                with lake.fs.open(final, "wb") as fh:
                     fh.write(data)
                     faults.point("lake_write")
             else:
-                os.makedirs(directory, exist_ok=True)
-                tmp = f"{directory}/.{name}.tmp"
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                faults.point("lake_write")  # a kill here leaves only a hidden temp file
-                os.replace(tmp, final)
+                # Straight to the final name: a file is invisible until its
+                # commit, and one cut short by a crash is never committed
+                # (a later vacuum removes it; a hidden temp name would hide
+                # it from vacuum too).
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                with open(final, "wb") as fh:
+                    fh.write(data[: len(data) // 2])
+                    fh.flush()
+                    faults.point("lake_write")  # a kill here leaves a cut file
+                    fh.write(data[len(data) // 2 :])
 
         _retrying(write, self._sink.retry_s, f"write {self._sink.table} to {lake.url}")
-        self._sink.stats.lake_written(self._sink.table, rows)
+
+    def _merge_inline(self, upto: int) -> None:
+        """Merge the inline pieces numbered <= `upto` into one data file per
+        date (named after the last of them, so a replay names it alike)."""
+        inline = [p for p in self._pieces if p["data"] is not None and p["n"] <= upto]
+        if not inline:
+            return
+        by_day: dict[str, list[dict[str, Any]]] = {}
+        for p in inline:
+            by_day.setdefault(p["date"], []).append(p)
+        merged = []
+        for day, group in sorted(by_day.items()):
+            if len(group) == 1:
+                data: pa.Buffer | bytes = group[0]["data"]
+            else:
+                table = pa.concat_tables(
+                    [pq.read_table(pa.BufferReader(p["data"])) for p in group],
+                    promote_options="none",
+                )
+                out = pa.BufferOutputStream()
+                pq.write_table(
+                    table,
+                    out,
+                    row_group_size=ROW_GROUP_ROWS,
+                    **parquet_options(table, self._sink.compression),
+                )
+                data = out.getvalue()
+            merged.append(self._file_piece(day, data, n=max(p["n"] for p in group)))
+        done = {id(p) for p in inline}
+        self._pieces = sorted(
+            [p for p in self._pieces if id(p) not in done] + merged, key=lambda p: p["n"]
+        )
+
+    # -- committing ------------------------------------------------------
+
+    def _commit_pending(self, final: bool, upto: int | None = None) -> None:
+        """Commit the pieces numbered <= `upto` (all when None), in one commit."""
+        if upto is None:
+            self._finish_open(inline=False)
+            upto = self._next - 1
+        self._merge_inline(upto)
+        chosen = [p for p in self._pieces if p["n"] <= upto]
+        if not chosen and not final:
+            return
+        if self._schema is None and not chosen:
+            return  # nothing was ever written by this writer
+        from deltalake.transaction import AddAction
+
+        now_ms = int(time.time() * 1000)
+        adds = [
+            AddAction(p["path"], p["size"], {PARTITION_COLUMN: p["date"]}, now_ms, True, p["stats"])
+            for p in chosen
+        ]
+        version = max((p["n"] for p in chosen), default=self._next - 1)
+        extra = {self._end_app: max(version, 0)} if final else {}
+        schema = self._schema or self._table_schema()
+        self._commit(adds, version, schema, sum(p["rows"] for p in chosen), len(adds), extra)
+        self._pieces = [p for p in self._pieces if p["n"] > upto]
+        if not self._pieces and not self._open:
+            self._oldest = None
+
+    def _commit(
+        self,
+        actions: list[Any],
+        version: int,
+        schema: pa.Schema,
+        rows: int,
+        files: int,
+        extra: dict[str, int] | None = None,
+    ) -> None:
+        versions = {self._app: max(version, 0), self._writers_app: self._sink.partitions}
+        versions.update(extra or {})
+        attempt = 0
+
+        def commit() -> None:
+            nonlocal attempt
+            attempt += 1
+            if (
+                attempt > 1
+                and self._log.version_of(self._app) == version
+                and version != self._committed
+                and (not extra or all(self._log.version_of(a) is not None for a in extra))
+            ):
+                return  # the earlier attempt landed; its answer was lost
+            self._log.commit(schema, actions, versions)
+
+        start = time.perf_counter()
+        _retrying(commit, self._sink.retry_s, f"commit {self._sink.table} at {self._lake.url}")
+        self._committed = version
+        faults.point("lake_commit")
+        self._sink.stats.lake_committed(self._sink.table, rows, files, time.perf_counter() - start)
+
+    # -- Bytewax ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        if self._sink.exactly_once:
-            self._flush()
-        return {"run": self._run, "seq": self._seq}
+        if self._sink.exactly_once and not self._skip:
+            # Commit what an earlier snapshot listed (it is durable by now),
+            # then list what came since.
+            if self._sealed >= 0 and self._due(time.monotonic()):
+                self._commit_pending(final=False, upto=self._sealed)
+            self._finish_open(inline=True)
+            if (
+                sum(len(p["data"]) for p in self._pieces if p["data"] is not None)
+                > INLINE_LIMIT_BYTES
+            ):
+                self._merge_inline(self._next - 1)
+            self._sealed = self._next - 1
+        return {
+            "key": self._sink.writer_key,
+            "partitions": self._sink.partitions,
+            "next": self._next,
+            "committed": self._committed,
+            "pieces": list(self._pieces),
+            "skip": self._skip,
+            "age": 0.0 if self._oldest is None else time.monotonic() - self._oldest,
+        }
 
     def close(self) -> None:
-        self._flush()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._skip:
+                self._commit_pending(final=True)
+        finally:
+            self._sink.encoders.release()
 
 
-class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
-    """Write Arrow tables of one lake table (e.g. ``silver/bars_1m``).
+class ParquetLakeSink(FixedPartitionedSink[pa.Table | None, dict[str, Any]]):
+    """Write Arrow tables into one lake Delta table (e.g. ``silver/bars_1m``).
 
-    Items are ``(key, table)`` where `key` is a decimal shard number; shard
-    ``i`` goes to partition ``i % partitions``.
+    Items are ``(key, table)`` where `key` is a shard key; shard ``i`` goes
+    to partition ``i % partitions`` (one partition per worker keeps rows on
+    the worker that built them). ``None`` items (from :func:`commit_clock`)
+    only give a writer the chance to commit.
 
     :arg lake: where to write.
     :arg table: ``<layer>/<table>``.
     :arg time_column: the timestamp column whose UTC date is the partition.
-    :arg partitions: independent writers (spread over workers).
-    :arg max_rows_per_file: roll a file at this many rows.
-    :arg max_file_age_s: roll a file when its oldest row waited this long.
-    :arg exactly_once: flush at every snapshot (use with recovery).
+    :arg partitions: writers (one per worker).
+    :arg max_rows_per_file: a data file holds at most this many rows.
+    :arg commit_interval_s: commit a writer's rows once its oldest
+        uncommitted row waited this long (less `commit_margin_s`, the
+        longest a due commit can wait for its next call).
+    :arg exactly_once: the recovery protocol of the module docstring (use
+        with a recovery store).
     :arg columns: keep only these columns (e.g. drop transport-only ones).
-    :arg run_id: file-name run id that survives restarts (recovery).
-    :arg retry_s: keep retrying a failing write (S3 down) this long, with
-        backoff, before stopping the flow with a clear error; the data
-        stays in the dataflow meanwhile (back-pressure), none is dropped.
+    :arg writer_key: the run key of this writer's app ids and file names:
+        the input's identity for a bounded input, the recovery store's run
+        id with recovery, else None (a new id: nothing to resume).
+    :arg retry_s: keep retrying a failing write or commit (S3 down) this
+        long, with backoff, before stopping the flow with a clear error.
+    :arg encoders: the run's background encoder threads (shared by its
+        sinks); a new pool when None.
     """
 
     def __init__(
@@ -512,28 +1098,33 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
         lake: Lake,
         table: str,
         time_column: str | None = None,
-        partitions: int = 16,
+        partitions: int = 1,
         max_rows_per_file: int = 1_000_000,
-        max_file_age_s: float = 60.0,
+        commit_interval_s: float = 60.0,
+        commit_margin_s: float = 0.0,
         compression: str = "zstd",
         exactly_once: bool = False,
         columns: tuple[str, ...] | None = None,
-        run_id: str | None = None,
+        writer_key: str | None = None,
         retry_s: float = 60.0,
+        encoders: EncoderPool | None = None,
         stats: RunStats | None = None,
     ) -> None:
         self.lake = lake
         self.stats = stats if stats is not None else RunStats()
-        self.columns = columns
-        self.run_id = run_id
-        self.retry_s = retry_s
         self.table = table
         self.time_column = time_column or TABLES[table]
         self.partitions = partitions
         self.max_rows_per_file = max_rows_per_file
-        self.max_file_age_s = max_file_age_s
+        self.commit_interval_s = commit_interval_s
+        self.commit_margin_s = commit_margin_s
         self.compression = compression
         self.exactly_once = exactly_once
+        self.columns = columns
+        self.may_have_history = writer_key is not None
+        self.writer_key = writer_key or new_run_id()
+        self.retry_s = retry_s
+        self.encoders = encoders or EncoderPool()
 
     def list_parts(self) -> list[str]:
         return [f"{i:04d}" for i in range(self.partitions)]
@@ -548,207 +1139,56 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table, dict[str, Any]]):
 
 
 # ---------------------------------------------------------------------------
-# Backfills: replace a key range of a table
+# Commit clock: wake idle writers
 # ---------------------------------------------------------------------------
 
-_RENAME_EXCHANGE = 2
+
+class _CommitClockLogic(StatefulBatchLogic[pa.Table, pa.Table | None, bool]):
+    """Pass a shard's tables through; while the shard wrote recently, emit
+    a ``None`` every `tick_s` so its lake writer may commit on time."""
+
+    def __init__(self, tick_s: float, active_s: float, resumed: bool) -> None:
+        self._tick = tick_s
+        self._active = active_s
+        # A resumed writer may hold rows from its snapshot: keep it awake.
+        self._last: float | None = time.time() if resumed else None
+        self._due: float | None = self._last + tick_s if resumed and self._last else None
+
+    def on_batch(self, values: list[pa.Table]) -> tuple[list[pa.Table | None], bool]:
+        now = time.time()
+        self._last = now
+        if self._due is None:
+            self._due = now + self._tick
+        return list(values), StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[pa.Table | None], bool]:
+        now = time.time()
+        if self._last is None or now - self._last > self._active:
+            self._due = None
+            return [], StatefulBatchLogic.RETAIN
+        self._due = now + self._tick
+        return [None], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[pa.Table | None], bool]:
+        return [], StatefulBatchLogic.DISCARD  # the writers commit at close
+
+    def notify_at(self) -> datetime | None:
+        return None if self._due is None else datetime.fromtimestamp(self._due, UTC)
+
+    def snapshot(self) -> bool:
+        return True
 
 
-def _exchange_dirs(a: str, b: str) -> None:
-    """Atomically swap two directories (Linux renameat2); readers see either
-    the old or the new partition, never a mix. Falls back to two renames."""
-    import ctypes
+def commit_clock(
+    step_id: str, stream: KeyedStream[pa.Table], tick_s: float, active_s: float
+) -> KeyedStream[pa.Table | None]:
+    """`stream` plus a ``None`` per key every `tick_s` seconds for `active_s`
+    after the key's last table: the lake sink's writers get called (and
+    snapshotted) while they hold uncommitted rows, even when no rows come."""
+    import bytewax.operators as op
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
-    if fn is not None:
-        at_fdcwd = -100
-        if fn(at_fdcwd, a.encode(), at_fdcwd, b.encode(), _RENAME_EXCHANGE) == 0:
-            return
-    old = f"{b}.old"
-    os.rename(b, old)
-    os.rename(a, b)
-    os.rename(old, a)
-
-
-@dataclass(frozen=True)
-class ReplaceSpec:
-    """Which rows a backfill owns in a table: these symbols (None = every
-    symbol it wrote), times in ``[start, end)`` (None = the span it wrote),
-    and for ``gold/signals`` these resolutions."""
-
-    symbols: frozenset[str] | None
-    start: datetime | None
-    end: datetime | None
-    resolutions: frozenset[str] | None = None
-
-
-def commit_backfill(lake: Lake, staging: Lake, spec: ReplaceSpec) -> dict[str, int]:
-    """Replace `spec`'s range in every table with the staged backfill output.
-
-    Per table and date partition: a partition the lake does not have yet is
-    moved in whole (one directory rename); an existing one keeps its rows
-    outside the range, takes the staged rows for the range, and the merged
-    partition is swapped in atomically (local disk: renameat2 exchange). On
-    S3 the new objects are written before the old ones are deleted: a reader
-    in that moment may see both (S3 has no multi-object transaction).
-    Returns the partitions replaced per table; ``bronze/rejects`` is appended.
-    """
-    written: dict[str, int] = {}
-    run = new_run_id()
-    for table in sorted(TABLES):
-        if not staging.fs.exists(staging.path(table)) and spec.start is None:
-            continue
-        staged_parts = _partitions(staging, table)
-        if table == "bronze/rejects":
-            for date, path in staged_parts.items():
-                _move_partition(staging, path, lake, table, date, append=True)
-                written[table] = written.get(table, 0) + 1
-            continue
-        existing = _partitions(lake, table)
-        if not existing and not lake.is_s3 and staged_parts:
-            # First load of this table: move the whole staged table at once.
-            os.makedirs(os.path.dirname(lake.path(table)), exist_ok=True)
-            if os.path.exists(lake.path(table)):
-                os.rmdir(lake.path(table))  # empty: _partitions found nothing
-            os.rename(staging.path(table), lake.path(table))
-            written[table] = len(staged_parts)
-            continue
-        symbols = spec.symbols
-        col = TABLES[table]
-        staged: pa.Table | None = None
-        if symbols is None or spec.start is None or spec.end is None:
-            staged = staging.read(table)
-            if staged.num_rows == 0:
-                continue
-            if symbols is None:
-                symbols = frozenset(pc.unique(staged.column("symbol")).to_pylist())
-        lo = spec.start or pc.min(staged.column(col)).as_py()  # type: ignore[union-attr]
-        hi = spec.end or pc.max(staged.column(col)).as_py()  # type: ignore[union-attr]
-        inclusive_hi = spec.end is None
-        dates = set(staged_parts)
-        first, last = int(lo.timestamp() // 86_400), int(hi.timestamp() // 86_400)
-        in_range = {
-            datetime.fromtimestamp(d * 86_400, UTC).strftime("%Y-%m-%d")
-            for d in range(first, last + 1)
-        }
-        dates |= in_range & set(existing)
-        for date in sorted(dates):
-            written[table] = written.get(table, 0) + 1
-            if date not in existing:
-                _move_partition(staging, staged_parts[date], lake, table, date)
-                continue
-            old = _read_dir(lake, existing[date])
-            t = old.column(col)
-            owned = pc.and_(
-                pc.is_in(old.column("symbol"), pa.array(sorted(symbols))),
-                pc.and_(
-                    pc.greater_equal(t, pa.scalar(lo, t.type)),
-                    pc.less_equal(t, pa.scalar(hi, t.type))
-                    if inclusive_hi
-                    else pc.less(t, pa.scalar(hi, t.type)),
-                ),
-            )
-            if table == "gold/signals" and spec.resolutions is not None:
-                owned = pc.and_(
-                    owned, pc.is_in(old.column("resolution"), pa.array(sorted(spec.resolutions)))
-                )
-            parts = [old.filter(pc.invert(owned))]
-            if date in staged_parts:
-                parts.append(_read_dir(staging, staged_parts[date]))
-            merged = pa.concat_tables(
-                [p for p in parts if p.num_rows] or parts[:1], promote_options="default"
-            )
-            _swap_partition(lake, existing[date], merged, run)
-    return written
-
-
-def _partitions(lake: Lake, table: str) -> dict[str, str]:
-    """date -> partition directory, listed once."""
-    base = lake.path(table)
-    if not lake.fs.exists(base):
-        return {}
-    out = {}
-    for path in lake.fs.ls(base, detail=False):
-        leaf = path.rstrip("/").rsplit("/", 1)[-1]
-        if leaf.startswith("date="):
-            out[leaf[len("date=") :]] = path if lake.is_s3 else os.path.join(base, leaf)
-    return out
-
-
-def _read_dir(lake: Lake, path: str) -> pa.Table:
-    import pyarrow.dataset as ds
-
-    table = ds.dataset(
-        path, filesystem=lake.fs if lake.is_s3 else None, format="parquet"
-    ).to_table()
-    return table.drop_columns(["date"]) if "date" in table.column_names else table
-
-
-def _move_partition(
-    staging: Lake, src: str, lake: Lake, table: str, date: str, append: bool = False
-) -> None:
-    """Move a staged partition's files into the lake."""
-    fs = lake.fs
-    dest = f"{lake.path(table)}/date={date}"
-    if lake.is_s3:
-        for f in staging.fs.glob(f"{src}/*.parquet"):
-            fs.mv(f, f"{dest}/{f.rsplit('/', 1)[-1]}")
-        return
-    if not append and not os.path.exists(dest):
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.rename(src, dest)  # atomic: the partition appears whole
-        return
-    os.makedirs(dest, exist_ok=True)
-    for f in os.listdir(src):
-        if f.endswith(".parquet"):
-            os.replace(f"{src}/{f}", f"{dest}/{f}")
-
-
-def _dates(col: pa.ChunkedArray | pa.Array) -> list[str]:
-    days = pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False) // DAY_US
-    return [datetime.fromtimestamp(int(d) * 86_400, UTC).strftime("%Y-%m-%d") for d in days]
-
-
-def _swap_partition(lake: Lake, part_dir: str, table: pa.Table | None, run: str) -> None:
-    fs = lake.fs
-    name = f"part-{run}-9999-00000000.parquet"
-    if lake.is_s3:
-        before = fs.glob(f"{part_dir}/*.parquet") if fs.exists(part_dir) else []
-        if table is not None and table.num_rows:
-            with fs.open(f"{part_dir}/{name}", "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-        for path in before:
-            fs.rm(path)
-        return
-    parent, leaf = part_dir.rsplit("/", 1)
-    swap = f"{parent}/.swap-{run}-{leaf}"
-    os.makedirs(swap, exist_ok=True)
-    if table is not None and table.num_rows:
-        pq.write_table(table, f"{swap}/{name}", compression="zstd")
-    if os.path.exists(part_dir):
-        _exchange_dirs(swap, part_dir)
-        import shutil
-
-        shutil.rmtree(swap)
-    else:
-        os.rename(swap, part_dir)
-
-
-def _append_partitions(lake: Lake, table: str, rows: pa.Table, run: str) -> None:
-    if "date" in rows.column_names:
-        rows = rows.drop_columns(["date"])
-    col = TABLES[table]
-    dates = _dates(rows.column(col))
-    for date in sorted(set(dates)):
-        part = rows.filter(pc.equal(pa.array(dates), date))
-        directory = f"{lake.path(table)}/date={date}"
-        name = f"part-{run}-9998-00000000.parquet"
-        if lake.is_s3:
-            with lake.fs.open(f"{directory}/{name}", "wb") as fh:
-                pq.write_table(part, fh, compression="zstd")
-        else:
-            os.makedirs(directory, exist_ok=True)
-            tmp = f"{directory}/.{name}.tmp"
-            pq.write_table(part, tmp, compression="zstd")
-            os.replace(tmp, f"{directory}/{name}")
+    return op.stateful_batch(
+        step_id,
+        stream,
+        lambda state: _CommitClockLogic(tick_s, active_s, resumed=state is not None),
+    )

@@ -9,9 +9,12 @@ configured sinks) so that history and live data are computed identically:
 * indicator state is seeded from the lake's earlier bars of each series
   (:mod:`dataflows.warmup`), so a backfill of ``[t1, t2)`` after one of
   ``[t0, t1)`` gives the same values as one of ``[t0, t2)``;
-* the lake output is staged under ``<lake>/_staging/<run>/`` and then
-  replaces the range table by table (:func:`connectors.lake.commit_backfill`):
-  re-running a range replaces it, never duplicates it;
+* the lake output is staged in a local temporary directory, then each
+  table's range is replaced in ONE Delta commit
+  (:func:`connectors.lake_tables.replace_range`: a predicate overwrite,
+  atomic on local disk and S3, retried when a concurrent commit conflicts);
+  re-running a range replaces it, never duplicates it, and a live flow
+  appending other rows of the same table and date meanwhile loses none;
 * database sinks receive the same rows through their idempotent upserts.
 
 Live handover: start the live flow with ``--warmup`` (``STOCKFLOW_WARMUP``)
@@ -21,8 +24,10 @@ live bar -- the state a backfill ends with.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,21 +38,24 @@ from typing import Any
 import bytewax.operators as op
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.bar_files import BarBatch, BarFileSource, looks_like_bar_file
 from connectors.files import TickFileSource, expand_paths
-from connectors.lake import Lake, ReplaceSpec, commit_backfill, new_run_id
+from connectors.lake import TABLES, Lake
+from connectors.lake_tables import ReplaceSpec, append_rows, replace_range
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 from dataflows.core.stats import RunStats
 from dataflows.pipeline import build_flow
 from dataflows.runner import execute
-from dataflows.sinks import attach_sinks
+from dataflows.sinks import attach_lake_outputs, attach_sinks
 from dataflows.stages.gold import gold_stage
 from dataflows.stages.operators import REJECT_KEY, split_by_shard
 from dataflows.streams import PipelineStreams
-from dataflows.warmup import LakeWarmup
+from dataflows.warmup import LakeWarmup, warmup_bars
 
 
 @dataclass(frozen=True)
@@ -140,8 +148,78 @@ class BackfillSummary:
         return "\n".join(lines)
 
 
-def _staging_url(lake: str, run: str) -> str:
-    return f"{lake.rstrip('/')}/_staging/{run}"
+# Rows per row group of a staged file.
+_STAGED_GROUP_ROWS = 65_536
+
+
+class _StagingPartition(StatelessSinkPartition[Any]):
+    """One worker's rows of one table, in one unpartitioned Parquet file:
+    the commit reads a few large files, not one per date per flush."""
+
+    def __init__(
+        self, path: str, table: str, columns: tuple[str, ...] | None, stats: RunStats
+    ) -> None:
+        self._path, self._table, self._columns, self._stats = path, table, columns, stats
+        self._writer: pq.ParquetWriter | None = None
+        self._queued: list[pa.Table] = []
+        self._rows = 0
+
+    def write_batch(self, items: list[Any]) -> None:
+        for item in items:
+            table = item[1] if isinstance(item, tuple) else item
+            if not table.num_rows:
+                continue
+            if self._columns is not None:
+                table = table.select(list(self._columns))
+            self._queued.append(table)
+            self._rows += table.num_rows
+            self._stats.lake_written(self._table, table.num_rows, files=0)
+        if self._rows >= _STAGED_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._queued:
+            return
+        rows = pa.concat_tables(self._queued, promote_options="none")
+        self._queued, self._rows = [], 0
+        if self._writer is None:
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            self._writer = pq.ParquetWriter(self._path, rows.schema, compression="lz4")
+        self._writer.write_table(rows, row_group_size=rows.num_rows)
+
+    def close(self) -> None:
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+
+
+class StagingSink(DynamicSink[Any]):
+    """A backfill's output of one lake table, staged on local disk until
+    the commit replaces the table's range (``<root>/<table>/part-<worker>.parquet``)."""
+
+    def __init__(
+        self, root: str, table: str, columns: tuple[str, ...] | None, stats: RunStats
+    ) -> None:
+        self.root, self.table, self.columns, self.stats = root, table, columns, stats
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StagingPartition:
+        path = f"{self.root}/{self.table}/part-{worker_index:04d}.parquet"
+        return _StagingPartition(path, self.table, self.columns, self.stats)
+
+
+def attach_staging(streams: PipelineStreams) -> None:
+    """The lake's tables into the staging area (``settings.lake``)."""
+    root = streams.settings.lake
+    attach_lake_outputs(
+        streams,
+        lambda name, stream, table, columns: op.output(
+            name, stream, StagingSink(root, table, columns, streams.stats)
+        ),
+    )
+
+
+# The lake output goes to the staging sink instead of the lake sink.
+_STAGING = {"parquet": attach_staging}
 
 
 def _tick_select(req: BackfillRequest) -> Callable[[pa.Table], pa.Table] | None:
@@ -184,7 +262,7 @@ def _bar_flow(
     streams = PipelineStreams(
         flow, settings, rejects, None, None, bars, gold, (resolution,), progress.stats
     )
-    attach_sinks(streams)
+    attach_sinks(streams, _STAGING)
     return flow
 
 
@@ -237,7 +315,12 @@ def _plan(
         paths, batch_size=settings.batch_size, ts_unit=settings.ts_unit, shards=settings.shards
     )
     flow = build_flow(
-        run_settings, source, "stockflow_backfill", select=_tick_select(req), stats=progress.stats
+        run_settings,
+        source,
+        "stockflow_backfill",
+        select=_tick_select(req),
+        stats=progress.stats,
+        attachers=_STAGING,
     )
     return _Plan(flow, source, "tick files", frozenset(run_settings.resolutions))
 
@@ -274,33 +357,34 @@ def run_backfill(
     lake = Lake(settings.lake, settings.s3_endpoint)
     if "parquet" in settings.sinks:
         lake.check()
-    staging_url = _staging_url(settings.lake, new_run_id())
+    # Staged on local disk even for an S3 lake: the rows cross the network
+    # once, in the commit, and a failed backfill leaves nothing in the lake.
+    staging_url = tempfile.mkdtemp(prefix="stockflow-backfill-")
     gold = replace(
         settings.gold,
-        warmup=LakeWarmup(settings.lake, settings.s3_endpoint, req.start),
+        warmup=LakeWarmup(
+            settings.lake, settings.s3_endpoint, req.start, warmup_bars(settings.gold.indicators)
+        ),
         snapshots=False,
     )
-    # One writer per table: history has many small date partitions, and a
-    # file per shard per date would multiply them (file creation dominates).
-    # No recovery: a failed backfill leaves only its staging area; rerun it.
+    # No recovery: a failed backfill leaves the lake as it was; rerun it.
     run_settings = replace(
         settings,
         lake=staging_url,
         gold=gold,
         bounded=True,
         live=False,
-        lake_partitions=1,
         recovery_dir=None,
     )
-    plan = _plan(settings, run_settings, req, progress)
-    seconds = _execute_with_progress(plan.flow, settings, progress, show_progress)
-
     written: dict[str, int] = {}
-    staging = Lake(staging_url, settings.s3_endpoint)
-    if "parquet" in settings.sinks:
-        spec = ReplaceSpec(req.symbols, req.start, req.end, plan.resolutions)
-        written = commit_backfill(lake, staging, spec)
-    _remove_staging(staging)
+    try:
+        plan = _plan(settings, run_settings, req, progress)
+        seconds = _execute_with_progress(plan.flow, settings, progress, show_progress)
+        if "parquet" in settings.sinks:
+            spec = ReplaceSpec(req.symbols, req.start, req.end, plan.resolutions)
+            written = commit_backfill(lake, Lake(staging_url), spec, settings.lake_target_file_mb)
+    finally:
+        shutil.rmtree(staging_url, ignore_errors=True)
     notes: list[str] = []
     if getattr(plan.source, "naive_times", False):
         notes.append("note: bar times without a zone were read as UTC")
@@ -321,12 +405,30 @@ def run_backfill(
     )
 
 
-def _remove_staging(staging: Lake) -> None:
-    if staging.is_s3:
-        if staging.fs.exists(staging.root):
-            staging.fs.rm(staging.root, recursive=True)
-    else:
-        shutil.rmtree(staging.root, ignore_errors=True)
+def _staged(staging: Lake, table: str) -> Any | None:
+    import pyarrow.dataset as ds
+
+    path = staging.path(table)
+    return ds.dataset(path, format="parquet") if staging.fs.exists(path) else None
+
+
+def commit_backfill(
+    lake: Lake, staging: Lake, spec: ReplaceSpec, target_file_mb: int
+) -> dict[str, int]:
+    """Replace `spec`'s range in every table with the staged output, one
+    commit per table; ``bronze/rejects`` is appended (no range owns a
+    reject). Returns the date partitions written per table."""
+    written: dict[str, int] = {}
+    for table in sorted(TABLES):
+        staged = _staged(staging, table)
+        if table == "bronze/rejects":
+            if staged is not None and (dates := append_rows(lake, table, staged, target_file_mb)):
+                written[table] = dates
+            continue
+        result = replace_range(lake, table, staged, spec, target_file_mb=target_file_mb)
+        if result is not None and result.dates:
+            written[table] = result.dates
+    return written
 
 
 def _progress_loop(progress: BackfillProgress, stop: threading.Event) -> None:

@@ -60,6 +60,17 @@ def bytewax_recovery_dir() -> str | None:
     return os.environ.get("BYTEWAX_RECOVERY_DIRECTORY") or None
 
 
+def bytewax_worker_count() -> int | None:
+    """All workers of the ``python -m bytewax.run`` cluster running this
+    module (``-w`` per process times the ``-a`` addresses), if any: the lake
+    has one writer per worker and table."""
+    args = _bytewax_args()
+    if args is None:
+        return None
+    processes = len(args.addresses.split(";")) if args.addresses else 1
+    return int(args.workers_per_process or 1) * processes
+
+
 def _print_summary_at_exit(settings: Settings, stats: RunStats, started: float) -> None:
     """At the end of ``python -m bytewax.run``: the summary ``stockflow run``
     prints, to stderr, when the flow ran to its end. A flow that failed or was
@@ -81,6 +92,9 @@ try:
     recovery_dir = bytewax_recovery_dir()
     if recovery_dir is not None and settings.recovery_dir is None:
         settings = replace(settings, recovery_dir=recovery_dir)
+    workers = bytewax_worker_count()
+    if workers is not None and settings.lake_partitions is None:
+        settings = replace(settings, lake_partitions=workers)
     # This process's run: its counters feed /metrics and the end-of-run summary.
     stats = RunStats()
     flow = build_flow(settings, stats=stats)

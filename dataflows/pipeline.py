@@ -14,7 +14,7 @@ only in their source and sinks::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -29,7 +29,7 @@ from connectors.files import TickFileSource, expand_paths
 from connectors.synthetic import SyntheticConfig, SyntheticTickSource
 from dataflows.core.config import Settings
 from dataflows.core.stats import RunStats
-from dataflows.sinks import attach_sinks
+from dataflows.sinks import SinkAttacher, attach_sinks, bounded_input_key
 from dataflows.stages.bars import BarConfig
 from dataflows.stages.gold import gold_stage
 from dataflows.stages.operators import bar_stage, parse_stage
@@ -92,6 +92,7 @@ def build_flow(
     flow_id: str = "stockflow",
     select: Callable[[pa.Table], pa.Table] | None = None,
     stats: RunStats | None = None,
+    attachers: Mapping[str, SinkAttacher] | None = None,
 ) -> Dataflow:
     """The whole pipeline for `settings`.
 
@@ -99,6 +100,9 @@ def build_flow(
     :arg select: keeps only some valid ticks (backfills: symbols and range).
     :arg stats: where the run's operators and sinks count (the caller reads
         it after the run; a new object when not given).
+    :arg attachers: sink name -> attach function replacing entries of
+        :data:`~dataflows.sinks.SINK_ATTACHERS` (a backfill stages its lake
+        output).
     """
     stats = stats if stats is not None else RunStats()
     flow = Dataflow(flow_id)
@@ -108,11 +112,12 @@ def build_flow(
     bars = bar_stage(ticks.ticks, bar_config(settings), stats)
     gold_config = replace(settings.gold, snapshots=settings.recovery_dir is not None)
     if settings.warmup:
-        from dataflows.warmup import LakeWarmup
+        from dataflows.warmup import LakeWarmup, warmup_bars
 
-        gold_config = replace(
-            gold_config, warmup=LakeWarmup(settings.lake, settings.s3_endpoint, None)
+        warmup = LakeWarmup(
+            settings.lake, settings.s3_endpoint, None, warmup_bars(settings.gold.indicators)
         )
+        gold_config = replace(gold_config, warmup=warmup)
     gold = gold_stage(bars.bars, gold_config)
     streams = PipelineStreams(
         flow,
@@ -124,8 +129,9 @@ def build_flow(
         gold,
         ("1m", *rollups),
         stats,
+        input_key=bounded_input_key(settings) if source is None else None,
     )
-    attach_sinks(streams)
+    attach_sinks(streams, attachers)
     return flow
 
 

@@ -49,6 +49,8 @@ class RunSummary:
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     lake: str = ""
     ineligible_by_reason: dict[str, int] = field(default_factory=dict)
+    # Rows not written because the same bounded input is in the lake already.
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stats: RunStats, seconds: float, lake: str = "") -> RunSummary:
@@ -61,15 +63,16 @@ class RunSummary:
             figures["rejects"],
             lake,
             figures["ineligible"],
+            {t: n for t, n in figures["lake_skipped"].items() if n},
         )
 
     @property
     def ticks_accepted(self) -> int:
-        return self.rows.get(LakeTables.ticks, 0)
+        return self.rows.get(LakeTables.ticks, 0) + self.skipped.get(LakeTables.ticks, 0)
 
     @property
     def ticks_rejected(self) -> int:
-        return self.rows.get(LakeTables.rejects, 0)
+        return self.rows.get(LakeTables.rejects, 0) + self.skipped.get(LakeTables.rejects, 0)
 
     @property
     def ticks_in(self) -> int:
@@ -100,6 +103,11 @@ class RunSummary:
         if self.ineligible_by_reason:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.ineligible_by_reason.items()))
             lines.append(f"ticks kept from some bar value by sale condition: {reasons}")
+        if self.skipped:
+            lines.append(
+                f"already in the lake from an earlier run of this input, not written again: "
+                f"{sum(self.skipped.values()):,} rows"
+            )
         if self.lake:
             lines.append(f"lake: {self.lake}")
         return "\n".join(lines)

@@ -8,7 +8,7 @@ connector (see the README).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,39 +27,59 @@ if TYPE_CHECKING:
 
 
 def attach_parquet(streams: PipelineStreams) -> None:
-    """The lake sink: every table of every layer."""
+    """The lake sink: every table of every layer, one writer per worker and
+    table, woken by a commit clock so rows are committed on time."""
+    from connectors.lake import EncoderPool, Lake, ParquetLakeSink, commit_clock
+
     settings = streams.settings
-    from connectors.lake import Lake, ParquetLakeSink
-
     lake = Lake(settings.lake, settings.s3_endpoint)
-    tables = LakeTables()
-    run_id = recovery_run_id(settings)
+    exactly_once = settings.recovery_dir is not None
+    writer_key = streams.input_key or recovery_run_id(settings)
+    encoders = EncoderPool()  # this run's background Parquet encoders
+    epoch_s = settings.snapshot_interval_s
+    tick_s = max(0.05, min(epoch_s, settings.commit_interval_s) / 2)
+    # A due commit waits for the next call (a tick), and with recovery for
+    # the snapshot after it: commit that much early to stay within the interval.
+    margin_s = tick_s + (epoch_s if exactly_once else 0.0)
+    active_s = settings.commit_interval_s + 2 * epoch_s + 2 * tick_s
 
-    def lake_sink(table: str, columns: tuple[str, ...] | None = None) -> ParquetLakeSink:
-        return ParquetLakeSink(
+    def lake_output(
+        name: str, stream: KeyedStream[pa.Table], table: str, columns: tuple[str, ...] | None
+    ) -> None:
+        sink = ParquetLakeSink(
             lake,
             table,
-            partitions=settings.lake_partitions or settings.shards,
+            partitions=settings.lake_partitions or settings.workers,
             max_rows_per_file=settings.max_rows_per_file,
-            max_file_age_s=settings.max_file_age_s,
-            exactly_once=settings.recovery_dir is not None,
+            commit_interval_s=settings.commit_interval_s,
+            commit_margin_s=margin_s,
+            exactly_once=exactly_once,
             columns=columns,
-            run_id=run_id,
+            writer_key=writer_key,
+            encoders=encoders,
             stats=streams.stats,
         )
+        op.output(name, commit_clock(f"{name}_clock", stream, tick_s, active_s), sink)
 
-    reject_columns = tuple(REJECT_SCHEMA.names)
-    op.output("lake_rejects", streams.rejects, lake_sink(tables.rejects, reject_columns))
+    attach_lake_outputs(streams, lake_output)
+
+
+LakeOutput = Callable[[str, KeyedStream[pa.Table], str, "tuple[str, ...] | None"], None]
+
+
+def attach_lake_outputs(streams: PipelineStreams, output: LakeOutput) -> None:
+    """Every lake table's stream into ``output(step_id, stream, table,
+    columns)``: the lake sink, or a backfill's staging sink."""
+    tables = LakeTables()
+    output("lake_rejects", streams.rejects, tables.rejects, tuple(REJECT_SCHEMA.names))
     if streams.ticks is not None:
-        op.output("lake_ticks", streams.ticks, lake_sink(tables.ticks))
+        output("lake_ticks", streams.ticks, tables.ticks, None)
     if streams.late is not None:
-        op.output("lake_late", streams.late, lake_sink(tables.late))
+        output("lake_late", streams.late, tables.late, None)
     for res in streams.resolutions:
-        op.output(f"lake_bars_{res}", streams.bars(res), lake_sink(tables.bars_of(res)))
-        op.output(
-            f"lake_indicators_{res}", streams.indicators(res), lake_sink(tables.indicators_of(res))
-        )
-    op.output("lake_signals", streams.signals, lake_sink(tables.signals))
+        output(f"lake_bars_{res}", streams.bars(res), tables.bars_of(res), None)
+        output(f"lake_indicators_{res}", streams.indicators(res), tables.indicators_of(res), None)
+    output("lake_signals", streams.signals, tables.signals, None)
 
 
 def _attach_serving(streams: PipelineStreams, name: str, prefix: str, partitions: int) -> None:
@@ -191,7 +211,9 @@ def serving_stream(streams: PipelineStreams, prefix: str) -> KeyedStream[tuple[s
 
 # Sink name -> what attaches it. Each imports its connector when called, so a
 # flow without Snowflake never imports the Snowflake connector.
-SINK_ATTACHERS: dict[str, Callable[[PipelineStreams], None]] = {
+SinkAttacher = Callable[[PipelineStreams], None]
+
+SINK_ATTACHERS: dict[str, SinkAttacher] = {
     "parquet": attach_parquet,
     "postgres": attach_postgres,
     "snowflake": attach_snowflake,
@@ -199,11 +221,15 @@ SINK_ATTACHERS: dict[str, Callable[[PipelineStreams], None]] = {
 }
 
 
-def attach_sinks(streams: PipelineStreams) -> None:
-    """The chosen sinks, and the Kafka dead-letter topic when
+def attach_sinks(
+    streams: PipelineStreams, attachers: Mapping[str, SinkAttacher] | None = None
+) -> None:
+    """The chosen sinks (`attachers` replaces some of
+    :data:`SINK_ATTACHERS`), and the Kafka dead-letter topic when
     :func:`publishes_dead_letters`."""
+    chosen = {**SINK_ATTACHERS, **(attachers or {})}
     for sink in streams.settings.sinks:
-        SINK_ATTACHERS[sink](streams)
+        chosen[sink](streams)
     if publishes_dead_letters(streams.settings):
         attach_dlq(streams)
 
@@ -216,8 +242,8 @@ def publishes_dead_letters(settings: Settings) -> bool:
 
 
 def recovery_run_id(settings: Settings) -> str | None:
-    """A run id that lives with the recovery store (lake file names): a
-    restart with the same store finds and replaces its own files."""
+    """A run id that lives with the recovery store (the lake writers' app
+    ids): a restart with the same store finds its own commits."""
     if settings.recovery_dir is None:
         return None
     from connectors.lake import new_run_id
@@ -231,3 +257,32 @@ def recovery_run_id(settings: Settings) -> str | None:
     except FileExistsError:
         pass
     return marker.read_text().strip()
+
+
+def bounded_input_key(settings: Settings) -> str | None:
+    """The identity of a bounded input (None for an unbounded one): the
+    lake's writers of two runs of the same input share app ids, so the
+    second run writes nothing twice (connectors/lake.py). Tick files: path,
+    size and mtime of each; synthetic (not live): seed, ticks, symbols; a
+    bounded Kafka run: brokers, topic and each partition's offset range.
+    The shard count is part of it (it decides which writer holds a row)."""
+    import hashlib
+
+    from connectors.files import expand_paths
+
+    kind = settings.source_kind
+    parts = [kind, f"shards={settings.shards}"]
+    if kind == "file":
+        for path in expand_paths(settings.source_path):
+            stat = path.stat()
+            parts.append(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+    elif kind == "synthetic" and not settings.live:
+        symbols = ",".join(settings.synthetic_symbols)
+        parts.append(f"{settings.synthetic_seed}|{settings.synthetic_ticks}|{symbols}")
+    elif kind == "kafka" and settings.bounded:
+        from connectors.kafka import offset_ranges
+
+        parts.extend(offset_ranges(settings, settings.topic_ticks))
+    else:
+        return None
+    return "in-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]

@@ -35,6 +35,8 @@ class PipelineStreams:
     resolutions: tuple[str, ...]
     # The run's counters: operators and sinks add to them, the run reads them.
     stats: RunStats
+    # The bounded input's identity (sinks.bounded_input_key), None when unknown.
+    input_key: str | None = None
     # One filter step per resolution and flow, however many sinks use it.
     memo: dict[str, KeyedStream[pa.Table]] = field(default_factory=dict, compare=False)
 

@@ -80,10 +80,16 @@ def s3_server() -> Iterator[S3Server]:
 
 
 def read_table(lake_root: str | Path, table: str, endpoint: str | None = None) -> pa.Table:
-    """Read one lake table the way a user would (pyarrow.dataset, hive)."""
+    """Read one lake table the way a user would: through its Delta table
+    (a table the sink of earlier versions wrote is still a plain folder)."""
     from connectors.lake import Lake
+    from connectors.lake_tables import open_table
 
-    return Lake(str(lake_root), endpoint).read(table)
+    lake = Lake(str(lake_root), endpoint)
+    dt = open_table(lake, table)
+    if dt is not None:
+        return dt.to_pyarrow_dataset().to_table()
+    return lake.read(table)
 
 
 def sort_bars(table: pa.Table) -> pa.Table:

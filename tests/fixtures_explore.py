@@ -34,5 +34,11 @@ def explore_lake(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
         lake = tmp_path_factory.mktemp("explore") / "lake"
         run(Settings.load(env={}, source=explore_source(real_data), lake=str(lake), bounded=True))
+        # Readers go through Delta tables; a lake the sink left as plain
+        # Parquet is converted (a no-op for tables that are Delta already).
+        from connectors.lake import Lake
+        from connectors.lake_tables import convert_lake
+
+        convert_lake(Lake(str(lake)))
         _LAKES["lake"] = lake
     return _LAKES["lake"]

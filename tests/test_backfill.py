@@ -432,3 +432,28 @@ def test_progress_shows_on_request_and_stays_quiet_off_a_terminal(real_data, tmp
     assert "bars/s" in shown.stderr and "files done" in shown.stderr
     for result in (quiet, shown):  # the summary at the end
         assert "252 bars" in result.stdout and "silver/bars_1d" in result.stdout
+
+
+def test_backfill_into_an_s3_lake_replaces_its_range_in_one_commit_per_table(
+    real_data, s3_server, tmp_path
+):
+    from connectors.lake import Lake
+    from connectors.lake_tables import open_table
+
+    bucket = s3_server.make_bucket("backfill-s3")
+    settings = Settings.load(env={}, lake=f"s3://{bucket}/lake", s3_endpoint=s3_server.endpoint)
+    spy = str(real_data / "daily" / "SPY.csv.gz")
+    lo, hi = _day("2005-01-01"), _day("2005-04-01")
+
+    run_backfill(settings, BackfillRequest(spy, start=lo, end=hi))
+    summary = run_backfill(settings, BackfillRequest(spy, start=lo, end=hi))
+
+    df = _daily(real_data, "SPY")
+    expected = df[(df["start"] >= lo) & (df["start"] < hi)]
+    lake = Lake(settings.lake, settings.s3_endpoint)
+    bars = read_table(settings.lake, "silver/bars_1d", settings.s3_endpoint).to_pandas()
+    assert len(bars) == len(expected) and not bars.duplicated(["symbol", "start"]).any()
+    assert list(bars.sort_values("start")["close"]) == list(expected["close"])
+    assert summary.written["silver/bars_1d"] == len(expected)  # one file per date partition
+    history = open_table(lake, "silver/bars_1d").history()
+    assert [h["operation"] for h in history] == ["WRITE", "WRITE"]  # one commit per backfill

@@ -93,3 +93,21 @@ def test_symbols10k_scenario_samples_rss_through_a_short_soak():
     phases = {phase for _, _, _, phase in r["samples"]}
     assert {"warm-up", "soak", "end"} <= phases
     assert set(r["full_series_kib"]) == {"1m", "1h", "1d"}
+
+
+def test_lake_scenario_compacts_a_small_month_and_answers_alike_on_every_lake():
+    report = bench_json(
+        "--scenario", "lake", "--lake-days", "3", "--lake-symbols", "20",
+        "--lake-commit-minutes", "60", "--lake-writers", "2",
+    )  # fmt: skip
+
+    [r] = report["results"]
+    # 7 intervals of a 390-minute day, 2 writers, 3 days
+    assert r["commits"] == 7 * 2 * 3
+    assert r["rows"] == 3 * 20 * 390
+    assert r["files_per_date_max"] == 1 and r["files_total"] == 3
+    assert r["small_file_lake_files"] == 7 * 2 * 3
+    assert r["same_answers"] is True
+    assert r["queries"]["delta"]["q1_rows"] == 390 and r["queries"]["delta"]["q2_rows"] == 20
+    assert r["delta_log_files"] > 0 and r["compactions"] == 3
+    assert set(r["warmup_ms"]) == {"20_symbols_month", "2_symbols", "200_symbols"}

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
@@ -31,6 +30,7 @@ from connectors.kafka import (
     kafka_config,
     redacted,
 )
+from connectors.lake import Lake
 from dataflows.bench.kafka import bench_kafka
 from dataflows.core.config import Settings
 from dataflows.replay import replay_ticks
@@ -420,6 +420,7 @@ def test_ctrl_c_on_a_live_kafka_run_ends_in_one_line(kafka_broker, tmp_path):
         STOCKFLOW_KAFKA_BROKERS=kafka_broker.brokers,
         STOCKFLOW_TOPIC_TICKS=topic,
         STOCKFLOW_SNAPSHOT_INTERVAL_S="0.5",
+        STOCKFLOW_COMMIT_INTERVAL_S="1",
     )
     args = [exe, "run", "--source", "kafka", "--live", "--lake", str(lake)]
     run = subprocess.Popen(
@@ -443,8 +444,8 @@ def test_ctrl_c_on_a_live_kafka_run_ends_in_one_line(kafka_broker, tmp_path):
 
 
 def _lake_rows(lake: Path) -> int:
-    files = list(lake.glob("bronze/ticks/date=*/part-*.parquet"))
-    return sum(pq.read_metadata(f).num_rows for f in files)
+    table = Lake(str(lake)).table("bronze/ticks")
+    return 0 if table is None else table.to_pyarrow_dataset().count_rows()
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import bytewax.operators as op
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from bytewax.dataflow import Dataflow
@@ -111,7 +112,15 @@ def test_bytewax_run_module_with_two_processes_matches_in_process_bars(
     pattern = str(real_data / "ticks" / "[AB]*_20131007.csv.gz")
     lake_ref, _ = run_pipeline(f"file:{pattern}")
     lake = tmp_path / "cluster_lake"
-    env = dict(os.environ, STOCKFLOW_SOURCE=f"file:{pattern}", STOCKFLOW_LAKE=str(lake))
+    # Short commit intervals: the two processes commit to every table
+    # concurrently, many times; Delta appends retry on conflict.
+    env = dict(
+        os.environ,
+        STOCKFLOW_SOURCE=f"file:{pattern}",
+        STOCKFLOW_LAKE=str(lake),
+        STOCKFLOW_COMMIT_INTERVAL_S="0.05",
+        STOCKFLOW_MAX_ROWS_PER_FILE="20000",
+    )
     from tests.conftest import free_port
 
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
@@ -141,6 +150,10 @@ def test_bytewax_run_module_with_two_processes_matches_in_process_bars(
     assert sort_bars(read_table(lake, "silver/bars_1m")).equals(
         sort_bars(read_table(lake_ref, "silver/bars_1m"))
     )
+    ticks = Lake(str(lake)).table("bronze/ticks")
+    assert ticks.to_pyarrow_dataset().count_rows() == read_table(lake_ref, "bronze/ticks").num_rows
+    # Several commits (the first one creates the table), none of them lost.
+    assert len(ticks.history()) >= 3
 
 
 class _PausingPartition(StatefulSourcePartition[RawTickBatch, int]):
@@ -272,33 +285,38 @@ def test_lake_files_carry_statistics_that_prune_time_and_symbol_filters(real_dat
     assert stats(ticks, "ts").has_min_max and stats(ticks, "price").has_min_max
     assert stats(bars, "start").has_min_max and stats(bars, "close").has_min_max
     assert stats(ticks, "exchange") is None
-    # Readers filter on the partitioned table as usual.
-    table = pq.read_table(
-        Lake(lake).path("bronze/ticks"),
-        filters=[("ts", "<", pa.scalar(datetime(2013, 10, 6, tzinfo=UTC)))],
+    # The Delta log carries the same statistics, so readers skip files on them.
+    adds = pa.table(Lake(lake).table("bronze/ticks").get_add_actions(flatten=True)).to_pylist()
+    assert adds and all(a["min.symbol"] == a["max.symbol"] == "IBM" for a in adds)
+    assert all(a["num_records"] > 0 and a["min.ts"] <= a["max.ts"] for a in adds)
+    # Readers filter on the table as usual.
+    table = (
+        Lake(lake)
+        .dataset("bronze/ticks")
+        .to_table(filter=ds.field("ts") < pa.scalar(datetime(2013, 10, 6, tzinfo=UTC)))
     )
     assert table.num_rows == 0
 
 
-def test_readers_never_see_a_partial_file(real_data, tmp_path):
+def test_readers_of_the_table_never_see_a_partial_commit(real_data, tmp_path):
     path = real_data / "ticks" / "SPY_20131008.csv.gz"
     lake = tmp_path / "lake"
     from tests.conftest import cli
 
     errors: list[str] = []
-    checked: set[str] = set()
+    seen: list[tuple[int, int]] = []  # (version, rows) as a reader of the table saw them
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set():
-            for f in lake.glob("**/*.parquet"):
-                try:
-                    pq.read_table(f)
-                    checked.add(str(f))
-                except FileNotFoundError:
-                    pass
-                except Exception as exc:  # a half-written file
-                    errors.append(f"{f}: {exc}")
+            table = Lake(str(lake)).table("bronze/ticks")
+            if table is None:
+                continue
+            try:
+                rows = table.to_pyarrow_dataset().to_table(columns=["price"]).num_rows
+                seen.append((table.version(), rows))
+            except Exception as exc:  # a half-written or missing file
+                errors.append(f"version {table.version()}: {exc}")
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -309,14 +327,22 @@ def test_readers_never_see_a_partial_file(real_data, tmp_path):
             f"file:{path}",
             "--lake",
             str(lake),
-            env={"STOCKFLOW_MAX_ROWS_PER_FILE": "5000", "STOCKFLOW_BATCH_SIZE": "2000"},
+            env={
+                "STOCKFLOW_MAX_ROWS_PER_FILE": "5000",
+                "STOCKFLOW_BATCH_SIZE": "2000",
+                "STOCKFLOW_COMMIT_INTERVAL_S": "0.05",
+            },
         )
     finally:
         done.set()
         watcher.join()
     assert result.returncode == 0, result.stderr
     assert not errors
-    assert len(checked) >= 90  # 451,545 ticks / 5,000 rows per file
+    # Versions only grow, and so do the rows a reader sees; several commits
+    # were seen on the way to the whole day.
+    assert seen and seen[-1][1] == 451_545
+    assert all(b[0] >= a[0] and b[1] >= a[1] for a, b in zip(seen, seen[1:], strict=False))
+    assert len({v for v, _ in seen}) >= 3
     assert not list(lake.glob("**/.*"))  # no temporary files left behind
 
 
@@ -410,13 +436,20 @@ def test_bytewax_run_recovery_flag_turns_on_state_snapshots_and_exactly_once_lak
         timeout=120,
     )
 
-    # Assert: same bars; the run id lives in the store (exactly-once lake);
-    # the gold state was snapshotted (not None) for every shard it saw.
+    # Assert: same bars; the lake writers snapshotted their protocol state
+    # (exactly-once lake) and the gold state was snapshotted (not None) for
+    # every shard it saw.
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert sort_bars(read_table(lake, "silver/bars_1m")).equals(
         sort_bars(read_table(lake_ref, "silver/bars_1m"))
     )
-    assert (store / "stockflow-run-id").read_text().strip()
+    with sqlite3.connect(store / "part-0.sqlite3") as db:
+        lake_states = db.execute(
+            "SELECT ser_change FROM snaps WHERE step_id LIKE '%lake_bars_1m%' "
+            "AND ser_change IS NOT NULL"
+        ).fetchall()
+    assert lake_states
+    assert all({"next", "pieces"} <= set(pickle.loads(r[0])) for r in lake_states)
     with sqlite3.connect(store / "part-0.sqlite3") as db:
         rows = db.execute(
             "SELECT ser_change FROM snaps WHERE step_id LIKE '%gold%' AND ser_change IS NOT NULL"

@@ -43,10 +43,13 @@ def _stockflow(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 
 def _lake_files_are_whole(lake: Path) -> int:
-    """Every visible file is a complete Parquet file; no temp files remain."""
+    """Every file a table's current version references is a complete Parquet
+    file (a file cut by a kill is never committed); no temp files remain."""
+    from connectors.lake import TABLES, Lake
+
     hidden = [p for p in lake.rglob(".*") if "_staging" not in str(p)]
     assert not hidden, hidden[:5]
-    files = list(lake.rglob("*.parquet"))
+    files = [f for table in TABLES for f in Lake(str(lake)).files(table)]
     for f in files:
         pq.read_metadata(f)
     return len(files)
@@ -102,6 +105,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
         "STOCKFLOW_PG_SCHEMA": schema,
         "STOCKFLOW_SNAPSHOT_INTERVAL_S": "0.3",
         "STOCKFLOW_MAX_ROWS_PER_FILE": "20000",
+        "STOCKFLOW_COMMIT_INTERVAL_S": "0.5",
     }
     args = [
         "run",
@@ -118,14 +122,15 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
     rng = random.Random(20131007)
     kills = []
 
-    # Three kills inside Parquet writes (between writing the bytes and the
-    # rename), at random write counts: these land however loaded the machine is.
-    for _ in range(3):
+    # Kills inside Parquet writes (half a file written) and right after Delta
+    # commits (before the snapshot that follows), at random counts: these
+    # land however loaded the machine is.
+    for point in ("lake_write", "lake_commit", "lake_write", "lake_commit"):
         nth = rng.randint(2, 9)
-        proc = _stockflow(args, {**env, "STOCKFLOW_FAULT": f"lake_write:{nth}"})
+        proc = _stockflow(args, {**env, "STOCKFLOW_FAULT": f"{point}:{nth}"})
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL, out[-2000:]
-        kills.append(f"during lake write #{nth}")
+        kills.append(f"at {point} #{nth}")
     # More at random moments while it works, then a run to the end.
     finished = False
     for _ in range(3):
@@ -144,7 +149,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
         proc = _stockflow(args, env)
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-2000:]
-    assert len(kills) >= 3, kills
+    assert len(kills) >= 4, kills
     print("kills:", kills)
 
     want = read_table(reference, "silver/bars_1m")

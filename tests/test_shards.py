@@ -196,7 +196,8 @@ def _note_workers(monkeypatch) -> dict[str, dict[str, set[str]]]:
             "lake",
             lake._LakePartition.write_batch,
             lambda args, _: (
-                set().union(*(_table_symbols(t) for t in args[1]))
+                # None: the commit clock's wake-up
+                set().union(*(_table_symbols(t) for t in args[1] if t is not None))
                 if args[0]._sink.table == "bronze/ticks"
                 else set()
             ),

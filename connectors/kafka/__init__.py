@@ -88,9 +88,15 @@ from connectors.kafka.sink import (
     dlq_messages,
     signal_messages,
 )
-from connectors.kafka.source import TickTopicSource, make_source, source_fetch_config
+from connectors.kafka.source import (
+    TickTopicSource,
+    make_source,
+    offset_ranges,
+    source_fetch_config,
+)
 
 __all__ = [
+    "offset_ranges",
     "DLQ_MAX_VALUE_BYTES",
     "ID_HEADER",
     "CheckedProducer",

@@ -283,6 +283,32 @@ class TickTopicSource(KafkaSource):
         )
 
 
+def offset_ranges(settings: Settings, topic: str) -> list[str]:
+    """``brokers``, then ``topic/partition:low-high`` for each partition as
+    the broker reports them now: the identity of a bounded run (a bounded
+    run repeated over the same offsets writes the lake once)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        kafka_config(settings, **{"group.id": "stockflow-offsets", "enable.auto.commit": False})
+    )
+    try:
+        out = [settings.kafka_brokers]
+        for part in topic_partitions(settings, topic):
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, part), timeout=ADMIN_TIMEOUT_S, cached=False
+                )
+            except KafkaException as exc:
+                raise UserError(
+                    f"cannot read the offsets of {topic}/{part}: {exc.args[0].str()}"
+                ) from None
+            out.append(f"{topic}/{part}:{low}-{high}")
+        return out
+    finally:
+        consumer.close()
+
+
 def make_source(settings: Settings) -> TickTopicSource:
     """The ``--source kafka`` source for `settings` (the broker and topic are
     checked here, so a mistake ends in one line before the flow starts)."""

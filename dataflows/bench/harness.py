@@ -43,6 +43,11 @@ class BenchOptions:
     soak_snapshot_interval: float | None = None  # default: the product's (snapshot_interval_s)
     soak_recovery: bool = False  # a recovery store: state snapshots and exactly-once lake
     lateness: float = 5.0
+    # lake: a simulated month of live commits (dataflows.bench.lake)
+    lake_days: int = 21
+    lake_symbols: int = 200
+    lake_commit_minutes: int = 30
+    lake_writers: int = 2
 
 
 def rss_mb() -> float:
@@ -162,6 +167,10 @@ def render(r: dict[str, Any]) -> str:
             f"{r['peak_rss_mb']:,.0f} MB ({r['peak_rss_incl_shutdown_mb']:,.0f} MB incl. shutdown), "
             f"{trend}; {r['ticks']:,} ticks, {r['bars_1m']:,} 1m bars"
         )
+    if s == "lake":
+        from dataflows.bench.lake import render_lake
+
+        return render_lake(r)
     if s == "latency":
         return (
             f"{s:<10} {r['achieved_rate']:,.0f} ticks/s over {r['symbols']} symbols: bar in the "

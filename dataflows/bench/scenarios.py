@@ -95,7 +95,7 @@ from dataflows.bench.soak import SOAK_START, SoakPlan, SoakProgress, SoakSource
 from dataflows.core.errors import UserError
 from dataflows.core.shards import DEFAULT_SHARDS, shard_of
 
-SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency")
+SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency", "lake")
 # What `stockflow bench` runs without --scenario: the soak and the paced
 # latency run take minutes by design, so they run only when asked for.
 DEFAULT_SCENARIOS = ("file", "gold", "backfill", "kafka", "processes")
@@ -534,8 +534,8 @@ def soak_stats(
     samples: list[list[Any]], warmup_end_s: float | None, margin_s: float, window_s: float = 60.0
 ) -> dict[str, Any]:
     """Peak RSS (during the soak and at shutdown) and the trend after the
-    warm-up. The lake's buffers make RSS a sawtooth (files roll every
-    ``max_file_age_s``), so the trend compares the troughs: the lowest
+    warm-up. The lake's buffers make RSS a sawtooth (writers commit every
+    ``commit_interval_s``), so the trend compares the troughs: the lowest
     RSS of each `window_s` window after the warm-up."""
     running = [r for _, r, _, phase in samples if phase in ("warm-up", "soak")]
     out: dict[str, Any] = {
@@ -631,6 +631,8 @@ def _child_latency_pipeline(args: dict[str, Any]) -> dict[str, Any]:
         lake=args["lake"],
         recovery_dir=args["recovery"],
         snapshot_interval_s=args["snapshot_interval"],
+        # Freshness is the point here: a commit per snapshot interval.
+        commit_interval_s=args["snapshot_interval"],
         lateness_s=args["lateness"],
     )
     with contextlib.suppress(KeyboardInterrupt, UserError):  # "interrupted"
@@ -639,8 +641,8 @@ def _child_latency_pipeline(args: dict[str, Any]) -> dict[str, Any]:
 
 
 class LakeWatcher:
-    """Notes when each row of a lake table first becomes readable (polls
-    the table's directory; files appear atomically)."""
+    """Notes when each row of a lake table first becomes readable: polls the
+    Delta table's version and reads the files each new version adds."""
 
     def __init__(self, table_dir: Path, poll_s: float = 0.02) -> None:
         self._dir = table_dir
@@ -661,25 +663,32 @@ class LakeWatcher:
     def _run(self) -> None:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
+        from deltalake import DeltaTable
 
+        table: DeltaTable | None = None
+        version = -1
         while not self._stop.is_set():
-            found = (
-                [] if not self._dir.exists() else sorted(self._dir.glob("date=*/part-*.parquet"))
-            )
-            now = time.time()
-            for path in found:
-                if path.name in self._seen_files:
-                    continue
-                self._seen_files.add(path.name)
-                table = pq.read_table(path, columns=["symbol", "start", "trades"])
-                starts = pc.cast(table.column("start"), "int64").to_pylist()
-                for sym, start, trades in zip(
-                    table.column("symbol").to_pylist(),
-                    starts,
-                    table.column("trades").to_pylist(),
-                    strict=True,
-                ):
-                    self.rows.append((sym, start, trades or 0, now))
+            if table is None and (self._dir / "_delta_log").is_dir():
+                table = DeltaTable(str(self._dir))
+            if table is not None:
+                table.update_incremental()
+            if table is not None and table.version() != version:
+                version = table.version()
+                now = time.time()
+                for uri in table.file_uris():
+                    path = uri.removeprefix("file://")
+                    if path in self._seen_files:
+                        continue
+                    self._seen_files.add(path)
+                    rows = pq.read_table(path, columns=["symbol", "start", "trades"])
+                    starts = pc.cast(rows.column("start"), "int64").to_pylist()
+                    for sym, start, trades in zip(
+                        rows.column("symbol").to_pylist(),
+                        starts,
+                        rows.column("trades").to_pylist(),
+                        strict=True,
+                    ):
+                        self.rows.append((sym, start, trades or 0, now))
             self._stop.wait(self._poll_s)
 
 
@@ -853,10 +862,27 @@ def run_scenario(
         "processes": _processes_scenario,
         "symbols10k": _symbols10k_scenario,
         "latency": _latency_scenario,
+        "lake": _lake_scenario,
     }
     if scenario not in runners:
         raise UserError(f"unknown scenario {scenario!r}; use {', '.join(SCENARIOS)}")
     return runners[scenario](opts, data)
+
+
+def _lake_scenario(opts: BenchOptions, data: Path | None) -> Result:
+    from dataflows.bench.lake import LakeBenchOptions, run_lake_bench
+
+    figures = run_lake_bench(
+        LakeBenchOptions(
+            days=opts.lake_days,
+            symbols=opts.lake_symbols,
+            commit_minutes=opts.lake_commit_minutes,
+            writers=opts.lake_writers,
+            seed=opts.seed,
+        )
+    )
+    figures.pop("scenario")
+    return Result("lake", figures)
 
 
 def main_child(argv: list[str]) -> None:

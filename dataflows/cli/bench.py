@@ -14,7 +14,9 @@ from dataflows.cli.main import cli
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(["file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency"]),
+    type=click.Choice(
+        ["file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency", "lake"]
+    ),
     help="Scenario(s) to run (default: file, gold, backfill, kafka, processes).",
 )
 @click.option("--repeats", default=3, show_default=True, help="Interleaved repeats per side.")
@@ -39,6 +41,15 @@ from dataflows.cli.main import cli
 @click.option(
     "--snapshot-interval", default=0.5, show_default=True, help="Seconds per snapshot (latency)."
 )
+@click.option("--lake-days", default=21, show_default=True, help="Trading days (lake).")
+@click.option("--lake-symbols", default=200, show_default=True, help="Symbols (lake).")
+@click.option(
+    "--lake-commit-minutes",
+    default=30,
+    show_default=True,
+    help="Simulated minutes per commit interval (lake; the live cadence is 1).",
+)
+@click.option("--lake-writers", default=2, show_default=True, help="Writers per table (lake).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench(scenarios: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     """Measure stockflow against baselines run in the same invocation."""

@@ -59,9 +59,8 @@ def demo(lake: str, ticks: int, seed: int, workers: int) -> None:
     summary = run(settings)
     click.echo(summary.render())
     click.echo(
-        '\nexplore: python -c "import pyarrow.dataset as ds; '
-        f"print(ds.dataset('{summary.lake}/silver/bars_1m', partitioning='hive')"
-        '.to_table().to_pandas().tail())"'
+        '\nexplore: python -c "from deltalake import DeltaTable; '
+        f"print(DeltaTable('{summary.lake}/silver/bars_1m').to_pandas().tail())\""
     )
 
 
@@ -113,6 +112,7 @@ _COMMAND_MODULES = (
     "dataflows.cli.db",
     "dataflows.cli.backfill",
     "dataflows.cli.report",
+    "dataflows.cli.lake",
 )
 
 

@@ -139,10 +139,36 @@ OPTIONS: tuple[Option, ...] = (
         "roll a Parquet file at this many rows",
     ),
     Option(
-        "max_file_age_s",
-        "STOCKFLOW_MAX_FILE_AGE_S",
-        "lake.max_file_age_s",
-        "roll a Parquet file after its oldest row waited this long",
+        "commit_interval_s",
+        "STOCKFLOW_COMMIT_INTERVAL_S",
+        "lake.commit_interval_s",
+        "commit a lake writer's rows (one Delta commit per table and worker) once the "
+        "oldest waited this long",
+    ),
+    # Table maintenance (connectors.lake_tables)
+    Option(
+        "lake_target_file_mb",
+        "STOCKFLOW_LAKE_TARGET_FILE_MB",
+        "lake.target_file_mb",
+        "compaction and backfills write files near this size (MiB)",
+    ),
+    Option(
+        "lake_compact_after_files",
+        "STOCKFLOW_LAKE_COMPACT_AFTER_FILES",
+        "lake.compact_after_files",
+        "auto-compaction rewrites a closed date partition holding more files than this",
+    ),
+    Option(
+        "lake_close_after_s",
+        "STOCKFLOW_LAKE_CLOSE_AFTER_S",
+        "lake.close_after_s",
+        "a date partition counts as closed this long after its day ended",
+    ),
+    Option(
+        "lake_checkpoint_interval",
+        "STOCKFLOW_LAKE_CHECKPOINT_INTERVAL",
+        "lake.checkpoint_interval",
+        "write a Delta checkpoint (and trim the log) every this many versions",
     ),
     Option(
         "lateness_s",
@@ -373,8 +399,12 @@ class Settings:
     lake: str = "./lake"
     s3_endpoint: str | None = None
     max_rows_per_file: int = 1_000_000
-    lake_partitions: int | None = None  # writers per lake table (None: one per shard)
-    max_file_age_s: float = 60.0
+    lake_partitions: int | None = None  # writers per lake table (None: one per worker)
+    commit_interval_s: float = 60.0
+    lake_target_file_mb: int = 128
+    lake_compact_after_files: int = 4
+    lake_close_after_s: float = 3600.0
+    lake_checkpoint_interval: int = 100
     lateness_s: float = 5.0
     resolutions: tuple[str, ...] = RESOLUTIONS
     warmup: bool = False
@@ -516,12 +546,23 @@ class Settings:
                 raise bad("sinks", f"unknown sink {sink!r}; use any of {', '.join(SINKS)}")
         if not self.sinks:
             raise bad("sinks", "at least one sink is needed")
-        for name in ("workers", "shards", "batch_size", "max_rows_per_file", "synthetic_ticks"):
+        for name in (
+            "workers",
+            "shards",
+            "batch_size",
+            "max_rows_per_file",
+            "synthetic_ticks",
+            "lake_target_file_mb",
+            "lake_compact_after_files",
+            "lake_checkpoint_interval",
+        ):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("snapshot_interval_s", "max_file_age_s", "kafka_bounded_idle_timeout_s"):
+        for name in ("snapshot_interval_s", "commit_interval_s", "kafka_bounded_idle_timeout_s"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be > 0")
+        if self.lake_close_after_s < 0:
+            raise bad("lake_close_after_s", "must be >= 0")
         if not 0 <= self.lateness_s <= 3600:
             raise bad("lateness_s", "must be between 0 and 3600 seconds")
         if "1m" not in self.resolutions or any(r not in RESOLUTIONS for r in self.resolutions):

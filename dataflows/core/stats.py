@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,7 +88,9 @@ class RunStats:
       left out; ``rejects``: rejects by reason code; ``ineligible``: ticks
       whose sale conditions kept them from some bar value, by reason;
     * ``late_ticks``; ``bars_out``: bars emitted per resolution;
-    * ``lake_rows`` / ``lake_files``: rows and data files written per lake table;
+    * ``lake_rows`` / ``lake_files``: rows and data files committed per lake table;
+      ``lake_commits``, ``lake_commit_seconds``; ``lake_skipped_rows``: rows a
+      rerun of the same bounded input left out (already in the lake);
     * ``serving``: per serving sink (``postgres``, ``snowflake``);
     * ``sink_writes``: per sink (``parquet``, ``postgres``, ``snowflake``, ``kafka``).
     """
@@ -104,6 +106,9 @@ class RunStats:
         self.bars_out: Counter[str] = Counter()
         self.lake_rows: Counter[str] = Counter()
         self.lake_files: Counter[str] = Counter()
+        self.lake_commits: Counter[str] = Counter()
+        self.lake_commit_seconds: defaultdict[str, float] = defaultdict(float)
+        self.lake_skipped_rows: Counter[str] = Counter()
         self.serving: dict[str, ServingStats] = {}
         self.sink_writes: dict[str, SinkWrites] = {}
 
@@ -143,6 +148,19 @@ class RunStats:
         with self.lock:
             self.lake_rows[table] += rows
             self.lake_files[table] += files
+
+    def lake_committed(self, table: str, rows: int, files: int, seconds: float) -> None:
+        """One Delta commit of `files` data files holding `rows` rows."""
+        with self.lock:
+            self.lake_rows[table] += rows
+            self.lake_files[table] += files
+            self.lake_commits[table] += 1
+            self.lake_commit_seconds[table] += seconds
+
+    def lake_skipped(self, table: str, rows: int) -> None:
+        """Rows left out because the same bounded input is already in the lake."""
+        with self.lock:
+            self.lake_skipped_rows[table] += rows
 
     def serving_sink(self, name: str) -> ServingStats:
         with self.lock:
@@ -201,6 +219,8 @@ class RunStats:
                 "bars_out": dict(self.bars_out),
                 "lake_rows": dict(self.lake_rows),
                 "lake_files": dict(self.lake_files),
+                "lake_commits": dict(self.lake_commits),
+                "lake_skipped": dict(self.lake_skipped_rows),
                 "serving": {
                     k: {"rows": v.rows, "retries": v.retries, "batches": v.batches}
                     for k, v in self.serving.items()

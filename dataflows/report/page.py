@@ -17,7 +17,8 @@ it. What it shows:
   signals marked, volume, RSI and MACD panels, and the latest non-hold
   signals in words.
 
-Only what the page needs is read: the symbols' latest date partitions of
+Only what the page needs is read, through each Delta table (its log names
+the files and their dates; no folder is listed): the symbols' latest date partitions of
 ``gold/indicators_<res>`` and ``gold/signals``, and the latest
 :data:`KPI_DATES` date partitions of ``silver/bars_1m`` (or of the chosen
 resolution's bars; a symbol whose previous trading day is older than that
@@ -30,7 +31,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from connectors.lake import Lake
+from connectors.lake_tables import open_table, refuse_plain_table, table_dataset, table_dates
 from dataflows.core.config import RESOLUTIONS
 from dataflows.core.errors import UserError
 from dataflows.core.schema import LakeTables
@@ -50,7 +51,6 @@ KPI_DATES = 10
 DAILY_VOLATILITY_DAYS = 20
 DEFAULT_BARS = 300
 DEFAULT_TOP = 8
-_DATE_DIR = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 _BAR_NAMES = {"1m": "1-minute", "5m": "5-minute", "15m": "15-minute", "1h": "hourly", "1d": "daily"}
 
 
@@ -82,8 +82,32 @@ class ReportSummary:
         )
 
 
+@dataclass
+class _Table:
+    """An open Delta table and its date partitions, newest first."""
+
+    lake: Lake
+    name: str
+    dt: Any
+    dates: list[str]
+
+    def rows(self, dates: Sequence[str], **scan: Any) -> Any:
+        return table_dataset(self.lake, self.name, self.dt, dates).to_table(**scan)
+
+
+def _open(lake: Lake, table: str) -> _Table | None:
+    """`table` of `lake` when it is a Delta table with rows, else None (a
+    table of plain Parquet files of an older version is refused in one line)."""
+    dt = open_table(lake, table)
+    if dt is None:
+        refuse_plain_table(lake, table)
+        return None
+    dates = table_dates(dt)
+    return _Table(lake, table, dt, dates) if dates else None
+
+
 def _has(lake: Lake, table: str) -> bool:
-    return bool(lake.fs.exists(lake.path(table)) and lake.files(table))
+    return _open(lake, table) is not None
 
 
 def lake_resolutions(lake: Lake) -> list[str]:
@@ -107,18 +131,12 @@ def _require_resolution(lake: Lake, resolution: str) -> None:
     )
 
 
-def _dates(dataset: Any) -> list[str]:
-    """The dataset's date partitions, newest first."""
-    found = {m[1] for f in dataset.files if (m := _DATE_DIR.search(f.replace("\\", "/")))}
-    return sorted(found, reverse=True)
-
-
 def _latest(
-    dataset: Any, symbols: Sequence[str], rows: int, columns: list[str] | None = None
+    table: _Table | None, symbols: Sequence[str], rows: int, columns: list[str] | None = None
 ) -> pd.DataFrame:
     """Each symbol's newest `rows` rows, reading date partitions newest
     first in growing chunks until every symbol has enough."""
-    dates = _dates(dataset)
+    dates = table.dates if table is not None else []
     wanted = set(symbols)
     counts: dict[str, int] = {}
     parts: list[pd.DataFrame] = []
@@ -126,13 +144,12 @@ def _latest(
     while i < len(dates) and wanted:
         days = dates[i : i + chunk]
         i, chunk = i + chunk, chunk * 2
-        table = dataset.to_table(
-            filter=ds.field("date").isin(days) & ds.field("symbol").isin(sorted(wanted)),
-            columns=columns,
+        found = table.rows(  # type: ignore[union-attr]
+            days, filter=ds.field("symbol").isin(sorted(wanted)), columns=columns
         )
-        if not table.num_rows:
+        if not found.num_rows:
             continue
-        frame = table.to_pandas()
+        frame = found.to_pandas()
         parts.append(frame)
         for symbol, n in frame["symbol"].value_counts().items():
             counts[symbol] = counts.get(symbol, 0) + int(n)
@@ -161,15 +178,13 @@ def load_report_data(
     # of daily or hourly bars) gets the same figures from the chosen bars.
     kpi_resolution = "1m" if _has(lake, LakeTables.bars) else resolution
     volatility_days = DAILY_VOLATILITY_DAYS if kpi_resolution == "1d" else 1
-    bar_table = LakeTables.bars_of(kpi_resolution)
-    if not _has(lake, bar_table):
-        bar_table = LakeTables.indicators_of(resolution)  # bar columns + indicators
-    bar_rows = lake.dataset(bar_table)
-    recent_dates = _dates(bar_rows)[: max(KPI_DATES, volatility_days)]
-    recent = bar_rows.to_table(
-        filter=ds.field("date").isin(recent_dates),
-        columns=["symbol", "start", "close", "volume"],
-    ).to_pandas()
+    bar_rows = _open(lake, LakeTables.bars_of(kpi_resolution)) or _open(
+        lake,
+        LakeTables.indicators_of(resolution),  # bar columns + indicators
+    )
+    assert bar_rows is not None  # _require_resolution found the indicators
+    recent_dates = bar_rows.dates[: max(KPI_DATES, volatility_days)]
+    recent = bar_rows.rows(recent_dates, columns=["symbol", "start", "close", "volume"]).to_pandas()
     volatility = charts.volatility_from_bars(recent, volatility_days)
     kpi = charts.kpi_from_bars(recent)
     chosen = [s.upper() for s in symbols]
@@ -182,18 +197,16 @@ def load_report_data(
             f"no bars for {', '.join(unknown)} in the lake's latest {len(recent_dates)} days "
             f"at {lake.url}; symbols there: {', '.join(kpi['symbol']) or '(none)'}"
         )
-    indicators = _latest(lake.dataset(LakeTables.indicators_of(resolution)), chosen, bars)
+    indicators = _latest(_open(lake, LakeTables.indicators_of(resolution)), chosen, bars)
     data = ReportData(lake.url, resolution, kpi, volatility, kpi_resolution, volatility_days)
-    signals_path = lake.path("gold/signals")
     signal_rows = pd.DataFrame()
-    if lake.fs.exists(signals_path) and lake.files("gold/signals") and not indicators.empty:
+    signals = _open(lake, LakeTables.signals)
+    if signals is not None and not indicators.empty:
         first = indicators["start"].min()
-        signals = lake.dataset("gold/signals")
-        days = [d for d in _dates(signals) if d >= first.strftime("%Y-%m-%d")]
-        signal_rows = signals.to_table(
-            filter=ds.field("date").isin(days)
-            & ds.field("symbol").isin(chosen)
-            & (ds.field("resolution") == resolution),
+        days = [d for d in signals.dates if d >= first.strftime("%Y-%m-%d")]
+        signal_rows = signals.rows(
+            days,
+            filter=ds.field("symbol").isin(chosen) & (ds.field("resolution") == resolution),
             columns=["symbol", "start", "signal", "score", "reasons", "summary"],
         ).to_pandas()
     for symbol in chosen:
