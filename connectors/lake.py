@@ -695,6 +695,13 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         self._schema: pa.Schema | None = None
         sink.encoders.acquire()
         self._closed = False
+        # Partition 0 of a sink exists once in a cluster: it runs the
+        # sink's background task (lake maintenance), if any.
+        self._background = (
+            _Background(sink.background, sink.background_every_s)
+            if pid == 0 and sink.background is not None
+            else None
+        )
         if resume is not None:
             self._resume(resume)
         elif sink.may_have_history:
@@ -1059,10 +1066,42 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
             return
         self._closed = True
         try:
+            if self._background is not None:
+                self._background.stop()
             if not self._skip:
                 self._commit_pending(final=True)
         finally:
             self._sink.encoders.release()
+
+
+class _Background:
+    """``task(now)`` every `every_s` seconds on a daemon thread until
+    :meth:`stop`; a failing call is logged and tried again next time (lake
+    maintenance must never stop the flow it runs beside)."""
+
+    def __init__(self, task: Callable[[datetime], Any], every_s: float) -> None:
+        self._task, self._every = task, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="stockflow-lake-maintenance", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self._task(datetime.now(UTC))
+            except Exception as exc:  # noqa: BLE001 - logged, retried next time
+                log.warning("lake maintenance failed (%s); retried later", _one_line(exc))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class ParquetLakeSink(FixedPartitionedSink[pa.Table | None, dict[str, Any]]):
@@ -1091,6 +1130,9 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table | None, dict[str, Any]]):
         long, with backoff, before stopping the flow with a clear error.
     :arg encoders: the run's background encoder threads (shared by its
         sinks); a new pool when None.
+    :arg background: ``task(now)`` run every `background_every_s` seconds
+        on a thread of partition 0 while the sink runs (the live flow's lake
+        maintenance: compaction of closed dates, checkpoints).
     """
 
     def __init__(
@@ -1109,8 +1151,17 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table | None, dict[str, Any]]):
         retry_s: float = 60.0,
         encoders: EncoderPool | None = None,
         stats: RunStats | None = None,
+        background: Callable[[datetime], Any] | None = None,
+        background_every_s: float = 60.0,
     ) -> None:
+        # Imported here, in the thread that builds the flow: worker threads
+        # and the maintenance thread importing delta-rs for the first time
+        # at once can fail inside importlib (KeyError: 'deltalake').
+        import deltalake  # noqa: F401
+
         self.lake = lake
+        self.background = background
+        self.background_every_s = background_every_s
         self.stats = stats if stats is not None else RunStats()
         self.table = table
         self.time_column = time_column or TABLES[table]

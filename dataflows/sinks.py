@@ -9,6 +9,7 @@ connector (see the README).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,9 +44,16 @@ def attach_parquet(streams: PipelineStreams) -> None:
     margin_s = tick_s + (epoch_s if exactly_once else 0.0)
     active_s = settings.commit_interval_s + 2 * epoch_s + 2 * tick_s
 
+    maintenance = _lake_maintenance(settings, lake)
+    host = LakeTables.ticks if streams.ticks is not None else LakeTables.bars
+
     def lake_output(
         name: str, stream: KeyedStream[pa.Table], table: str, columns: tuple[str, ...] | None
     ) -> None:
+        # Bytewax builds a sink partition when its first item comes: the
+        # ticks table's partition 0 is built as soon as ticks flow, and
+        # exists once in a cluster, so it hosts the maintenance.
+        background = maintenance if table == host else None
         sink = ParquetLakeSink(
             lake,
             table,
@@ -58,10 +66,32 @@ def attach_parquet(streams: PipelineStreams) -> None:
             writer_key=writer_key,
             encoders=encoders,
             stats=streams.stats,
+            background=background,
+            background_every_s=settings.commit_interval_s,
         )
         op.output(name, commit_clock(f"{name}_clock", stream, tick_s, active_s), sink)
 
     attach_lake_outputs(streams, lake_output)
+
+
+def _lake_maintenance(settings: Settings, lake: Any) -> Callable[[datetime], Any] | None:
+    """A live flow compacts each date partition once it closed
+    (``lake.close_after_s`` after its day ended) and checkpoints the tables'
+    logs, beside its writers; bounded runs and backfills write few files and
+    leave maintenance to ``stockflow lake optimize``."""
+    if not settings.is_live:
+        return None
+    from connectors.lake_tables import AutoCompactor
+
+    compactor = AutoCompactor(
+        lake,
+        close_after_s=settings.lake_close_after_s,
+        compact_after_files=settings.lake_compact_after_files,
+        target_file_mb=settings.lake_target_file_mb,
+        checkpoint_interval=settings.lake_checkpoint_interval,
+        every_s=0.0,  # the sink's thread paces it
+    )
+    return compactor.maybe_run
 
 
 LakeOutput = Callable[[str, KeyedStream[pa.Table], str, "tuple[str, ...] | None"], None]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -400,7 +401,19 @@ def test_convert_keeps_every_row_of_an_old_lake_and_is_idempotent(
     real_data, tmp_path: Path, run_pipeline
 ) -> None:
     ticks = real_data / "ticks" / "IBM_20131007.csv.gz"
-    lake_dir, _ = run_pipeline(f"file:{ticks}")
+    delta_dir, _ = run_pipeline(f"file:{ticks}")
+    # A lake as versions before Delta wrote it: hive-partitioned Parquet
+    # files, one folder per date, no log.
+    lake_dir = str(tmp_path / "old_lake")
+    for table in ("bronze/ticks", "bronze/rejects", "silver/bars_1m", "gold/signals"):
+        rows = read_table(Lake(delta_dir), table)
+        if rows.num_rows:
+            pq.write_to_dataset(
+                rows,
+                f"{lake_dir}/{table}",
+                partition_cols=["date"],
+                basename_template="part-old-0000-{i}.parquet",
+            )
     old = {
         t: pq.read_table(f"{lake_dir}/{t}").num_rows
         for t in ("bronze/ticks", "silver/bars_1m", "gold/signals")
@@ -532,3 +545,44 @@ def test_bad_lake_maintenance_settings_end_in_one_line(tmp_path: Path, name, val
     assert out.returncode == 2
     assert out.stderr.startswith("stockflow: error: bad setting") and message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_live_flow_compacts_closed_dates_beside_its_writers(tmp_path: Path) -> None:
+    """The live flow's own maintenance (not a command): a closed date of
+    many small files becomes one file with the same rows while live
+    synthetic ticks keep arriving, and the live rows keep landing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    lake = Lake(str(tmp_path / "lake"))
+    for minute in range(6):  # six small commits of a long-closed day
+        append(lake, bars(["AAA", "BBB"], DAY0, range(minute * 10, minute * 10 + 10)))
+    before = frame(read_table(lake, TABLE))
+    env = dict(
+        os.environ,
+        STOCKFLOW_COMMIT_INTERVAL_S="0.5",
+        STOCKFLOW_LAKE_COMPACT_AFTER_FILES="2",
+    )
+    args = [sys.executable, "-m", "dataflows.cli", "run", "--source", "synthetic", "--live"]
+    proc = subprocess.Popen(
+        [*args, "--lake", lake.root], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 90
+        day = DAY0.strftime("%Y-%m-%d")
+        while time.monotonic() < deadline:
+            counts = files_by_date(DeltaTable(lake.uri(TABLE)))
+            if counts.get(day, (0,))[0] == 1 and open_table(lake, "bronze/ticks") is not None:
+                break
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    counts = files_by_date(DeltaTable(lake.uri(TABLE)))
+    assert counts[day][0] == 1, (counts, out[-2000:])
+    assert read_table(lake, "bronze/ticks").num_rows > 0  # live rows landed meanwhile
+    after = read_table(lake, TABLE)
+    after = after.filter(pa.compute.equal(after["date"], day))
+    pd.testing.assert_frame_equal(frame(after), before)

@@ -103,6 +103,8 @@ def interval_bars(
             "volume": volume,
             "vwap": close,
             "trades": rng.integers(1, 200, n_sym * minutes),
+            # regular-hours minutes (09:30-16:00 New York)
+            "session": pa.array(["regular"] * (n_sym * minutes), pa.string()),
         },
         schema=BAR_SCHEMA,
     ).append_column("date", pa.array([day.strftime("%Y-%m-%d")] * (n_sym * minutes)))

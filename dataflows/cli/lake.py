@@ -12,8 +12,10 @@ plain-Parquet lake of earlier versions into Delta tables in place. See
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from datetime import date as date_cls
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,15 +23,20 @@ from dataflows.cli.main import cli
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
 
+if TYPE_CHECKING:
+    from connectors.lake import Lake
 
-def _lake_options(fn):  # type: ignore[no-untyped-def]
+
+def _lake_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--config", "config_file", type=click.Path(), help="TOML config file.")(fn)
     fn = click.option("--s3-endpoint", help="S3/MinIO endpoint URL.")(fn)
     fn = click.option("--lake", help="Lake root: local path or s3://bucket/prefix.")(fn)
     return fn
 
 
-def _open(lake: str | None, s3_endpoint: str | None, config_file: str | None):  # type: ignore[no-untyped-def]
+def _open(
+    lake: str | None, s3_endpoint: str | None, config_file: str | None
+) -> tuple[Settings, Lake]:
     from connectors.lake import Lake
     from connectors.lake_tables import check_lake
 
@@ -39,7 +46,7 @@ def _open(lake: str | None, s3_endpoint: str | None, config_file: str | None):  
     return settings, handle
 
 
-def _tables(handle, table: str | None) -> list[str]:  # type: ignore[no-untyped-def]
+def _tables(handle: Lake, table: str | None) -> list[str]:
     from connectors.lake_tables import existing_tables, require_table
 
     if table is not None:
