@@ -58,9 +58,6 @@ class GoldConfig:
     # copy of every series' windows is thrown away, and for a whole market
     # it is as big as the state itself (the RSS would double each epoch).
     snapshots: bool = True
-    # A series with this many bars in one batch takes the array road
-    # (dataflows.stages.gold); fewer go bar by bar. Both give the same rows.
-    array_min_bars: int = 32
 
     def for_resolution(self, res: str) -> IndicatorConfig:
         return _with_resolution(self.indicators, res)

@@ -5,15 +5,6 @@ and a :class:`~indicators.SignalEngine` for every (symbol, resolution) it has
 seen. Bars arrive per symbol in start order (the bar stage guarantees it), so
 each indicator sees its series exactly once, in order. The indicator objects
 are plain Python; this module only moves rows between them and Arrow.
-
-Two roads through the same objects, chosen per series and batch: a series
-with at least ``GoldConfig.array_min_bars`` (32) bars in a batch (history: backfills,
-replays) goes through the array road (``IndicatorSet.run`` and
-``SignalEngine.run``, whole columns at once), one with fewer (live: a bar a
-minute) bar by bar (``update``/``evaluate``). Both give the same values to
-the last bit and leave the same state (:mod:`indicators.batch`), so which
-road a bar took never shows in the tables, and a series may switch between
-them at any batch.
 """
 
 from __future__ import annotations
@@ -24,19 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import bytewax.operators as op
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from dataflows.core.config import GoldConfig
 from dataflows.core.schema import INDICATOR_SCHEMA, SIGNAL_SCHEMA
 from dataflows.stages.operators import only_resolution
 from indicators import IndicatorSet, SignalEngine
-from indicators.indicator_set import COLUMNS
-
-# The bar columns the array road reads (the rest of a bar it does not need).
-_ARRAY_INPUTS = ("start", "high", "low", "close", "volume", "vwap")
 
 
 class _Series:
@@ -92,90 +77,32 @@ class GoldLogic(
         self, values: list[tuple[str, pa.Table]]
     ) -> tuple[list[tuple[str, pa.Table]], bool]:
         out: list[tuple[str, pa.Table]] = []
-        signals: list[pa.Table] = []
-        for res, bars in values:
-            if bars.num_rows < self._config.array_min_bars:
-                indicators, sig = self._bar_by_bar(res, bars)
-                out.append((f"indicators_{res}", indicators))
-                signals.append(sig)
-                continue
-            parts: list[pa.Table] = []
-            for series_bars in _by_symbol(bars):
-                if series_bars.num_rows >= self._config.array_min_bars:
-                    indicators, sig = self._array(res, series_bars)
-                else:
-                    indicators, sig = self._bar_by_bar(res, series_bars)
-                parts.append(indicators)
-                signals.append(sig)
-            out.append((f"indicators_{res}", pa.concat_tables(parts)))
-        signals = [t for t in signals if t.num_rows]
-        if signals:
-            out.append(("signals", pa.concat_tables(signals)))
-        return out, StatefulBatchLogic.RETAIN
-
-    def _bar_by_bar(self, res: str, bars: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """The incremental road: each bar through ``update`` and ``evaluate``."""
-        rows = bars.to_pylist()
-        dirty = self._dirty
         signals: list[dict[str, Any]] = []
-        for row in rows:
-            series = self._get(row["symbol"], res, row["start"])
-            dirty.add((row["symbol"], res))
-            values_ = series.indicators.update(row)
-            row.update(values_)
-            sig = series.signals.evaluate(row, values_)
-            signals.append(
-                {
-                    "symbol": row["symbol"],
-                    "resolution": res,
-                    "start": row["start"],
-                    "signal": sig["signal"],
-                    "score": float(sig["score"]),
-                    "reasons": list(sig["reasons"]),
-                    "summary": sig["summary"],
-                    "data_quality": bool(sig["data_quality"]),
-                }
-            )
-        return (
-            pa.Table.from_pylist(rows, schema=INDICATOR_SCHEMA),
-            pa.Table.from_pylist(signals, schema=SIGNAL_SCHEMA),
-        )
-
-    def _array(self, res: str, bars: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """The array road: one symbol's bars (in start order) at once."""
-        symbol = bars.column("symbol")[0].as_py()
-        starts = bars.column("start")
-        series = self._get(symbol, res, starts[0].as_py())
-        self._dirty.add((symbol, res))
-        columns = {
-            name: bars.column(name).to_numpy()
-            for name in _ARRAY_INPUTS
-            if name in bars.column_names
-        }
-        values_ = series.indicators.run(columns, symbol)
-        sig = series.signals.run(columns, values_, symbol)
-        indicators = bars
-        for name in COLUMNS:
-            column = values_[name]
-            nulls = np.isnan(column)
-            indicators = indicators.append_column(
-                name, pa.array(column, pa.float64(), mask=nulls if nulls.any() else None)
-            )
-        n = bars.num_rows
-        signals = pa.Table.from_arrays(
-            [
-                pa.array([symbol] * n, pa.string()),
-                pa.array([res] * n, pa.string()),
-                starts,
-                pa.array(sig["signal"], pa.string()),
-                pa.array(sig["score"], pa.float64()),
-                pa.array([list(r) for r in sig["reasons"]], pa.list_(pa.string())),
-                pa.array(sig["summary"], pa.string()),
-                pa.array(sig["data_quality"], pa.bool_()),
-            ],
-            schema=SIGNAL_SCHEMA,
-        )
-        return indicators.select(INDICATOR_SCHEMA.names).cast(INDICATOR_SCHEMA), signals
+        for res, bars in values:
+            rows = bars.to_pylist()
+            dirty = self._dirty
+            for row in rows:
+                series = self._get(row["symbol"], res, row["start"])
+                dirty.add((row["symbol"], res))
+                values_ = series.indicators.update(row)
+                row.update(values_)
+                sig = series.signals.evaluate(row, values_)
+                signals.append(
+                    {
+                        "symbol": row["symbol"],
+                        "resolution": res,
+                        "start": row["start"],
+                        "signal": sig["signal"],
+                        "score": float(sig["score"]),
+                        "reasons": list(sig["reasons"]),
+                        "summary": sig["summary"],
+                        "data_quality": bool(sig["data_quality"]),
+                    }
+                )
+            out.append((f"indicators_{res}", pa.Table.from_pylist(rows, schema=INDICATOR_SCHEMA)))
+        if signals:
+            out.append(("signals", pa.Table.from_pylist(signals, schema=SIGNAL_SCHEMA)))
+        return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> dict[str, bytes] | None:
         if not self._config.snapshots:
@@ -188,19 +115,6 @@ class GoldLogic(
             )
         self._dirty.clear()
         return dict(self._saved)  # the values are immutable bytes
-
-
-def _by_symbol(bars: pa.Table) -> list[pa.Table]:
-    """`bars` split by symbol, each symbol's rows in their order."""
-    codes = pc.dictionary_encode(bars.column("symbol")).combine_chunks()
-    indices = codes.indices.to_numpy(zero_copy_only=False)
-    if len(codes.dictionary) == 1:
-        return [bars]
-    order = np.argsort(indices, kind="stable")
-    grouped = bars.take(pa.array(order))
-    bounds = np.flatnonzero(np.diff(indices[order])) + 1
-    edges = [0, *bounds.tolist(), len(order)]
-    return [grouped.slice(a, b - a) for a, b in zip(edges, edges[1:], strict=False)]
 
 
 @dataclass(frozen=True)
