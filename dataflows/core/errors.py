@@ -112,9 +112,20 @@ def quiet_worker_panics() -> Iterator[None]:
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
+    # A fatal error (abort, segfault) kills the pump with the process: its
+    # Python stacks go straight to the real stderr instead.
+    import faulthandler
+
+    fault_file = os.fdopen(os.dup(saved), "w")
+    had_faulthandler = faulthandler.is_enabled()
+    faulthandler.enable(file=fault_file, all_threads=True)
     try:
         yield
     finally:
+        faulthandler.disable()
+        if had_faulthandler:
+            faulthandler.enable()
+        fault_file.close()
         sys.stderr.flush()
         os.dup2(saved, stderr_fd)  # closes the pipe's last writer: pump ends
         thread.join(timeout=5)
