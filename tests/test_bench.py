@@ -93,3 +93,14 @@ def test_symbols10k_scenario_samples_rss_through_a_short_soak():
     phases = {phase for _, _, _, phase in r["samples"]}
     assert {"warm-up", "soak", "end"} <= phases
     assert set(r["full_series_kib"]) == {"1m", "1h", "1d"}
+
+
+def test_gold_scenario_runs_both_sides_on_the_same_bars_and_streams_10x(real_data):
+    report = bench_json("--scenario", "gold")
+
+    [r] = report["results"]
+    assert r["scenario"] == "gold" and r["baseline_is"] == "pandas+ta"
+    assert r["stockflow_bars"] == r["baseline_bars"] and r["stockflow_bars"][0] > 60_000
+    assert r["whole_series_bars_per_s"] > 0 and r["chunks_of_1000_bars_per_s"] > 0
+    assert r["stream_10x_bars"] == 10 * r["stream_1x_bars"] == 10 * r["stockflow_bars"][0]
+    assert r["stream_10x_peak_rss_mb"] > r["stream_loaded_rss_mb"] > 0

@@ -1,4 +1,4 @@
-"""Event-time 1-minute bars for many symbols at once, vectorised.
+"""Event-time 1-minute bars for many symbols at once, and their roll-ups, vectorised.
 
 :class:`BarBuilder` holds the open (not yet emitted) bars of every symbol of
 one shard and folds whole Arrow batches of ticks into them with numpy: no
@@ -42,7 +42,15 @@ Semantics (PRODUCT.md, Bars):
   arrive just after it) or pre-market to post-market (``"extended"``). The
   regular daily bar takes its open and close from the day's opening and
   closing prints where the source marks them (the largest such print: the
-  listing market's auction), else from the first and last eligible trade.
+  listing market's auction), else from the first and last eligible trade;
+* roll-up volume and price x volume are added in minute order, so a
+  roll-up does not depend, not even in the last bit, on how its minutes
+  were batched.
+
+:class:`MinuteRollup` (:func:`roll_up_minutes`) rolls up finished 1-minute
+bars (bar files: no ticks) in chunks with the same bucket, fold and
+completion functions as :class:`BarBuilder`, so its roll-ups are the bars
+the tick road would roll up from those minutes.
 """
 
 from __future__ import annotations
