@@ -21,10 +21,19 @@ returns that batch's ``gold/indicators_<res>`` and ``gold/signals`` tables
 (rows in the batch's order). Memory is O(batch) plus O(window) per series
 (with ``max_live``, the idle series are kept pickled), however long the
 history. Its state is the Bytewax operator's (:class:`GoldLogic`) state: a
-live run restored from it -- or whose warm-up hands it over, see
-:meth:`GoldChunker.series_state` -- continues exactly as if every bar had
-gone through it. :func:`compute_gold_chunk` does one series' chunk from a
-state to a state (stateless: e.g. between processes).
+live run restored from it (as from a recovery store), or whose warm-up
+hands a series its state, continues exactly as if every bar had gone
+through it. :func:`compute_gold_chunk` does one series' chunk from a state
+to a state (stateless: e.g. between processes).
+
+Warm-up (``GoldConfig.warmup``), asked once per series, before its first
+bar at ``first_start``: if it has ``gold_state(symbol, res, first_start)``
+and that returns the series' state after its last bar before
+``first_start`` (a :data:`SeriesState` or its pickle, e.g. what
+:meth:`GoldChunker.series_state` gave at a backfill's end), the series
+continues from it (with the configuration in it); otherwise the series
+starts fresh and replays ``bars_before(symbol, res, first_start)`` (rows
+or an Arrow table) through the array road.
 
 State of one series (:data:`SeriesState`): ``{"indicators": IndicatorSet
 snapshot, "signals": SignalEngine snapshot}``, plain values. The stage's
@@ -129,21 +138,31 @@ def _array_road(
     return indicators, signal_table
 
 
-def _groups(symbols: pa.ChunkedArray) -> list[tuple[str, np.ndarray | None]]:
-    """Each symbol of a batch with its rows in order (None: all the rows)."""
+def _split(
+    symbols: pa.ChunkedArray, min_rows: int
+) -> tuple[list[tuple[str, np.ndarray | None]], np.ndarray | None]:
+    """The symbols of a batch with at least `min_rows` rows, each with its rows
+    in order (None: all the rows), and the rows of the others, in order
+    (None: there are none). A live batch of many symbols a bar each costs a
+    count per symbol, no Python work per symbol."""
+    n = len(symbols)
     only = single_symbol(symbols)
     if only is not None:
-        return [(only, None)]
+        return ([(only, None)], None) if n >= min_rows else ([], np.arange(n))
     enc = pc.dictionary_encode(symbols)
     if isinstance(enc, pa.ChunkedArray):
         enc = enc.combine_chunks()
     codes = enc.indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(codes, kind="stable")
-    ranked = codes[order]
-    bounds = np.flatnonzero(np.append(True, ranked[1:] != ranked[:-1])).tolist()
+    counts = np.bincount(codes, minlength=len(enc.dictionary))
+    large = np.flatnonzero(counts >= min_rows)
+    if not len(large):
+        return [], np.arange(n)
     names = enc.dictionary.to_pylist()
-    ends = [*bounds[1:], len(order)]
-    return [(names[int(ranked[a])], order[a:b]) for a, b in zip(bounds, ends, strict=True)]
+    big: list[tuple[str, np.ndarray | None]] = [
+        (names[c], np.flatnonzero(codes == c)) for c in large.tolist()
+    ]
+    small = np.flatnonzero(counts[codes] < min_rows)
+    return big, small if len(small) else None
 
 
 class GoldChunker:
@@ -203,14 +222,7 @@ class GoldChunker:
         return series
 
     def _start(self, symbol: str, res: str, first_start: datetime) -> GoldSeries:
-        """A new series, seeded by the warm-up (if any) from before ``first_start``.
-
-        A warm-up offering ``gold_state(symbol, res, first_start)`` hands over
-        the series' state as it was after its last bar before ``first_start``
-        (a :data:`SeriesState` or its pickle; ``None``: it has none); else its
-        ``bars_before(symbol, res, first_start)`` (rows or an Arrow table) are
-        replayed through the array road.
-        """
+        """A new series, seeded by the warm-up (if any; see the module docstring)."""
         self._dirty.add((symbol, res))
         warmup = self._config.warmup
         if warmup is None:
@@ -263,20 +275,14 @@ class GoldChunker:
         """
         if bars.num_rows == 0:
             return INDICATOR_SCHEMA.empty_table(), SIGNAL_SCHEMA.empty_table()
-        groups = _groups(bars.column("symbol"))
-        size = self._min_array_bars
-        big = [
-            (s, idx) for s, idx in groups if (bars.num_rows if idx is None else len(idx)) >= size
-        ]
+        big, small = _split(bars.column("symbol"), self._min_array_bars)
         if not big:
             return self._row_road(res, bars)
-        small = [idx for s, idx in groups if idx is not None and len(idx) < size]
         parts: list[tuple[pa.Table, pa.Table]] = []
         rows: list[np.ndarray] = []
-        if small:
-            taken = np.sort(np.concatenate(small))
-            parts.append(self._row_road(res, bars.take(taken)))
-            rows.append(taken)
+        if small is not None:
+            parts.append(self._row_road(res, bars.take(small)))
+            rows.append(small)
         for symbol, idx in big:
             part = bars if idx is None else bars.take(idx)
             series = self._get(symbol, res, part["start"][0].as_py())
@@ -352,17 +358,17 @@ def compute_gold_chunk(
         The chunk's indicators and signals tables (what the gold stage
         writes for these bars) and the series' state after them.
     """
-    groups = _groups(bars.column("symbol")) if bars.num_rows else []
-    if len(groups) > 1:
-        raise ValueError(f"bars of one series expected, got {len(groups)} symbols")
+    symbols = pc.unique(bars.column("symbol")).to_pylist()
+    if len(symbols) > 1:
+        raise ValueError(f"bars of one series expected, got {len(symbols)} symbols")
     config = config or GoldConfig()
     series = _new_series(config, resolution) if state is None else _restore_series(state)
     if series.signals.resolution != resolution:
         raise ValueError(f"state is of a {series.signals.resolution} series, not {resolution}")
-    if not groups:
+    if not symbols:
         empty = INDICATOR_SCHEMA.empty_table(), SIGNAL_SCHEMA.empty_table()
         return GoldChunkTables(*empty, _series_state(series))
-    indicators, signals = _array_road(series, bars, groups[0][0], resolution)
+    indicators, signals = _array_road(series, bars, symbols[0], resolution)
     return GoldChunkTables(indicators, signals, _series_state(series))
 
 
