@@ -266,3 +266,35 @@ def test_an_empty_chunk_completes_nothing_new(real_data: Path) -> None:
 
     assert not out.by_resolution() and out.late.num_rows == 0
     assert rollup.flush().by_resolution()  # the open buckets are still there
+
+
+def test_the_rollup_stage_passes_the_minutes_on_and_adds_their_roll_ups(real_data: Path) -> None:
+    # Arrange: a bar-file backfill's stream, keyed by shard; one repeated minute
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from dataflows.stages.operators import rollup_stage
+
+    minutes = pa.concat_tables([_minutes(real_data, "SPY"), _minutes(real_data, "BTC-PERP")])
+    chunks = _chunks(minutes, 2000)
+    chunks[1] = pa.concat_tables([chunks[1], chunks[0].slice(5, 1)])
+    config = _config()
+    expected = _rolled(MinuteRollup(config), [minutes])
+    flow = Dataflow("rollups")
+    bars = op.input("in", flow, TestingSource([("0000", ("1m", c)) for c in chunks]))
+    streams = rollup_stage(bars, config)  # type: ignore[arg-type]
+    rolled: list[tuple[str, tuple[str, pa.Table]]] = []
+    late: list[tuple[str, pa.Table]] = []
+    op.output("bars", streams.bars, TestingSink(rolled))
+    op.output("late", streams.late, TestingSink(late))
+    # Act
+    run_main(flow)
+    # Assert
+    by_res: dict[str, list[pa.Table]] = {}
+    for _, (res, table) in rolled:
+        by_res.setdefault(res, []).append(table)
+    assert_same_table(pa.concat_tables(by_res["1m"]), minutes)
+    for res in ROLLUPS:
+        assert_same_table(_sorted(pa.concat_tables(by_res[res])), expected[res])
+    assert [t.to_pylist() for _, t in late] == [chunks[0].slice(5, 1).to_pylist()]

@@ -957,17 +957,20 @@ def _session_column(codes: np.ndarray) -> pa.Array:
 # bar); 1,440 of them a day stay far from int64's limit.
 NO_TRADES = -(2**40)
 
-_EMPTY_LATE = BAR_SCHEMA.empty_table()
+_NO_MINUTES = BAR_SCHEMA.empty_table()
 
 
 @dataclass(frozen=True)
 class RollupOutput:
-    """What one chunk of minute bars completed: roll-up bars by resolution, and
-    the input minutes that were not rolled up (``late``: at or before an
-    earlier minute of their symbol -- a duplicate or a step back in time)."""
+    """What one chunk of minute bars completed: roll-up bars by resolution; the
+    input minutes that were rolled up (``minutes``, in input order: what goes
+    on as the 1-minute bars) and those that were not (``late``: starting
+    before the end of an earlier minute of their symbol -- a duplicate or a
+    step back in time)."""
 
     rollups: dict[str, pa.Table]
     late: pa.Table
+    minutes: pa.Table = field(default_factory=BAR_SCHEMA.empty_table)
 
     def by_resolution(self) -> dict[str, pa.Table]:
         """Every non-empty roll-up table, ``{"5m": ..., "1d": ...}``."""
@@ -1044,7 +1047,7 @@ class MinuteRollup:
     def add(self, bars: pa.Table) -> RollupOutput:
         """Fold a chunk of 1-minute bars in; the roll-up bars it completed."""
         if bars.num_rows == 0:
-            return self._emit(self._closed, _EMPTY_LATE)
+            return self._emit(self._closed, _NO_MINUTES)
         codes = self._codes_for(bars.column("symbol"))
         start = pc.cast(bars.column("start"), pa.int64()).to_numpy()
         order = np.lexsort((start, codes))  # by symbol, then time (stable)
@@ -1059,7 +1062,11 @@ class MinuteRollup:
         last = np.append(np.flatnonzero(seg)[1:] - 1, len(sym) - 1)
         self._closed[sym[last]] = np.maximum(self._closed[sym[last]], running[last])
         keep = order[~late]
-        late_table = bars.take(pa.array(order[late])) if late.any() else _EMPTY_LATE
+        kept, late_table = bars, _NO_MINUTES
+        if late.any():
+            in_order = np.zeros(len(late), dtype=bool)
+            in_order[order[late]] = True
+            kept, late_table = bars.filter(~in_order), bars.filter(in_order)
         if not len(keep):
             return self._emit(self._closed, late_table)
         minutes = self._minutes(bars, codes, start, keep)
@@ -1069,7 +1076,7 @@ class MinuteRollup:
         for res in self._roll:
             new = bucket_rows(res, minutes, session, day, self.config, self._calendar)
             self._roll[res] = fold_buckets(self._roll[res], new)
-        return self._emit(self._closed, late_table)
+        return self._emit(self._closed, late_table, kept)
 
     @staticmethod
     def _minutes(
@@ -1102,17 +1109,19 @@ class MinuteRollup:
             **_no_auction(len(keep)),
         }
 
-    def _emit(self, closed: np.ndarray | None, late: pa.Table) -> RollupOutput:
+    def _emit(
+        self, closed: np.ndarray | None, late: pa.Table, minutes: pa.Table = _NO_MINUTES
+    ) -> RollupOutput:
         """The complete buckets of every resolution (all of them when `closed` is None)."""
         out = {}
         for res, acc in self._roll.items():
             done = None if closed is None else acc["due"] <= closed[acc["sym"]]
             self._roll[res], out[res] = complete_buckets(res, acc, done, self._symbols)
-        return RollupOutput(out, late)
+        return RollupOutput(out, late, minutes)
 
     def flush(self) -> RollupOutput:
         """Every open bucket's bar (the input is exhausted)."""
-        return self._emit(None, _EMPTY_LATE)
+        return self._emit(None, _NO_MINUTES)
 
 
 def roll_up_minutes(
@@ -1132,5 +1141,6 @@ def roll_up_minutes(
         out = RollupOutput(
             {res: pa.concat_tables([out.rollups[res], rest.rollups[res]]) for res in out.rollups},
             out.late,
+            out.minutes,
         )
     return out, rollup.snapshot()
