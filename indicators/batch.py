@@ -145,13 +145,21 @@ class GoldSeries:
         """A series continuing from ``IndicatorSet``/``SignalEngine`` snapshots."""
         return cls(IndicatorSet.restore(indicator_state), SignalEngine.restore(signal_state))
 
-    def run(self, bars: Mapping[str, Any], symbol: str) -> GoldChunk:
-        """Add one chunk of ``symbol``'s bars (in time order) and return its gold rows."""
+    def advance(
+        self, bars: Mapping[str, Any], symbol: str
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+        """Add one chunk of ``symbol``'s bars (in time order): the starts (int64
+        microseconds), the indicator columns and the signal columns (as in
+        :class:`GoldChunk`), without taking snapshots."""
         starts = as_micros(bars["start"])
         chunk = dict(bars)
         chunk["start"] = starts
         values = self.indicators.run(chunk, symbol)
-        signals = self.signals.run(chunk, values, symbol)
+        return starts, values, self.signals.run(chunk, values, symbol)
+
+    def run(self, bars: Mapping[str, Any], symbol: str) -> GoldChunk:
+        """Add one chunk of ``symbol``'s bars (in time order) and return its gold rows."""
+        starts, values, signals = self.advance(bars, symbol)
         return GoldChunk(
             symbol=symbol,
             resolution=self.signals.resolution,

@@ -28,9 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from dataflows.core.config import GoldConfig
-from dataflows.core.schema import BAR_SCHEMA, INDICATOR_SCHEMA, SIGNAL_SCHEMA
-from dataflows.stages.gold import GoldLogic
+from dataflows.core.schema import BAR_SCHEMA
 from indicators import (
     ATR,
     COLUMNS,
@@ -465,11 +463,12 @@ def test_roads_mixed_at_random_cuts_equal_one_incremental_run(
     _assert_same_signal_rows(rows, expected_rows)
 
 
-# --------------------------------------------------------------------------- the gold stage's tables
+# --------------------------------------------------------------------------- as Arrow bars
 
 
 def _bar_table(df: pd.DataFrame, symbol: str, resolution: str) -> pa.Table:
-    """Bars as the gold stage receives them (silver bars: BAR_SCHEMA)."""
+    """Bars as the gold stage receives them (silver bars: BAR_SCHEMA); the gold
+    stage's tables on both roads are compared in test_gold_chunks.py."""
     step = pd.Timedelta(days=1) if resolution == "1d" else pd.Timedelta(minutes=1)
     return pa.Table.from_pydict(
         {
@@ -483,52 +482,6 @@ def _bar_table(df: pd.DataFrame, symbol: str, resolution: str) -> pa.Table:
         },
         schema=BAR_SCHEMA,
     )
-
-
-def _gold_tables(bars: pa.Table, resolution: str) -> tuple[pa.Table, pa.Table]:
-    """The recipe for a backfill: the gold tables of one series' chunk from compute_gold."""
-    arrays = {
-        "start": bars["start"].to_numpy(),
-        **{c: bars[c].to_numpy() for c in ("high", "low", "close", "volume")},
-        "vwap": bars["vwap"].to_numpy(zero_copy_only=False),  # nulls as NaN
-    }
-    symbol = bars["symbol"][0].as_py()
-    chunk = compute_gold(arrays, symbol=symbol, resolution=resolution)
-    indicators = bars
-    for column in COLUMNS:
-        values = chunk.indicators[column]
-        indicators = indicators.append_column(column, pa.array(values, mask=np.isnan(values)))
-    signals = pa.table(
-        {
-            "symbol": pa.array([symbol] * len(chunk)),
-            "resolution": pa.array([resolution] * len(chunk)),
-            "start": bars["start"],
-            "signal": pa.array(chunk.signals["signal"], type=pa.string()),
-            "score": pa.array(chunk.signals["score"]),
-            "reasons": pa.array(chunk.signals["reasons"], type=pa.list_(pa.string())),
-            "summary": pa.array(chunk.signals["summary"], type=pa.string()),
-            "data_quality": pa.array(chunk.signals["data_quality"]),
-        }
-    )
-    return indicators.cast(INDICATOR_SCHEMA), signals.cast(SIGNAL_SCHEMA)
-
-
-@pytest.mark.parametrize("dataset", ["aapl_1d", "spy_1m_20131008", "ftx_btc_perp_1m"])
-def test_gold_tables_from_a_chunk_equal_the_gold_stage_tables(
-    real_data_dir: Path, dataset: str
-) -> None:
-    # Arrange
-    resolution = DATASETS[dataset][1]
-    bars = _bar_table(_frame(real_data_dir, dataset), "XYZ", resolution)
-    logic = GoldLogic(GoldConfig(snapshots=False), None)
-    out, _ = logic.on_batch([(resolution, bars)])
-    tables = dict(out)
-    # Act
-    indicators, signals = _gold_tables(bars, resolution)
-    # Assert
-    assert indicators.equals(tables[f"indicators_{resolution}"])
-    assert signals.equals(tables["signals"])
-    assert signals["reasons"].to_pylist() == tables["signals"]["reasons"].to_pylist()
 
 
 # --------------------------------------------------------------------------- corners

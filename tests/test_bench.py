@@ -111,3 +111,14 @@ def test_lake_scenario_compacts_a_small_month_and_answers_alike_on_every_lake():
     assert r["queries"]["delta"]["q1_rows"] == 390 and r["queries"]["delta"]["q2_rows"] == 20
     assert r["delta_log_files"] > 0 and r["compactions"] == 3
     assert set(r["warmup_ms"]) == {"20_symbols_month", "2_symbols", "200_symbols"}
+
+
+def test_gold_scenario_runs_both_sides_on_the_same_bars_and_streams_10x(real_data):
+    report = bench_json("--scenario", "gold")
+
+    [r] = report["results"]
+    assert r["scenario"] == "gold" and r["baseline_is"] == "pandas+ta"
+    assert r["stockflow_bars"] == r["baseline_bars"] and r["stockflow_bars"][0] > 60_000
+    assert r["whole_series_bars_per_s"] > 0 and r["chunks_of_1000_bars_per_s"] > 0
+    assert r["stream_10x_bars"] == 10 * r["stream_1x_bars"] == 10 * r["stockflow_bars"][0]
+    assert r["stream_10x_peak_rss_mb"] > r["stream_loaded_rss_mb"] > 0

@@ -11,8 +11,13 @@ repeats; seeds are fixed and sizes come from flags. Scenarios:
     flow (line-by-line parsing, ``fold_window`` per symbol, the same
     indicator set per bar, Parquet at the end).
 ``gold``
-    the indicator set + signal rules per bar (ns/bar, on the bars of the
-    real daily and FTX files) vs pandas + ``ta`` computing the same columns.
+    the gold stage on the array road (Arrow bars in, indicator and signal
+    tables out, in the bar-file source's 20,000-bar chunks; also in one
+    chunk per series and in 1,000-bar chunks) on the bars of the real daily
+    and FTX files vs pandas + ``ta`` computing the same indicator columns
+    over each whole series (no signals, no tables). Then the same history
+    streamed through in chunks at 1x and 10x its length (each repeat
+    shifted in time, one continuous series): the peak RSS of each.
 ``backfill``
     ``stockflow backfill`` of the daily files plus the FTX 1-minute bars into
     a Parquet lake (bars/s) vs pandas + ``ta`` computing the same indicator
@@ -123,23 +128,101 @@ def _child_file_ours(path: str, workers: int) -> dict[str, Any]:
     }
 
 
-def _child_gold_ours(data: str) -> dict[str, Any]:
-    from dataflows.stages.gold import GoldConfig
-    from indicators import IndicatorSet, SignalEngine
+def _gold_bar_tables(data: Path) -> list[tuple[str, Any]]:
+    """The bench's series as silver bar tables, with their resolution."""
+    import pyarrow as pa
 
-    frames = bench_bars(Path(data))
+    from dataflows.core.schema import BAR_SCHEMA
+
+    out = []
+    for df in bench_bars(data):
+        res = "1m" if df["symbol"].iloc[0] == "BTC-PERP" else "1d"
+        n = len(df)
+        step = timedelta(minutes=1) if res == "1m" else timedelta(days=1)
+        table = pa.Table.from_pydict(
+            {
+                "symbol": df["symbol"],
+                "start": df["start"],
+                "end": df["start"] + step,
+                **{c: df[c].astype(float) for c in ("open", "high", "low", "close", "volume")},
+                "vwap": pa.nulls(n, pa.float64()),
+                "trades": pa.nulls(n, pa.int64()),
+                "session": pa.nulls(n, pa.string()),
+            },
+            schema=BAR_SCHEMA,
+        )
+        out.append((res, table))
+    return out
+
+
+# The bar-file source's batch size: what a backfill hands the gold stage.
+GOLD_CHUNK_BARS = 20_000
+
+
+def _gold_seconds(series: list[tuple[str, Any]], chunk: int | None) -> float:
+    """Seconds for the gold stage's tables of every series in chunks of `chunk` bars."""
+    from dataflows.core.config import GoldConfig
+    from dataflows.stages.gold import GoldChunker
+
+    start = time.perf_counter()
+    chunker = GoldChunker(GoldConfig(snapshots=False))
+    for res, table in series:
+        size = chunk or table.num_rows
+        for a in range(0, table.num_rows, size):
+            chunker.add(res, table.slice(a, size))
+    return time.perf_counter() - start
+
+
+def _child_gold_ours(data: str) -> dict[str, Any]:
+    """The gold stage's array road (Arrow bars in, indicator and signal tables out),
+    in the backfill's chunks; also in one chunk per series and in 1,000-bar chunks."""
+    series = _gold_bar_tables(Path(data))
+    bars = sum(t.num_rows for _, t in series)
+    return {
+        "seconds": _gold_seconds(series, GOLD_CHUNK_BARS),
+        "bars": bars,
+        "whole_seconds": _gold_seconds(series, None),
+        "chunk_1000_seconds": _gold_seconds(series, 1000),
+    }
+
+
+def _repeated(series: list[tuple[str, Any]], times: int, chunk: int) -> Iterator[tuple[str, Any]]:
+    """Each series `times` over, one continuous history (each repeat shifted in
+    time past the previous one), cut into chunks as a reader would emit them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for res, table in series:
+        starts = pc.cast(table["start"], pa.int64())
+        span = pc.max(starts).as_py() - pc.min(starts).as_py()
+        step = 60_000_000 if res == "1m" else 86_400_000_000
+        for k in range(times):
+            shift = pa.scalar(k * (span + step), pa.int64())
+            moved = table.set_column(
+                1, "start", pc.add(starts, shift).cast(table.schema.field("start").type)
+            )
+            moved = moved.set_column(
+                2, "end", pc.add(pc.cast(moved["start"], pa.int64()), step).cast(moved["end"].type)
+            )
+            for a in range(0, moved.num_rows, chunk):
+                yield res, moved.slice(a, chunk)
+
+
+def _child_gold_stream(args: dict[str, Any]) -> dict[str, Any]:
+    """The bench's history `scale` times over through the gold stage in chunks,
+    nothing kept: peak RSS must not grow with the history's length."""
+    from dataflows.core.config import GoldConfig
+    from dataflows.stages.gold import GoldChunker
+
+    series = _gold_bar_tables(Path(args["data"]))
+    loaded = rss_mb()
+    chunker = GoldChunker(GoldConfig(snapshots=False))
     bars = 0
     start = time.perf_counter()
-    for df in frames:
-        res = "1m" if df["symbol"].iloc[0] == "BTC-PERP" else "1d"
-        cfg = GoldConfig().for_resolution(res)
-        ind, sig = IndicatorSet(cfg), SignalEngine(resolution=res)
-        for row in df.to_dict("records"):
-            row["vwap"] = None
-            sig.evaluate(row, ind.update(row))
-            bars += 1
-    elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "bars": bars}
+    for res, chunk in _repeated(series, int(args["scale"]), GOLD_CHUNK_BARS):
+        indicators, _ = chunker.add(res, chunk)
+        bars += indicators.num_rows
+    return {"seconds": time.perf_counter() - start, "bars": bars, "loaded_rss_mb": loaded}
 
 
 def _child_backfill_ours(data: str) -> dict[str, Any]:
@@ -823,6 +906,7 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "file_ours": _child_file_ours,
     "file_naive": child_file_naive,
     "gold_ours": _child_gold_ours,
+    "gold_stream": _child_gold_stream,
     "gold_baseline": child_gold_baseline,
     "backfill_ours": _child_backfill_ours,
     "backfill_baseline": child_gold_baseline,
@@ -837,6 +921,30 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
 # ---------------------------------------------------------------------------
 # Scenarios
 # ---------------------------------------------------------------------------
+
+
+def _gold_extra(ours: list[dict[str, Any]], data: Path) -> dict[str, Any]:
+    """The gold scenario's other figures: the array road in one chunk per series
+    and in 1,000-bar chunks, and the peak RSS of the history streamed through
+    in chunks at 1x and 10x its length."""
+
+    def rate(key: str) -> float:
+        return round(statistics.median(r["bars"] / r[key] for r in ours), 1)
+
+    one = peak_rss_from_child("gold_stream", {"data": str(data), "scale": 1})
+    ten = peak_rss_from_child("gold_stream", {"data": str(data), "scale": 10})
+    return {
+        "stockflow_chunk_bars": GOLD_CHUNK_BARS,
+        "whole_series_bars_per_s": rate("whole_seconds"),
+        "chunks_of_1000_bars_per_s": rate("chunk_1000_seconds"),
+        "stream_1x_bars": one["bars"],
+        "stream_10x_bars": ten["bars"],
+        "stream_10x_bars_per_s": round(ten["bars"] / ten["seconds"], 1),
+        "stream_1x_peak_rss_mb": round(one["peak_rss_mb"], 1),
+        "stream_10x_peak_rss_mb": round(ten["peak_rss_mb"], 1),
+        "stream_rss_growth_10x_pct": round(100 * (ten["peak_rss_mb"] / one["peak_rss_mb"] - 1), 1),
+        "stream_loaded_rss_mb": round(one["loaded_rss_mb"], 1),
+    }
 
 
 def run_scenario(
@@ -856,7 +964,8 @@ def run_scenario(
         if data is None:
             raise UserError(f"the {scenario} scenario needs the real data (STOCKFLOW_REAL_DATA)")
         ours, base = interleaved(opts, f"{scenario}_ours", f"{scenario}_baseline", (str(data),))
-        return Comparison(scenario, "bars", ours, base, baseline_name="pandas+ta")
+        extra = _gold_extra(ours, data) if scenario == "gold" else {}
+        return Comparison(scenario, "bars", ours, base, baseline_name="pandas+ta", extra=extra)
     runners: dict[str, Callable[[BenchOptions, Path | None], Comparison | Result]] = {
         "kafka": _kafka_scenario,
         "processes": _processes_scenario,

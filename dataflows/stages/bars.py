@@ -1,4 +1,4 @@
-"""Event-time 1-minute bars for many symbols at once, vectorised.
+"""Event-time 1-minute bars for many symbols at once, and their roll-ups, vectorised.
 
 :class:`BarBuilder` holds the open (not yet emitted) bars of every symbol of
 one shard and folds whole Arrow batches of ticks into them with numpy: no
@@ -42,13 +42,21 @@ Semantics (PRODUCT.md, Bars):
   arrive just after it) or pre-market to post-market (``"extended"``). The
   regular daily bar takes its open and close from the day's opening and
   closing prints where the source marks them (the largest such print: the
-  listing market's auction), else from the first and last eligible trade.
+  listing market's auction), else from the first and last eligible trade;
+* roll-up volume and price x volume are added in minute order, so a
+  roll-up does not depend, not even in the last bit, on how its minutes
+  were batched.
+
+:class:`MinuteRollup` (:func:`roll_up_minutes`) rolls up finished 1-minute
+bars (bar files: no ticks) in chunks with the same bucket, fold and
+completion functions as :class:`BarBuilder`, so its roll-ups are the bars
+the tick road would roll up from those minutes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +77,7 @@ from dataflows.core.sessions import (
     session_table,
 )
 from dataflows.stages.parse import single_symbol
+from indicators.base import segmented_cumsum
 
 MINUTE_US = 60_000_000
 NEVER = -(2**62)  # "no tick yet": far below any valid time, safe from overflow
@@ -279,6 +288,19 @@ def _segment_cummax(keys: np.ndarray, values: np.ndarray, starts: np.ndarray) ->
     return out
 
 
+def _sums_in_order(values: np.ndarray, gs: np.ndarray) -> np.ndarray:
+    """Each group's sum, added left to right.
+
+    ``np.add.reduceat`` adds a group of 8 or more pairwise, so a roll-up's
+    volume and VWAP would depend (in the last bits) on how its minutes were
+    batched; added in minute order they do not.
+    """
+    if len(gs) == len(values):
+        return values.copy()
+    ends = np.append(gs[1:], len(values)) - 1
+    return segmented_cumsum(values, gs, np.zeros(len(gs)))[ends]
+
+
 def _extremes_and_sums(rows: dict[str, np.ndarray], gs: np.ndarray) -> dict[str, np.ndarray]:
     """High, low, volume, price x volume and trades of each group of `rows`
     (groups start at `gs`): the OHLCV reduce of both the minute merge and the
@@ -286,8 +308,8 @@ def _extremes_and_sums(rows: dict[str, np.ndarray], gs: np.ndarray) -> dict[str,
     return {
         "high": np.maximum.reduceat(rows["high"], gs),
         "low": np.minimum.reduceat(rows["low"], gs),
-        "volume": np.add.reduceat(rows["volume"], gs),
-        "pv": np.add.reduceat(rows["pv"], gs),
+        "volume": _sums_in_order(rows["volume"], gs),
+        "pv": _sums_in_order(rows["pv"], gs),
         "trades": np.add.reduceat(rows["trades"], gs),
     }
 
@@ -314,6 +336,200 @@ def _group_starts(*keys: np.ndarray) -> np.ndarray:
         for k in keys:
             new[1:] |= k[1:] != k[:-1]
     return new
+
+
+def sessions_of(
+    calendars: Sequence[str], config: CalendarConfig, sym: np.ndarray, ts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(session, trading day) of times `ts` of symbols `sym` (codes into
+    `calendars`, each symbol's calendar name)."""
+    first = calendars[int(sym[0])] if len(sym) else None
+    if first is not None and all(c == first for c in calendars):
+        return session_table(first, config).lookup(ts)
+    session = np.empty(len(ts), np.uint8)
+    day = np.empty(len(ts), np.int64)
+    by_code = np.asarray(calendars, dtype=object)[sym]
+    for name in set(by_code.tolist()):
+        rows = np.flatnonzero(by_code == name)
+        session[rows], day[rows] = session_table(name, config).lookup(ts[rows])
+    return session, day
+
+
+def _daily_due(
+    calendars: Sequence[str],
+    config: CalendarConfig,
+    sym: np.ndarray,
+    day: np.ndarray,
+    regular: bool,
+) -> np.ndarray:
+    due = np.empty(len(day), np.int64)
+    by_code = np.asarray(calendars, dtype=object)[sym]
+    for name in set(by_code.tolist()):
+        rows = np.flatnonzero(by_code == name)
+        table = session_table(name, config)
+        if regular:
+            due[rows] = table.regular_close(day[rows]) + CLOSING_PRINT_GRACE_US
+        else:
+            due[rows] = table.extended_end(day[rows])
+    return due
+
+
+def bucket_rows(
+    res: str,
+    minutes: dict[str, np.ndarray],
+    session: np.ndarray,
+    day: np.ndarray,
+    config: BarConfig,
+    calendars: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """Finished 1-minute bars (:data:`_OPEN_COLUMNS`, symbol codes into
+    `calendars`) as roll-up rows of resolution `res` (:data:`_ROLL_COLUMNS`)."""
+    size = ROLLUP_US[res]
+    starts = minutes["start"]
+    rows = {
+        "sym": minutes["sym"],
+        "start": (starts // size) * size,
+        "open": minutes["open"],
+        "open_at": np.where(np.isnan(minutes["open"]), LATEST, starts),
+        "high": minutes["high"],
+        "low": minutes["low"],
+        "close": minutes["close"],
+        "close_at": np.where(np.isnan(minutes["close"]), NEVER, starts),
+        "volume": minutes["volume"],
+        "pv": minutes["pv"],
+        "trades": minutes["trades"],
+        "session": session,
+        "due": (starts // size) * size + size,
+        **{k: minutes[k] for k in _AUCTION_COLUMNS},
+    }
+    if res != "1d":
+        return rows
+    keep = day != NO_DAY  # closed minutes (holidays, nights) are in no daily bar
+    rows = {k: v[keep] for k, v in rows.items()}
+    day, session = day[keep], session[keep]
+    rows["start"] = day
+    regular = config.daily_session == "regular"
+    rows["session"] = np.full(len(day), REGULAR if regular else EXTENDED, np.uint8)
+    rows["due"] = _daily_due(calendars, config.calendars, rows["sym"], day, regular)
+    if regular:
+        # Only regular minutes count; the others may still hold the
+        # day's closing (or a late opening) auction print.
+        out = session != REGULAR
+        if out.any():
+            rows["open"] = np.where(out, np.nan, rows["open"])
+            rows["open_at"] = np.where(out, LATEST, rows["open_at"])
+            rows["close"] = np.where(out, np.nan, rows["close"])
+            rows["close_at"] = np.where(out, NEVER, rows["close_at"])
+            rows["high"] = np.where(out, -np.inf, rows["high"])
+            rows["low"] = np.where(out, np.inf, rows["low"])
+            rows["volume"] = np.where(out, 0.0, rows["volume"])
+            rows["pv"] = np.where(out, 0.0, rows["pv"])
+            rows["trades"] = np.where(out, 0, rows["trades"])
+    else:
+        rows.update(_no_auction(len(day)))  # official prints belong to the regular day
+    return rows
+
+
+def fold_buckets(acc: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Open roll-up buckets `acc` with the roll-up rows `new` folded in.
+
+    Open and close are taken by minute time, so rows may come in any order;
+    volume and price x volume add up in the order the rows came (the
+    bucket's earlier rows first), which for minutes in time order is minute
+    order, however they were batched.
+    """
+    cat = {k: np.concatenate([acc[k], new[k]]) for k in _ROLL_COLUMNS}
+    if not len(cat["sym"]):  # only closed minutes (no trading day)
+        return cat
+    age = np.arange(len(cat["sym"]))  # older rows first
+    o = np.lexsort((age, cat["start"], cat["sym"]))
+    c = _take(cat, o)
+    start_of = _group_starts(c["sym"], c["start"])
+    gs = np.flatnonzero(start_of)
+    group = np.cumsum(start_of) - 1
+    first = _pick(group, (np.arange(len(group)), c["open_at"]))
+    final = _pick(group, (np.arange(len(group)), c["close_at"]), last=True)
+    lo_s = np.minimum.reduceat(c["session"], gs)
+    hi_s = np.maximum.reduceat(c["session"], gs)
+    return {
+        "sym": c["sym"][gs],
+        "start": c["start"][gs],
+        "open": c["open"][first],
+        "open_at": c["open_at"][first],
+        "close": c["close"][final],
+        "close_at": c["close_at"][final],
+        **_extremes_and_sums(c, gs),
+        "session": np.where(lo_s == hi_s, lo_s, MIXED).astype(np.uint8),
+        "due": np.maximum.reduceat(c["due"], gs),
+        **_auction_prints(c, group, len(gs)),
+    }
+
+
+def complete_buckets(
+    res: str, acc: dict[str, np.ndarray], done: np.ndarray | None, symbols: Sequence[str]
+) -> tuple[dict[str, np.ndarray], pa.Table]:
+    """``(buckets still open, bars of the complete ones)``: `done` marks the
+    complete buckets (None: all). A bucket without a price makes no bar."""
+    if done is None:
+        done = np.ones(len(acc["sym"]), dtype=bool)
+    if not done.any():
+        return acc, _EMPTY_BARS
+    remaining = _take(acc, np.flatnonzero(~done))
+    out = _take(acc, np.flatnonzero(done & ~np.isnan(acc["close"])))
+    if not len(out["sym"]):
+        return remaining, _EMPTY_BARS
+    if res == "1d":
+        out = _official_prints(out)
+    return remaining, bars_table(symbols, out, ROLLUP_US[res], out["session"])
+
+
+def _official_prints(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The regular daily bar's open/close from the day's auction prints."""
+    ao, ac = b["ao_sz"] >= 0, b["ac_sz"] >= 0
+    if not (ao.any() or ac.any()):
+        return b
+    b = dict(b)
+    b["open"] = np.where(ao, b["ao_px"], b["open"])
+    b["close"] = np.where(ac, b["ac_px"], b["close"])
+    # An auction print is a trade of the regular session (a closing
+    # print is stamped after the close): it lies within the day's range.
+    b["high"] = np.maximum(b["high"], np.maximum(b["open"], b["close"]))
+    b["low"] = np.minimum(b["low"], np.minimum(b["open"], b["close"]))
+    return b
+
+
+def bars_table(
+    symbols: Sequence[str], b: dict[str, np.ndarray], size: int, session: np.ndarray
+) -> pa.Table:
+    """Bars (``BAR_SCHEMA``) from bar columns with symbol codes into `symbols`.
+
+    ``vwap`` is null without volume or without a known price x volume (NaN:
+    minutes from bar files without a vwap), ``trades`` null where it is
+    negative (:data:`NO_TRADES` in the sum: minutes that do not say).
+    """
+    names = np.asarray(symbols, dtype=object)[b["sym"]]
+    pv = b["pv"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vwap = pv / b["volume"]
+    start = pa.array(b["start"], pa.int64()).cast(UTC_US)
+    end = pa.array(b["start"] + size, pa.int64()).cast(UTC_US)
+    trades = b["trades"]
+    return pa.Table.from_arrays(
+        [
+            pa.array(names, pa.string()),
+            start,
+            end,
+            pa.array(b["open"]),
+            pa.array(b["high"]),
+            pa.array(b["low"]),
+            pa.array(b["close"]),
+            pa.array(b["volume"]),
+            pa.array(vwap, mask=(b["volume"] == 0) | np.isnan(pv)),
+            pa.array(trades, mask=trades < 0) if (trades < 0).any() else pa.array(trades),
+            _session_column(session),
+        ],
+        schema=BAR_SCHEMA,
+    )
 
 
 class BarBuilder:
@@ -411,17 +627,7 @@ class BarBuilder:
 
     def _sessions(self, sym: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(session, trading day) of times `ts` of symbols `sym` (codes)."""
-        cals = self._calendar
-        first = cals[int(sym[0])] if len(sym) else None
-        if first is not None and all(c == first for c in cals):
-            return session_table(first, self.config.calendars).lookup(ts)
-        session = np.empty(len(ts), np.uint8)
-        day = np.empty(len(ts), np.int64)
-        by_code = np.asarray(cals, dtype=object)[sym]
-        for name in set(by_code.tolist()):
-            rows = np.flatnonzero(by_code == name)
-            session[rows], day[rows] = session_table(name, self.config.calendars).lookup(ts[rows])
-        return session, day
+        return sessions_of(self._calendar, self.config.calendars, sym, ts)
 
     def _eligibility(
         self, ticks: pa.Table, codes: np.ndarray, ts: np.ndarray
@@ -673,67 +879,6 @@ class BarBuilder:
                 bars = self._bars_table(_take(out, idx), MINUTE_US, session[idx])
         return BarOutput(bars, late, rollups)
 
-    def _bucket_rows(
-        self, res: str, bars: dict[str, np.ndarray], session: np.ndarray, day: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """Emitted 1-minute partials as roll-up rows of resolution `res`."""
-        size = ROLLUP_US[res]
-        starts = bars["start"]
-        rows = {
-            "sym": bars["sym"],
-            "start": (starts // size) * size,
-            "open": bars["open"],
-            "open_at": np.where(np.isnan(bars["open"]), LATEST, starts),
-            "high": bars["high"],
-            "low": bars["low"],
-            "close": bars["close"],
-            "close_at": np.where(np.isnan(bars["close"]), NEVER, starts),
-            "volume": bars["volume"],
-            "pv": bars["pv"],
-            "trades": bars["trades"],
-            "session": session,
-            "due": (starts // size) * size + size,
-            **{k: bars[k] for k in _AUCTION_COLUMNS},
-        }
-        if res != "1d":
-            return rows
-        keep = day != NO_DAY  # closed minutes (holidays, nights) are in no daily bar
-        rows = {k: v[keep] for k, v in rows.items()}
-        day, session = day[keep], session[keep]
-        rows["start"] = day
-        regular = self.config.daily_session == "regular"
-        rows["session"] = np.full(len(day), REGULAR if regular else EXTENDED, np.uint8)
-        rows["due"] = self._daily_due(rows["sym"], day, regular)
-        if regular:
-            # Only regular minutes count; the others may still hold the
-            # day's closing (or a late opening) auction print.
-            out = session != REGULAR
-            if out.any():
-                rows["open"] = np.where(out, np.nan, rows["open"])
-                rows["open_at"] = np.where(out, LATEST, rows["open_at"])
-                rows["close"] = np.where(out, np.nan, rows["close"])
-                rows["close_at"] = np.where(out, NEVER, rows["close_at"])
-                rows["high"] = np.where(out, -np.inf, rows["high"])
-                rows["low"] = np.where(out, np.inf, rows["low"])
-                rows["volume"] = np.where(out, 0.0, rows["volume"])
-                rows["pv"] = np.where(out, 0.0, rows["pv"])
-                rows["trades"] = np.where(out, 0, rows["trades"])
-        else:
-            rows.update(_no_auction(len(day)))  # official prints belong to the regular day
-        return rows
-
-    def _daily_due(self, sym: np.ndarray, day: np.ndarray, regular: bool) -> np.ndarray:
-        due = np.empty(len(day), np.int64)
-        by_code = np.asarray(self._calendar, dtype=object)[sym]
-        for name in set(by_code.tolist()):
-            rows = np.flatnonzero(by_code == name)
-            table = session_table(name, self.config.calendars)
-            if regular:
-                due[rows] = table.regular_close(day[rows]) + CLOSING_PRINT_GRACE_US
-            else:
-                due[rows] = table.extended_end(day[rows])
-        return due
-
     def _roll_up(
         self,
         res: str,
@@ -746,92 +891,21 @@ class BarBuilder:
 
         A bucket is complete once its due time (its end; for daily bars the
         session's close plus the closing-print grace, or the post-market
-        end) is closed for its symbol. Open and close are taken by minute
-        time, so partials may arrive in any order.
+        end) is closed for its symbol.
         """
         acc = self._roll[res]
         if not len(bars["sym"]) and not len(acc["sym"]):
             return _EMPTY_BARS
         if len(bars["sym"]):
             assert session is not None and day is not None
-            new = self._bucket_rows(res, bars, session, day)
-            cat = {k: np.concatenate([acc[k], new[k]]) for k in _ROLL_COLUMNS}
-            if not len(cat["sym"]):  # only closed minutes (no trading day)
-                return _EMPTY_BARS
-            age = np.arange(len(cat["sym"]))  # older partials first
-            o = np.lexsort((age, cat["start"], cat["sym"]))
-            c = _take(cat, o)
-            start_of = _group_starts(c["sym"], c["start"])
-            gs = np.flatnonzero(start_of)
-            group = np.cumsum(start_of) - 1
-            first = _pick(group, (np.arange(len(group)), c["open_at"]))
-            final_ = _pick(group, (np.arange(len(group)), c["close_at"]), last=True)
-            lo_s = np.minimum.reduceat(c["session"], gs)
-            hi_s = np.maximum.reduceat(c["session"], gs)
-            acc = {
-                "sym": c["sym"][gs],
-                "start": c["start"][gs],
-                "open": c["open"][first],
-                "open_at": c["open_at"][first],
-                "close": c["close"][final_],
-                "close_at": c["close_at"][final_],
-                **_extremes_and_sums(c, gs),
-                "session": np.where(lo_s == hi_s, lo_s, MIXED).astype(np.uint8),
-                "due": np.maximum.reduceat(c["due"], gs),
-                **_auction_prints(c, group, len(gs)),
-            }
-        if final:
-            done = np.ones(len(acc["sym"]), dtype=bool)
-        else:
-            done = acc["due"] <= self._closed[acc["sym"]]
-        if not done.any():
-            self._roll[res] = acc
-            return _EMPTY_BARS
-        self._roll[res] = _take(acc, np.flatnonzero(~done))
-        out = _take(acc, np.flatnonzero(done & ~np.isnan(acc["close"])))
-        if not len(out["sym"]):
-            return _EMPTY_BARS
-        if res == "1d":
-            out = self._official_prints(out)
-        return self._bars_table(out, ROLLUP_US[res], out["session"])
-
-    @staticmethod
-    def _official_prints(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The regular daily bar's open/close from the day's auction prints."""
-        ao, ac = b["ao_sz"] >= 0, b["ac_sz"] >= 0
-        if not (ao.any() or ac.any()):
-            return b
-        b = dict(b)
-        b["open"] = np.where(ao, b["ao_px"], b["open"])
-        b["close"] = np.where(ac, b["ac_px"], b["close"])
-        # An auction print is a trade of the regular session (a closing
-        # print is stamped after the close): it lies within the day's range.
-        b["high"] = np.maximum(b["high"], np.maximum(b["open"], b["close"]))
-        b["low"] = np.minimum(b["low"], np.minimum(b["open"], b["close"]))
-        return b
+            new = bucket_rows(res, bars, session, day, self.config, self._calendar)
+            acc = fold_buckets(acc, new)
+        done = None if final else acc["due"] <= self._closed[acc["sym"]]
+        self._roll[res], out = complete_buckets(res, acc, done, self._symbols)
+        return out
 
     def _bars_table(self, b: dict[str, np.ndarray], size: int, session: np.ndarray) -> pa.Table:
-        names = np.asarray(self._symbols, dtype=object)[b["sym"]]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vwap = b["pv"] / b["volume"]
-        start = pa.array(b["start"], pa.int64()).cast(UTC_US)
-        end = pa.array(b["start"] + size, pa.int64()).cast(UTC_US)
-        return pa.Table.from_arrays(
-            [
-                pa.array(names, pa.string()),
-                start,
-                end,
-                pa.array(b["open"]),
-                pa.array(b["high"]),
-                pa.array(b["low"]),
-                pa.array(b["close"]),
-                pa.array(b["volume"]),
-                pa.array(vwap, mask=b["volume"] == 0),
-                pa.array(b["trades"]),
-                _session_column(session),
-            ],
-            schema=BAR_SCHEMA,
-        )
+        return bars_table(self._symbols, b, size, session)
 
     def advance_clock(self) -> BarOutput:
         """Live mode: emit bars whose lateness has passed in wall-clock time."""
@@ -872,3 +946,201 @@ def _session_column(codes: np.ndarray) -> pa.Array:
     if (idx < 0).any():
         taken = pc.if_else(pa.array(idx >= 0), taken, pa.scalar(None, pa.string()))
     return taken
+
+
+# ---------------------------------------------------------------------------
+# Roll-ups of finished 1-minute bars (bar files)
+# ---------------------------------------------------------------------------
+
+# A minute that does not say how many trades it had counts this much in a
+# roll-up's trade count: any sum with one in it is negative (a null in the
+# bar); 1,440 of them a day stay far from int64's limit.
+NO_TRADES = -(2**40)
+
+_NO_MINUTES = BAR_SCHEMA.empty_table()
+
+
+@dataclass(frozen=True)
+class RollupOutput:
+    """What one chunk of minute bars completed: roll-up bars by resolution; the
+    input minutes that were rolled up (``minutes``, in input order: what goes
+    on as the 1-minute bars) and those that were not (``late``: starting
+    before the end of an earlier minute of their symbol -- a duplicate or a
+    step back in time)."""
+
+    rollups: dict[str, pa.Table]
+    late: pa.Table
+    minutes: pa.Table = field(default_factory=BAR_SCHEMA.empty_table)
+
+    def by_resolution(self) -> dict[str, pa.Table]:
+        """Every non-empty roll-up table, ``{"5m": ..., "1d": ...}``."""
+        return {res: t for res, t in self.rollups.items() if t.num_rows}
+
+
+class MinuteRollup:
+    """Roll-ups (5m, 15m, 1h, 1d) of finished 1-minute bars, a chunk at a time.
+
+    The bars a bar-file backfill reads are already 1-minute bars: no ticks,
+    no watermark. This folds whole chunks of them (Arrow tables of many
+    symbols, ``BAR_SCHEMA``) into the roll-up buckets with the very functions
+    :class:`BarBuilder` uses for minutes it built from ticks
+    (:func:`bucket_rows`, :func:`fold_buckets`, :func:`complete_buckets`), so
+    the roll-ups are the same bars: buckets on the UTC grid, sessions from
+    each symbol's calendar (``session`` of a 5m/15m/1h bar when all its
+    minutes agree), daily bars per ``daily_session`` (regular: the regular
+    minutes of each trading day; extended: pre-market to post-market),
+    ``open``/``close`` by minute time, volume and ``vwap`` summed in minute
+    order. A minute's price x volume is ``vwap * volume``; a bucket with a
+    minute of volume but no ``vwap`` has no ``vwap``, one with a minute
+    without ``trades`` has no ``trades`` (bar files have neither).
+
+    A bucket is complete, and comes out, once a minute of its symbol at or
+    after its due time has been seen (its end; for regular daily bars the
+    close plus :data:`CLOSING_PRINT_GRACE_US`, for extended ones the
+    post-market end); :meth:`flush` ends the input. The open buckets are the
+    state (:meth:`snapshot`, ``state=`` to continue): chunk boundaries change
+    nothing. Each symbol's minutes must come in time order across chunks
+    (within a chunk any order); a minute at or before an earlier one of its
+    symbol is returned as late and changes nothing. Memory: the chunk plus
+    one open bucket per symbol and resolution.
+    """
+
+    def __init__(self, config: BarConfig, state: Mapping[str, Any] | None = None) -> None:
+        self.config = config
+        if state is None:
+            self._symbols: list[str] = []
+            self._closed = np.empty(0, np.int64)
+            self._roll = {res: _empty(_ROLL_COLUMNS) for res in config.rollups}
+        else:
+            self._symbols = list(state["symbols"])
+            self._closed = np.array(state["closed"], np.int64)
+            self._roll = {
+                res: {k: np.array(state["roll"][res][k], t) for k, t in _ROLL_COLUMNS.items()}
+                for res in config.rollups
+            }
+        self._codes = {s: i for i, s in enumerate(self._symbols)}
+        self._calendar = [config.calendars.calendar_of(s) for s in self._symbols]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain, picklable copy of the state (continue with ``state=``)."""
+        return {
+            "symbols": list(self._symbols),
+            "closed": self._closed.copy(),
+            "roll": {res: {k: v.copy() for k, v in c.items()} for res, c in self._roll.items()},
+        }
+
+    def _codes_for(self, symbols: pa.ChunkedArray) -> np.ndarray:
+        enc = pc.dictionary_encode(symbols)
+        if isinstance(enc, pa.ChunkedArray):
+            enc = enc.combine_chunks()
+        lut = np.empty(len(enc.dictionary), np.int64)
+        for i, sym in enumerate(enc.dictionary.to_pylist()):
+            code = self._codes.get(sym)
+            if code is None:
+                code = self._codes[sym] = len(self._symbols)
+                self._symbols.append(sym)
+                self._calendar.append(self.config.calendars.calendar_of(sym))
+                self._closed = np.append(self._closed, NEVER)
+            lut[i] = code
+        return lut[enc.indices.to_numpy(zero_copy_only=False)]
+
+    def add(self, bars: pa.Table) -> RollupOutput:
+        """Fold a chunk of 1-minute bars in; the roll-up bars it completed."""
+        if bars.num_rows == 0:
+            return self._emit(self._closed, _NO_MINUTES)
+        codes = self._codes_for(bars.column("symbol"))
+        start = pc.cast(bars.column("start"), pa.int64()).to_numpy()
+        order = np.lexsort((start, codes))  # by symbol, then time (stable)
+        sym, st = codes[order], start[order]
+        # A minute is late when it starts before the end of an earlier one.
+        seg = _group_starts(sym)
+        running = _segment_cummax(sym, st + MINUTE_US, seg)
+        prev = np.empty_like(running)
+        prev[1:] = running[:-1]
+        prev[seg] = NEVER
+        late = st < np.maximum(prev, self._closed[sym])
+        last = np.append(np.flatnonzero(seg)[1:] - 1, len(sym) - 1)
+        self._closed[sym[last]] = np.maximum(self._closed[sym[last]], running[last])
+        keep = order[~late]
+        kept, late_table = bars, _NO_MINUTES
+        if late.any():
+            in_order = np.zeros(len(late), dtype=bool)
+            in_order[order[late]] = True
+            kept, late_table = bars.filter(~in_order), bars.filter(in_order)
+        if not len(keep):
+            return self._emit(self._closed, late_table)
+        minutes = self._minutes(bars, codes, start, keep)
+        session, day = sessions_of(
+            self._calendar, self.config.calendars, minutes["sym"], minutes["start"]
+        )
+        for res in self._roll:
+            new = bucket_rows(res, minutes, session, day, self.config, self._calendar)
+            self._roll[res] = fold_buckets(self._roll[res], new)
+        return self._emit(self._closed, late_table, kept)
+
+    @staticmethod
+    def _minutes(
+        bars: pa.Table, codes: np.ndarray, start: np.ndarray, keep: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The kept minutes as the roll-up fold takes them (:data:`_OPEN_COLUMNS`)."""
+
+        def floats(name: str) -> np.ndarray:
+            column = pc.cast(bars.column(name), pa.float64())
+            return np.asarray(column.to_numpy(zero_copy_only=False), np.float64)[keep]
+
+        volume = floats("volume")
+        with np.errstate(invalid="ignore"):
+            pv = np.where(volume == 0.0, 0.0, floats("vwap") * volume)  # null vwap: NaN
+        trades = pc.fill_null(pc.cast(bars.column("trades"), pa.int64()), NO_TRADES)
+        return {
+            "sym": codes[keep],
+            "start": start[keep],
+            "open_ts": start[keep],
+            "open_seq": np.zeros(len(keep), np.int64),
+            "open": floats("open"),
+            "high": floats("high"),
+            "low": floats("low"),
+            "close_ts": start[keep],
+            "close_seq": np.zeros(len(keep), np.int64),
+            "close": floats("close"),
+            "volume": volume,
+            "pv": pv,
+            "trades": trades.to_numpy()[keep],
+            **_no_auction(len(keep)),
+        }
+
+    def _emit(
+        self, closed: np.ndarray | None, late: pa.Table, minutes: pa.Table = _NO_MINUTES
+    ) -> RollupOutput:
+        """The complete buckets of every resolution (all of them when `closed` is None)."""
+        out = {}
+        for res, acc in self._roll.items():
+            done = None if closed is None else acc["due"] <= closed[acc["sym"]]
+            self._roll[res], out[res] = complete_buckets(res, acc, done, self._symbols)
+        return RollupOutput(out, late, minutes)
+
+    def flush(self) -> RollupOutput:
+        """Every open bucket's bar (the input is exhausted)."""
+        return self._emit(None, _NO_MINUTES)
+
+
+def roll_up_minutes(
+    bars: pa.Table,
+    config: BarConfig,
+    state: Mapping[str, Any] | None = None,
+    *,
+    final: bool = False,
+) -> tuple[RollupOutput, dict[str, Any]]:
+    """One chunk of 1-minute bars through a :class:`MinuteRollup` restored from
+    `state` (None: the first chunk); ``final`` also emits the open buckets.
+    Returns the chunk's output and the state for the next chunk."""
+    rollup = MinuteRollup(config, state)
+    out = rollup.add(bars)
+    if final:
+        rest = rollup.flush()
+        out = RollupOutput(
+            {res: pa.concat_tables([out.rollups[res], rest.rollups[res]]) for res in out.rollups},
+            out.late,
+            out.minutes,
+        )
+    return out, rollup.snapshot()

@@ -1,4 +1,4 @@
-"""Bytewax operators of the pipeline: parse, shard, bars.
+"""Bytewax operators of the pipeline: parse, shard, bars, roll-ups of bar files.
 
 Each stage takes a stream and returns a stream; the flow in
 :mod:`dataflows.pipeline` reads top to bottom like the README's diagram.
@@ -24,7 +24,7 @@ from dataflows.core.batches import ParsedTicks, RawMessageBatch, RawTickBatch
 from dataflows.core.schema import REJECT_SCHEMA, TICK_SCHEMA
 from dataflows.core.shards import shard_key, shard_of
 from dataflows.core.stats import RunStats
-from dataflows.stages.bars import BarBuilder, BarConfig, BarOutput
+from dataflows.stages.bars import BarBuilder, BarConfig, BarOutput, MinuteRollup
 from dataflows.stages.parse import parse_columns, parse_messages, single_symbol, unreadable_rows
 
 REJECT_KEY = "0000"
@@ -191,3 +191,56 @@ def bar_stage(ticks: KeyedStream[pa.Table], config: BarConfig, stats: RunStats) 
     bars = op.map_value("bars_by_res", branch.trues, lambda v: (v[0][len("bars_") :], v[1]))
     late = op.map_value("late_table", branch.falses, lambda v: v[1])
     return BarStreams(bars, late)
+
+
+class RollupLogic(StatefulBatchLogic[tuple[str, pa.Table], tuple[str, pa.Table], dict[str, Any]]):
+    """One shard's :class:`MinuteRollup` inside Bytewax (bar-file input).
+
+    Consumes ``(resolution, bars)``. 1-minute bars go on as ``("1m", bars)``
+    followed by the roll-up bars they complete (``("5m", table)``, ...) and
+    the minutes that were not rolled up as ``("late", table)``; bars of other
+    resolutions go on unchanged. At the end of the input the open buckets
+    come out.
+    """
+
+    def __init__(self, config: BarConfig, state: dict[str, Any] | None) -> None:
+        self._rollup = MinuteRollup(config, state)
+
+    def on_batch(
+        self, values: list[tuple[str, pa.Table]]
+    ) -> tuple[list[tuple[str, pa.Table]], bool]:
+        out: list[tuple[str, pa.Table]] = []
+        for res, bars in values:
+            if res != "1m":
+                out.append((res, bars))
+                continue
+            result = self._rollup.add(bars)
+            if result.minutes.num_rows:
+                out.append(("1m", result.minutes))
+            out.extend(result.by_resolution().items())
+            if result.late.num_rows:
+                out.append(("late", result.late))
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, pa.Table]], bool]:
+        return list(self._rollup.flush().by_resolution().items()), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._rollup.snapshot()
+
+
+@dataclass(frozen=True)
+class RollupStreams:
+    """Bars of every resolution as ``(resolution, table)``, and the minutes
+    that came at or before an earlier minute of their symbol (bars)."""
+
+    bars: KeyedStream[tuple[str, pa.Table]]
+    late: KeyedStream[pa.Table]
+
+
+def rollup_stage(bars: KeyedStream[tuple[str, pa.Table]], config: BarConfig) -> RollupStreams:
+    """Per shard, the roll-ups (``config.rollups``) of finished 1-minute bars."""
+    out = op.stateful_batch("rollups", bars, lambda state: RollupLogic(config, state))
+    branch = op.branch("rolled_or_late", out, lambda kv: kv[1][0] != "late")
+    late = op.map_value("late_minutes", branch.falses, lambda v: v[1])
+    return RollupStreams(branch.trues, late)
