@@ -16,7 +16,7 @@ import ta
 
 from connectors.candles import finnhub_limiter
 from dataflows.backfill import BackfillRequest, run_backfill
-from dataflows.core.config import Settings
+from dataflows.core.config import RESOLUTIONS, Settings
 from tests.conftest import cli, read_table, sort_bars
 
 
@@ -173,16 +173,10 @@ def test_split_backfill_warms_up_from_the_lake_and_equals_one_backfill(real_data
     run_backfill(_settings(split), BackfillRequest(spy, start=t0, end=t1))
     run_backfill(_settings(split), BackfillRequest(spy, start=t1, end=t2))
 
-    a = sort_bars(read_table(whole, "gold/indicators_1d")).to_pandas()
-    b = sort_bars(read_table(split, "gold/indicators_1d")).to_pandas()
-    a, b = a[a["start"] >= t1].reset_index(drop=True), b[b["start"] >= t1].reset_index(drop=True)
-    assert len(a) == len(b) > 350
-    pd.testing.assert_frame_equal(a, b)
-    sa = read_table(whole, "gold/signals").to_pandas().sort_values("start")
-    sb = read_table(split, "gold/signals").to_pandas().sort_values("start")
-    assert list(sa[sa["start"] >= t1]["reasons"].map(list)) == list(
-        sb[sb["start"] >= t1]["reasons"].map(list)
-    )
+    # The second backfill continues from the state the first handed over:
+    # every indicator (52-week high/low, volatility, ...) and signal after t1
+    # is bit for bit the one backfill's.
+    _assert_gold_equal_after(whole, split, t1, ("1d",), min_rows=350)
 
 
 # -- Finnhub candles against a local fake REST server -------------------------
@@ -412,12 +406,33 @@ def test_live_run_with_warmup_picks_up_where_the_backfill_ended(real_data, tmp_p
 
     run_pipeline(f"file:{ticks / 'SPY_20131009.csv.gz'}", lake=str(handover), warmup=True)
 
-    a = sort_bars(read_table(whole, "gold/indicators_1m")).to_pandas()
-    b = sort_bars(read_table(handover, "gold/indicators_1m")).to_pandas()
-    day = _day("2013-10-09")
-    a, b = a[a["start"] >= day].reset_index(drop=True), b[b["start"] >= day].reset_index(drop=True)
-    assert len(a) == len(b) > 500
-    pd.testing.assert_frame_equal(a, b)
+    # Every resolution's series continued from the backfill's hand-over
+    # (the array road's end state) bar by bar, exactly as one run would.
+    states = read_table(handover, "gold/series_state").to_pandas()
+    assert sorted(states["resolution"]) == sorted(RESOLUTIONS)
+    _assert_gold_equal_after(whole, handover, _day("2013-10-09"), RESOLUTIONS, min_rows=1)
+
+
+def _assert_gold_equal_after(whole, other, t, resolutions, min_rows):
+    """Indicators (every column) and signals of `other` from `t` on are
+    exactly those of `whole`."""
+    for res in resolutions:
+        a = sort_bars(read_table(whole, f"gold/indicators_{res}")).to_pandas()
+        b = sort_bars(read_table(other, f"gold/indicators_{res}")).to_pandas()
+        a, b = a[a["start"] >= t].reset_index(drop=True), b[b["start"] >= t].reset_index(drop=True)
+        assert len(a) == len(b) >= min_rows, res
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    key = ["resolution", "symbol", "start"]
+    sa = read_table(whole, "gold/signals").to_pandas().sort_values(key)
+    sb = read_table(other, "gold/signals").to_pandas().sort_values(key)
+    sa, sb = (
+        sa[sa["start"] >= t].reset_index(drop=True),
+        sb[sb["start"] >= t].reset_index(drop=True),
+    )
+    sa["reasons"], sb["reasons"] = sa["reasons"].map(list), sb["reasons"].map(list)
+    pd.testing.assert_frame_equal(
+        sa.drop(columns="date"), sb.drop(columns="date"), check_exact=True
+    )
 
 
 def test_progress_shows_on_request_and_stays_quiet_off_a_terminal(real_data, tmp_path):

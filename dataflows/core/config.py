@@ -58,6 +58,9 @@ class GoldConfig:
     # copy of every series' windows is thrown away, and for a whole market
     # it is as big as the state itself (the RSS would double each epoch).
     snapshots: bool = True
+    # Emit each series' state at the end of the input (a backfill's hand-over,
+    # written to gold/series_state).
+    hand_over: bool = False
 
     def for_resolution(self, res: str) -> IndicatorConfig:
         return _with_resolution(self.indicators, res)

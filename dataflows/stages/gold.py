@@ -42,6 +42,7 @@ state: ``{"SYMBOL|res": pickle of the series state}``.
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ import pyarrow.compute as pc
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from dataflows.core.config import GoldConfig
-from dataflows.core.schema import BAR_SCHEMA, INDICATOR_SCHEMA, SIGNAL_SCHEMA
+from dataflows.core.schema import BAR_SCHEMA, INDICATOR_SCHEMA, SERIES_STATE_SCHEMA, SIGNAL_SCHEMA
 from dataflows.stages.operators import only_resolution
 from dataflows.stages.parse import single_symbol
 from indicators import COLUMNS, GoldSeries, IndicatorSet, SignalEngine
@@ -384,6 +385,8 @@ class GoldLogic(
     def __init__(self, config: GoldConfig, state: dict[str, Any] | None) -> None:
         self._config = config
         self._chunker = GoldChunker(config, state)
+        # (symbol, res) -> start of its last bar (hand_over only)
+        self._last: dict[tuple[str, str], Any] = {}
 
     def on_batch(
         self, values: list[tuple[str, pa.Table]]
@@ -392,12 +395,35 @@ class GoldLogic(
         signals: list[pa.Table] = []
         for res, bars in values:
             indicators, signal_table = self._chunker.add(res, bars)
+            if self._config.hand_over and bars.num_rows:
+                last = bars.group_by("symbol").aggregate([("start", "max")])
+                for symbol, start in zip(
+                    last["symbol"].to_pylist(), last["start_max"].to_pylist(), strict=True
+                ):
+                    self._last[(symbol, res)] = start
             out.append((f"indicators_{res}", indicators))
             if signal_table.num_rows:
                 signals.append(signal_table)
         if signals:
             out.append(("signals", pa.concat_tables(signals) if len(signals) > 1 else signals[0]))
         return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, pa.Table]], bool]:
+        if not self._config.hand_over or not self._last:
+            return [], StatefulBatchLogic.RETAIN
+        rows = [
+            {
+                "symbol": symbol,
+                "resolution": res,
+                "last_start": start,
+                "state": state_json(self._chunker.series_state(symbol, res)),
+            }
+            for (symbol, res), start in sorted(self._last.items())
+        ]
+        self._last.clear()
+        return [("series_state", pa.Table.from_pylist(rows, schema=SERIES_STATE_SCHEMA))], (
+            StatefulBatchLogic.RETAIN
+        )
 
     def snapshot(self) -> dict[str, bytes] | None:
         if not self._config.snapshots:
@@ -407,10 +433,21 @@ class GoldLogic(
         return self._chunker.snapshot()
 
 
+def state_json(state: SeriesState | None) -> str:
+    """A series' state as JSON (exact: floats round-trip through repr)."""
+    return json.dumps(state, allow_nan=True, separators=(",", ":"))
+
+
+def state_from_json(text: str) -> SeriesState:
+    return json.loads(text)
+
+
 @dataclass(frozen=True)
 class GoldStreams:
     indicators: KeyedStream[tuple[str, pa.Table]]  # (resolution, table)
     signals: KeyedStream[pa.Table]
+    # Each series' state at the end of the input (GoldConfig.hand_over).
+    states: KeyedStream[pa.Table] | None = None
 
     def resolution(self, res: str) -> KeyedStream[pa.Table]:
         return only_resolution("indicators", self.indicators, res)
@@ -419,9 +456,14 @@ class GoldStreams:
 def gold_stage(bars: KeyedStream[tuple[str, pa.Table]], config: GoldConfig) -> GoldStreams:
     """Bars of every resolution -> gold indicators and signals."""
     out = op.stateful_batch("gold", bars, lambda state: GoldLogic(config, state))
+    states = None
+    if config.hand_over:
+        split = op.branch("series_state_or_rows", out, lambda kv: kv[1][0] == "series_state")
+        states = op.map_value("series_state_table", split.trues, lambda v: v[1])
+        out = split.falses
     branch = op.branch("indicators_or_signals", out, lambda kv: kv[1][0] != "signals")
     indicators = op.map_value(
         "indicators_by_res", branch.trues, lambda v: (v[0][len("indicators_") :], v[1])
     )
     signals = op.map_value("signals_table", branch.falses, lambda v: v[1])
-    return GoldStreams(indicators, signals)
+    return GoldStreams(indicators, signals, states)
