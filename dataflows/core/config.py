@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 # Sale-condition rule sets and the condition-code dialects a source may speak
 # (dataflows.core.conditions applies them).
-PROFILES = ("cta", "off")
+PROFILES = ("cta", "lean", "off")
 DIALECTS = ("auto", "algoseek", "finnhub", "sip")
 SINKS = ("parquet", "postgres", "snowflake", "kafka")
 SOURCES = ("synthetic", "file:PATH", "kafka", "finnhub")
@@ -172,7 +172,8 @@ OPTIONS: tuple[Option, ...] = (
         "sale_conditions",
         "STOCKFLOW_SALE_CONDITIONS",
         "bars.sale_conditions",
-        "cta: trades set bar values by the consolidated tape's sale-condition rules | off",
+        "cta: trades set bar values by the consolidated tape's sale-condition rules | "
+        "lean: by QuantConnect's bar rules for AlgoSeek data | off",
     ),
     Option(
         "condition_codes",

@@ -156,6 +156,13 @@ class SessionTable:
         day = np.where(phase > 0, self._days[np.maximum(day_idx, 0)], NO_DAY)
         return session, day
 
+    def regular_open(self, day: np.ndarray) -> np.ndarray:
+        """Regular open (us) of trading days (00:00 UTC, as from lookup)."""
+        if self.name == ALWAYS_OPEN:
+            return day
+        i = np.searchsorted(self._days, day)
+        return self._edges[np.minimum(i, len(self._days) - 1) * 4 + 1]
+
     def regular_close(self, day: np.ndarray) -> np.ndarray:
         """Regular close (us) of trading days (00:00 UTC, as from lookup)."""
         if self.name == ALWAYS_OPEN:
