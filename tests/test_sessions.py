@@ -490,3 +490,86 @@ def test_a_per_symbol_calendar_override_wins():
     config = CalendarConfig("XNYS", (("SAP", "XETR"),))
     assert (config.calendar_of("SAP"), config.calendar_of("SPY")) == ("XETR", "XNYS")
     assert config.calendar_of("BINANCE:BTCUSDT") == "24/7"
+
+
+# --- the session VWAP follows the calendar ----------------------------------------
+
+
+def _session_vwap_by_minute(ticks: pd.DataFrame, session: pd.Series) -> pd.Series:
+    """Σ p·q / Σ q from each session's first tick to the end of each minute,
+    straight from the ticks (every tick counts: sale conditions off)."""
+    df = ticks.assign(pv=ticks["price"] * ticks["size"], session=session)
+    df["start"] = df["ts"].dt.floor("1min")
+    per_minute = df.groupby(["session", "start"], sort=True)[["pv", "size"]].sum()
+    cumulative = per_minute.groupby(level="session").cumsum()
+    return (cumulative["pv"] / cumulative["size"]).droplevel("session")
+
+
+def _gold_1m(lake: str) -> pd.DataFrame:
+    df = read_table(lake, "gold/indicators_1m").to_pandas()
+    df["start"] = pd.to_datetime(df["start"], utc=True)
+    return df.sort_values("start").set_index("start")
+
+
+def test_session_vwap_runs_through_a_winter_post_market_after_midnight_utc(
+    real_data, run_pipeline, tmp_path
+):
+    # Arrange: two real SPY days moved to a Monday and Tuesday of December
+    # with their New York wall-clock times kept (EDT -> EST: one hour more),
+    # so the post-market of 19:00-20:00 New York falls after 00:00 UTC.
+    frames = []
+    for day, to in (("20131007", "2013-12-02"), ("20131008", "2013-12-03")):
+        df = read_ticks_csv(real_data / "ticks" / f"SPY_{day}.csv.gz")
+        shift = pd.Timestamp(to) - pd.Timestamp(day) + pd.Timedelta(hours=1)
+        frames.append(df.assign(ts=df["ts"] + shift))
+    ticks = pd.concat(frames, ignore_index=True)
+    path = tmp_path / "SPY_winter.csv"
+    ticks.assign(ts=ticks["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))[
+        ["ts", "symbol", "price", "size", "exchange", "condition"]
+    ].to_csv(path, index=False)
+    new_york_day = ticks["ts"].dt.tz_convert("America/New_York").dt.date
+    expected = _session_vwap_by_minute(ticks, new_york_day)
+
+    # Act
+    lake, _ = run_pipeline(f"file:{path}", sale_conditions="off")
+
+    # Assert
+    got = _gold_1m(lake)["vwap_session"]
+    assert list(got.index) == list(expected.index)
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-9)
+    after_midnight = got.index[
+        (got.index >= pd.Timestamp("2013-12-03 00:00", tz="UTC"))
+        & (got.index < pd.Timestamp("2013-12-03 01:00", tz="UTC"))
+    ]
+    assert len(after_midnight) > 30  # Monday's post-market, still Monday's session
+    by_utc_day = _session_vwap_by_minute(ticks, ticks["ts"].dt.date)
+    assert not np.allclose(got[after_midnight], by_utc_day[after_midnight], rtol=1e-9)
+
+
+def test_session_vwap_of_crypto_restarts_at_utc_midnight(real_data, run_pipeline, tmp_path):
+    # Arrange: the real Binance trades moved to straddle 00:00 UTC.
+    trades = pd.read_csv(real_data / "crypto" / "binance_btcusdt_trades_2021-01-08.csv")
+    ts = pd.to_datetime(trades["timestamp"], utc=True, format="ISO8601")
+    ts = ts - ts.iloc[0] + pd.Timestamp("2021-01-08 23:59:40", tz="UTC")
+    ticks = pd.DataFrame(
+        {
+            "ts": ts,
+            "symbol": "BINANCE:BTCUSDT",
+            "price": trades["price"],
+            "size": trades["quantity"],
+        }
+    )
+    path = tmp_path / "btc.csv"
+    ticks.assign(ts=ts.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")).to_csv(path, index=False)
+    expected = _session_vwap_by_minute(ticks, ticks["ts"].dt.date)
+
+    # Act
+    lake, _ = run_pipeline(f"file:{path}", sale_conditions="off")
+
+    # Assert
+    got = _gold_1m(lake)
+    assert list(got.index) == list(expected.index)
+    assert len(got) >= 2 and got.index[-1] == pd.Timestamp("2021-01-09 00:00", tz="UTC")
+    np.testing.assert_allclose(got["vwap_session"], expected, rtol=1e-9)
+    midnight = got.loc[pd.Timestamp("2021-01-09 00:00", tz="UTC")]
+    assert midnight["vwap_session"] == pytest.approx(midnight["vwap"], rel=1e-12)

@@ -4,7 +4,11 @@ One stateful step per symbol shard holds an :class:`~indicators.IndicatorSet`
 and a :class:`~indicators.SignalEngine` for every (symbol, resolution) it has
 seen. Bars arrive per symbol in start order (the bar stage guarantees it), so
 each indicator sees its series exactly once, in order. The indicator objects
-are plain Python; this module only moves rows between them and Arrow.
+are plain Python; this module only moves rows between them and Arrow, and
+gives each bar the bounds of its session from the symbol's market calendar
+(:meth:`~dataflows.core.sessions.SessionTable.day_bounds`: the trading day
+from pre-market start to post-market end, UTC days for 24/7; a daily bar is
+a session of its own), where ``vwap_session`` restarts.
 """
 
 from __future__ import annotations
@@ -12,14 +16,18 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from dataflows.core.config import GoldConfig
-from dataflows.core.schema import INDICATOR_SCHEMA, SIGNAL_SCHEMA
+from dataflows.core.schema import INDICATOR_SCHEMA, SIGNAL_SCHEMA, UTC_US
+from dataflows.core.sessions import DAY_US, CalendarConfig, session_table
 from dataflows.stages.operators import only_resolution
 from indicators import IndicatorSet, SignalEngine
 
@@ -50,6 +58,7 @@ class GoldLogic(
 
     def __init__(self, config: GoldConfig, state: dict[str, Any] | None) -> None:
         self._config = config
+        self._calendars = config.calendar_config() if config.indicators.session_calendar else None
         self._series: dict[tuple[str, str], _Series] = {}
         # The last snapshot, series by series (pickled plain-dict snapshots),
         # and the series changed since: a snapshot re-serialises only those.
@@ -69,9 +78,25 @@ class GoldLogic(
         if series is None:
             series = self._series[(symbol, res)] = _Series(self._config, res, None)
             if self._config.warmup is not None:
-                for bar in self._config.warmup.bars_before(symbol, res, first_start):
+                earlier = self._config.warmup.bars_before(symbol, res, first_start)
+                if earlier and self._calendars is not None:
+                    starts = np.array([_micros(b["start"]) for b in earlier], np.int64)
+                    symbols = pa.array([symbol] * len(earlier), pa.string())
+                    lo, hi = session_bounds(self._calendars, symbols, starts, res)
+                    for bar, a, b in zip(earlier, lo.tolist(), hi.tolist(), strict=True):
+                        bar["session_start"], bar["session_end"] = _datetime(a), _datetime(b)
+                for bar in earlier:
                     series.signals.evaluate(bar, series.indicators.update(bar))
         return series
+
+    def _with_sessions(self, res: str, bars: pa.Table) -> pa.Table:
+        """`bars` with the bounds of each bar's session (for the session VWAP)."""
+        if self._calendars is None or not bars.num_rows:
+            return bars
+        starts = pc.cast(bars["start"], pa.int64()).to_numpy()
+        lo, hi = session_bounds(self._calendars, bars["symbol"], starts, res)
+        bars = bars.append_column("session_start", pa.array(lo, pa.int64()).cast(UTC_US))
+        return bars.append_column("session_end", pa.array(hi, pa.int64()).cast(UTC_US))
 
     def on_batch(
         self, values: list[tuple[str, pa.Table]]
@@ -79,7 +104,7 @@ class GoldLogic(
         out: list[tuple[str, pa.Table]] = []
         signals: list[dict[str, Any]] = []
         for res, bars in values:
-            rows = bars.to_pylist()
+            rows = self._with_sessions(res, bars).to_pylist()
             dirty = self._dirty
             for row in rows:
                 series = self._get(row["symbol"], res, row["start"])
@@ -117,6 +142,40 @@ class GoldLogic(
         return dict(self._saved)  # the values are immutable bytes
 
 
+def session_bounds(
+    calendars: CalendarConfig, symbols: pa.Array | pa.ChunkedArray, starts: np.ndarray, res: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) (us) of the session of each bar (symbol, start): its
+    trading day by the symbol's calendar; a daily bar, stamped with its
+    trading day, is a session of its own."""
+    if res == "1d":
+        return starts, starts + DAY_US
+    enc = pc.dictionary_encode(symbols)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    names = [calendars.calendar_of(s) for s in enc.dictionary.to_pylist()]
+    if len(set(names)) == 1:
+        return session_table(names[0], calendars).day_bounds(starts)
+    by_row = np.asarray(names, dtype=object)[enc.indices.to_numpy(zero_copy_only=False)]
+    lo = np.empty(len(starts), np.int64)
+    hi = np.empty(len(starts), np.int64)
+    for name in set(names):
+        rows = np.flatnonzero(by_row == name)
+        lo[rows], hi[rows] = session_table(name, calendars).day_bounds(starts[rows])
+    return lo, hi
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(ts: datetime) -> int:
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+def _datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
 @dataclass(frozen=True)
 class GoldStreams:
     indicators: KeyedStream[tuple[str, pa.Table]]  # (resolution, table)
@@ -128,6 +187,8 @@ class GoldStreams:
 
 def gold_stage(bars: KeyedStream[tuple[str, pa.Table]], config: GoldConfig) -> GoldStreams:
     """Bars of every resolution -> gold indicators and signals."""
+    if config.indicators.session_calendar:
+        config.calendar_config()  # an unknown calendar fails now, in one line
     out = op.stateful_batch("gold", bars, lambda state: GoldLogic(config, state))
     branch = op.branch("indicators_or_signals", out, lambda kv: kv[1][0] != "signals")
     indicators = op.map_value(
