@@ -267,8 +267,12 @@ def test_condition_codes_of_each_source_map_to_the_tape_rules():
         ELIGIBLE,  # no conditions: a regular trade
         ELIGIBLE,  # unknown: a regular trade (and counted)
     ]
-    finnhub, _ = eligibility(pa.array([["1", "12"], ["1", "8"]], pa.list_(pa.string())), "finnhub")
-    assert list(finnhub & ELIGIBLE) == [VOLUME, ELIGIBLE]  # odd lot; intermarket sweep
+    finnhub, reason = eligibility(
+        pa.array([["1", "12"], ["1", "8"], ["38"], ["40"]], pa.list_(pa.string())), "finnhub"
+    )
+    # odd lot; intermarket sweep; placeholder for 611 exempt; "opened" (unmapped)
+    assert list(finnhub & ELIGIBLE) == [VOLUME, ELIGIBLE, ELIGIBLE, ELIGIBLE]
+    assert [REASONS[r - 1] if r else None for r in reason][2:] == [None, "unknown_condition"]
     sip, _ = eligibility(pa.array([["@", "W"], ["Z"]], pa.list_(pa.string())), "sip")
     assert list(sip & ELIGIBLE) == [VOLUME, HIGH_LOW | VOLUME]
     assert LAST & ELIGIBLE
@@ -376,6 +380,29 @@ def test_the_lean_profile_sets_the_first_and_last_regular_minute_to_the_auction_
     assert (five["close"], five["volume"]) == (100.5, 300.0)
     (day,) = bars["1d"]
     assert (day["open"], day["close"]) == (99.5, 100.5)
+
+
+def test_a_live_builder_waits_for_the_held_last_regular_minute_without_spinning():
+    # The last regular minute is due 15 minutes after the close, not at its end:
+    # the wall-clock wake-up must not point into the past for it.
+    clock = [1000.0]
+    builder = BarBuilder(BarConfig(sale_conditions="lean", live=True), clock=lambda: clock[0])
+    builder.add_ticks(
+        ticks(
+            "SPY",
+            (utc(2013, 10, 7, 19, 59, 50), 100.0, 100),
+            (utc(2013, 10, 7, 20, 0, 30), 101.0, 100),
+            conditions=["1"],
+        )
+    )
+
+    # The 20:00 bar is due at 20:01:05 (lateness 5 s): 35 s after the newest tick.
+    assert builder.next_close_time() == pytest.approx(1035.0)
+    clock[0] = 1036.0
+    emitted = [b["start"] for b in builder.advance_clock().bars.to_pylist()]
+    assert emitted == [utc(2013, 10, 7, 20, 0)]  # 19:59 still waits for the closing prints
+    # Next: the 5-minute bar 20:00-20:05 (the held minute's buckets wait to 20:15).
+    assert builder.next_close_time() == pytest.approx(1000.0 + 4 * 60 + 35)
 
 
 # --- calendars -----------------------------------------------------------------

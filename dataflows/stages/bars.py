@@ -611,8 +611,10 @@ class BarBuilder:
                 price if grouped else price[order],
                 size if grouped else size[order],
             ]
-            rows = [r[keep] for r in rows]
-            kept_flags = None if fl is None else fl[keep]
+            every = bool(keep.all())  # the usual batch: no late tick, no copies
+            if not every:
+                rows = [r[keep] for r in rows]
+            kept_flags = fl if every or fl is None else fl[keep]
             if moved is not None and kept_flags is not None and moved[keep].any():
                 # The closing prints again, in the last regular minute: their
                 # price and size are the auction candidate there, nothing else.
