@@ -492,7 +492,7 @@ class BarBuilder:
 
     def _hold_for_auction(
         self, sym: np.ndarray, ts: np.ndarray, start: np.ndarray, flags: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
         """Lean: closing prints stamped after the close (within the grace)
         set no price in their own minute, where their volume stays, and go
         to the last regular minute as auction candidates only (see
@@ -624,7 +624,8 @@ class BarBuilder:
                 kept_flags = np.concatenate(
                     [kept_flags, np.full(len(copy), cond.CLOSING, np.uint8)]
                 )
-            self._merge(self._partials(*rows, kept_flags))
+            sym_, ts_, start_, seq_, price_, size_ = rows
+            self._merge(self._partials(sym_, ts_, start_, seq_, price_, size_, kept_flags))
         out = self._emit(self._watermarks(self._clock()), late_table)
         if ineligible:
             out = BarOutput(out.bars, out.late, out.rollups, ineligible)
