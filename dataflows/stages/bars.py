@@ -478,11 +478,16 @@ class BarBuilder:
         to; LATEST outside trading days and for 24/7 calendars (no auctions)."""
         opens = np.full(len(ts), LATEST, np.int64)
         closes = np.full(len(ts), LATEST, np.int64)
-        by_code = np.asarray(self._calendar, dtype=object)[sym]
-        for name in set(by_code.tolist()):
-            if name == ALWAYS_OPEN:
+        names = sorted(set(self._calendar))
+        if len(names) == 1:  # the usual case: no grouping per tick
+            groups = [(names[0], np.arange(len(ts)))]
+        else:
+            index = {name: i for i, name in enumerate(names)}
+            of_tick = np.array([index[c] for c in self._calendar], np.int64)[sym]
+            groups = [(name, np.flatnonzero(of_tick == i)) for i, name in enumerate(names)]
+        for name, rows in groups:
+            if name == ALWAYS_OPEN or not len(rows):
                 continue
-            rows = np.flatnonzero(by_code == name)
             table = session_table(name, self.config.calendars)
             _, day = table.lookup(ts[rows])
             has = day != NO_DAY
