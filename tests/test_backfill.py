@@ -472,3 +472,89 @@ def test_backfill_into_an_s3_lake_replaces_its_range_in_one_commit_per_table(
     assert summary.written["silver/bars_1d"] == len(expected)  # one file per date partition
     history = open_table(lake, "silver/bars_1d").history()
     assert [h["operation"] for h in history] == ["WRITE", "WRITE"]  # one commit per backfill
+
+
+# --- bar files in session form -------------------------------------------------------
+
+
+def _new_york_session(start: pd.Series, minutes: int) -> pd.Series:
+    """pre / regular / post / closed of a bar by New York wall-clock time (an
+    ordinary trading day: 04:00, 09:30, 16:00, 20:00), None when its first
+    and last minute differ."""
+
+    def of(ts: pd.Series) -> pd.Series:
+        local = ts.dt.tz_convert("America/New_York")
+        minute = local.dt.hour * 60 + local.dt.minute
+        out = pd.Series("closed", index=ts.index, dtype=object)
+        out[(minute >= 240) & (minute < 570)] = "pre"
+        out[(minute >= 570) & (minute < 960)] = "regular"
+        out[(minute >= 960) & (minute < 1200)] = "post"
+        return out
+
+    first, last = of(start), of(start + pd.Timedelta(minutes=minutes - 1))
+    return first.where(first == last, None)
+
+
+@pytest.mark.parametrize("resolution,minutes", [("1m", 1), ("1h", 60)])
+def test_vendor_intraday_bars_enter_unchanged_with_their_sessions(
+    real_data, tmp_path, resolution, minutes
+):
+    # Arrange: the vendor's real minute bars (and hours made from them).
+    files = tmp_path / "bars"
+    files.mkdir()
+    frames = []
+    for name in ("SPY_20131007", "IBM_20131007"):
+        df = pd.read_csv(real_data / "bars_1m" / f"{name}.csv.gz")
+        df["start"] = pd.to_datetime(df["start"], utc=True)
+        if resolution == "1h":
+            df = (
+                df.set_index("start")
+                .groupby("symbol")
+                .resample("1h")
+                .agg(
+                    {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+                )
+                .dropna()
+                .reset_index()
+            )
+        df.assign(start=df["start"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(
+            files / f"{name}.csv", index=False
+        )
+        frames.append(df)
+    expected = pd.concat(frames).sort_values(["symbol", "start"]).reset_index(drop=True)
+    lake = tmp_path / "lake"
+
+    # Act
+    run_backfill(_settings(lake), BackfillRequest(str(files / "*.csv"), resolution=resolution))
+
+    # Assert
+    got = sort_bars(read_table(lake, f"silver/bars_{resolution}")).to_pandas()
+    got["start"] = got["start"].astype(expected["start"].dtype)
+    assert list(got["start"]) == list(expected["start"])
+    for col in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(got[col].to_numpy(), expected[col].to_numpy(), err_msg=col)
+    want = _new_york_session(expected["start"], minutes)
+    assert got["session"].fillna("mixed").tolist() == want.fillna("mixed").tolist()
+    assert {"pre", "regular", "post"} <= set(want.dropna())
+    if resolution == "1h":
+        assert want.isna().any()  # 13:00-14:00 UTC holds the 09:30 open
+
+
+def test_vendor_daily_bars_enter_unchanged_as_regular_session_days(real_data, tmp_path):
+    from connectors.bar_files import load_bar_file
+
+    df = _daily(real_data, "SPY")
+    df = df[(df["date"] >= "2013-10-01") & (df["date"] < "2013-11-01")]
+    path = tmp_path / "SPY.csv"
+    df.drop(columns="start").to_csv(path, index=False)
+    lake = tmp_path / "lake"
+
+    run_backfill(_settings(lake), BackfillRequest(str(path)))
+    extended, _ = load_bar_file(path, "1d", None, None, None, None, daily_session="extended")
+
+    got = sort_bars(read_table(lake, "silver/bars_1d")).to_pandas()
+    assert list(got["start"].astype(df["start"].dtype)) == list(df["start"])
+    for col in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(got[col].to_numpy(), df[col].to_numpy(), err_msg=col)
+    assert set(got["session"]) == {"regular"}
+    assert set(extended.bars["session"].to_pylist()) == {"extended"}
