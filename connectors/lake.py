@@ -697,6 +697,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         self._schema: pa.Schema | None = None
         sink.encoders.acquire()
         self._closed = False
+        self._failed = False
         # Partition 0 of a sink exists once in a cluster: it runs the
         # sink's background task (lake maintenance), if any.
         self._background = (
@@ -832,6 +833,13 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
     # -- writing ---------------------------------------------------------
 
     def write_batch(self, values: list[pa.Table | None]) -> None:
+        try:
+            self._write_batch(values)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _write_batch(self, values: list[pa.Table | None]) -> None:
         now = time.monotonic()
         for table in values:
             if table is None or not table.num_rows:
@@ -1041,6 +1049,13 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
     # -- Bytewax ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        try:
+            return self._snapshot()
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _snapshot(self) -> dict[str, Any]:
         if self._sink.exactly_once and not self._skip:
             # Commit what an earlier snapshot listed (it is durable by now),
             # then list what came since.
@@ -1070,7 +1085,10 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         try:
             if self._background is not None:
                 self._background.stop()
-            if not self._skip:
+            # After a failure the flow is stopping: Bytewax drops (closes) the
+            # partitions while it unwinds, and a second error then aborts the
+            # process. Commit nothing more; a rerun or resume writes the rest.
+            if not self._skip and not self._failed:
                 self._commit_pending(final=True)
         finally:
             self._sink.encoders.release()
