@@ -823,12 +823,23 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
                 removed,
             )
 
-    def _table_schema(self) -> pa.Schema:
+    def _table_schema(self, pieces: list[dict[str, Any]] | None = None) -> pa.Schema:
+        """The schema of a commit when this run has seen no row yet (a
+        resumed writer committing its snapshot's pieces): the table's, or,
+        when the table does not exist yet (the run before died before its
+        first commit), that of the pieces' own files."""
         if self._schema is not None:
             return self._schema
         found = self._log.table()
-        assert found is not None
-        return pa.schema(found.schema().to_arrow())
+        if found is not None:
+            return pa.schema(found.schema().to_arrow())
+        if not pieces:
+            raise RuntimeError(f"{self._sink.table}: no table and no pieces to take a schema from")
+        path = f"{self._lake.path(self._sink.table)}/{pieces[0]['path']}"
+        with self._lake.fs.open(path, "rb") as fh:
+            schema = pq.read_schema(fh)
+        self._schema = schema.append(pa.field(PARTITION_COLUMN, pa.string()))
+        return self._schema
 
     # -- writing ---------------------------------------------------------
 
@@ -1009,7 +1020,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         ]
         version = max((p["n"] for p in chosen), default=self._next - 1)
         extra = {self._end_app: max(version, 0)} if final else {}
-        schema = self._schema or self._table_schema()
+        schema = self._schema or self._table_schema(chosen)
         self._commit(adds, version, schema, sum(p["rows"] for p in chosen), len(adds), extra)
         self._pieces = [p for p in self._pieces if p["n"] > upto]
         if not self._pieces and not self._open:
