@@ -258,6 +258,8 @@ def run_ours(csv: Path, lake: Path) -> dict[str, Any]:
         "peak_rss_mb": run["peak_rss_mb"],
         "bars": counts["silver/bars_1m"],
         "lake": counts,
+        # its own first summary line: the seconds it reports exclude start-up and commit
+        "summary": run["stdout"].strip().splitlines()[0] if run["stdout"].strip() else "",
     }
 
 
@@ -318,9 +320,16 @@ def backfill1m_scenario(opts: Any, data: Path | None) -> Any:
             "bars_in_csv": bars,
             "csv_mb": round(csv_mb, 1),
             "wall_clock_includes_startup": True,
+            # each repeat's pair ran back to back: their ratio shrugs off slow drifts
+            # of a shared machine's load better than the ratio of the medians
+            "pair_ratios": [
+                round((o["bars"] / o["seconds"]) / (b["bars"] / b["seconds"]), 3)
+                for o, b in zip(ours, base, strict=True)
+            ],
             "stockflow_seconds": round(statistics.median(r["seconds"] for r in ours), 2),
             "baseline_seconds": round(statistics.median(r["seconds"] for r in base), 2),
             "stockflow_lake_rows": ours[-1]["lake"],
+            "stockflow_summaries": [r["summary"] for r in ours],
             "stockflow_lake_duplicates": max(r["lake"]["bars_1m_duplicates"] for r in ours),
             "baseline_rows_written": sorted({r["rows_written"] for r in base}),
             "target_ratio": 0.5,

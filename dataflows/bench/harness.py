@@ -157,8 +157,9 @@ def render(r: dict[str, Any]) -> str:
             line += (
                 f"\n{'':<10} ({r['bars_in_csv']:,} bars: {r['symbols']} symbols x {r['days']} days"
                 f" of 1m bars in one CSV; median wall clock incl. start-up "
-                f"{r['stockflow_seconds']:.1f} s / {r['baseline_seconds']:.1f} s; "
-                f"target ratio >= {r['target_ratio']})"
+                f"{r['stockflow_seconds']:.1f} s / {r['baseline_seconds']:.1f} s; ratio of each "
+                f"repeat {', '.join(f'{x:.2f}' for x in r['pair_ratios'])}; "
+                f"target >= {r['target_ratio']})"
             )
         if s == "kafka":
             line += (
