@@ -11,6 +11,12 @@ Each file is read whole, sorted by ``(symbol, start)`` and emitted in
 batches, so every symbol's bars reach the gold stage in time order; files of
 one series (same name but for dates) are read in date order, one partition
 per series. Exactly-once with recovery: the snapshot is (file, row).
+
+Bars enter unchanged, in session form: intraday bars get the ``session`` of
+the symbol's market calendar (``pre``, ``regular``, ``post`` or ``closed``;
+null for a 5m/15m/1h bar whose minutes are not all in one session), daily
+bars the daily session they stand for (``regular``, or ``extended`` with
+``bars.daily_session = "extended"``), as the bar stage stamps its own.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from connectors.files import column_names, series_of
 from dataflows.core.errors import UserError
 from dataflows.core.schema import BAR_SCHEMA, UTC_US, RejectReason, reject_record, rejects_table
+from dataflows.core.sessions import SESSION_NAMES, CalendarConfig, session_table
 
 TIME_COLUMNS = ("start", "date", "timestamp", "timestamp_utc", "time", "ts_event")
 RESOLUTION_US = {
@@ -100,6 +107,33 @@ def _to_utc_us(col: pa.ChunkedArray) -> tuple[np.ndarray, bool]:
     return pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False), naive
 
 
+def bar_sessions(
+    symbols: np.ndarray,
+    starts: np.ndarray,
+    resolution: str,
+    calendars: CalendarConfig,
+    daily_session: str = "regular",
+) -> pa.Array:
+    """The ``session`` column of bars of `resolution` (see the module docstring)."""
+    if resolution == "1d":
+        return pa.array([daily_session] * len(starts), pa.string())
+    last = starts + RESOLUTION_US[resolution] - RESOLUTION_US["1m"]  # the bar's last minute
+    names = np.full(len(starts), None, dtype=object)
+    unique, index = np.unique(symbols.astype(str), return_inverse=True)
+    by_calendar = np.asarray([calendars.calendar_of(s) for s in unique], dtype=object)[index]
+    lut = np.array([SESSION_NAMES.get(code) for code in range(256)], dtype=object)
+    for calendar in set(by_calendar.tolist()):
+        rows = np.flatnonzero(by_calendar == calendar)
+        table = session_table(calendar, calendars)
+        first_session, first_day = table.lookup(starts[rows])
+        last_session, last_day = table.lookup(last[rows])
+        # Sessions are contiguous: a bar's first and last minute in one
+        # session of one day means every minute between is in it too.
+        same = (first_session == last_session) & (first_day == last_day)
+        names[rows] = np.where(same, lut[first_session], None)
+    return pa.array(names, pa.string())
+
+
 # Long on purpose: reads, maps columns, converts times and checks a bar file
 # in one place, each step a few lines, so a bad file fails at the first check.
 
@@ -111,8 +145,12 @@ def load_bar_file(
     start: datetime | None,
     end: datetime | None,
     default_symbol: str | None,
+    calendars: CalendarConfig | None = None,
+    daily_session: str = "regular",
 ) -> tuple[BarBatch, bool]:
-    """Read, validate, filter and sort one bar file."""
+    """Read, validate, filter and sort one bar file; its bars carry their
+    session by `calendars` (default: the default calendars) and, if daily,
+    `daily_session`."""
     raw = _read(path)
     raw = raw.rename_columns([c.strip().lower() for c in raw.column_names])
     tcol = _time_column(raw, path)
@@ -181,7 +219,9 @@ def load_bar_file(
             pa.array(f["volume"][idx]),
             pa.nulls(len(idx), pa.float64()),
             pa.nulls(len(idx), pa.int64()),
-            pa.nulls(len(idx), pa.string()),  # session: not known for bars from outside
+            bar_sessions(
+                sym[idx], ts[idx], resolution, calendars or CalendarConfig(), daily_session
+            ),
         ],
         schema=BAR_SCHEMA,
     )
@@ -207,6 +247,8 @@ class _BarSeriesPartition(StatefulSourcePartition[BarBatch, dict[str, int]]):
                     s.start,
                     s.end,
                     s.default_symbol,
+                    s.calendars,
+                    s.daily_session,
                 )
                 s.naive_times |= naive
                 # A resumed file already emitted its rejects with row 0.
@@ -240,8 +282,16 @@ class BarFileSource(FixedPartitionedSource[BarBatch, dict[str, int]]):
         start: datetime | None = None,
         end: datetime | None = None,
         batch_size: int = 20_000,
+        calendars: CalendarConfig | None = None,
+        daily_session: str = "regular",
     ) -> None:
+        """:arg calendars: each symbol's market calendar (the settings'
+            ``calendar_config()``), for the bars' session column.
+        :arg daily_session: what daily bars stand for (``bars.daily_session``).
+        """
         self.resolution = resolution
+        self.calendars = calendars or CalendarConfig()
+        self.daily_session = daily_session
         self.symbols = symbols
         self.start = start
         self.end = end

@@ -40,11 +40,12 @@ import pyarrow as pa
 import requests
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.bar_files import RESOLUTION_US, BarBatch
+from connectors.bar_files import RESOLUTION_US, BarBatch, bar_sessions
 from connectors.finnhub import RateLimit, RateLimiter
 from dataflows.core.backoff import Backoff
 from dataflows.core.errors import UserError
 from dataflows.core.schema import BAR_SCHEMA, UTC_US, rejects_table
+from dataflows.core.sessions import CalendarConfig
 
 FINNHUB_RESOLUTION = {"1m": "1", "5m": "5", "15m": "15", "1h": "60", "1d": "D"}
 CHUNK = {"1m": 30, "5m": 30, "15m": 30, "1h": 30, "1d": 365}
@@ -181,7 +182,14 @@ def fetch_candles(
             ) from None
 
 
-def candles_table(data: dict[str, Any], symbol: str, resolution: str) -> pa.Table:
+def candles_table(
+    data: dict[str, Any],
+    symbol: str,
+    resolution: str,
+    calendars: CalendarConfig | None = None,
+    daily_session: str = "regular",
+) -> pa.Table:
+    """Finnhub's candles as bars, each with its session (as bar files get it)."""
     if data.get("s") != "ok" or not data.get("t"):
         return BAR_SCHEMA.empty_table()
     size = RESOLUTION_US[resolution]
@@ -199,7 +207,13 @@ def candles_table(data: dict[str, Any], symbol: str, resolution: str) -> pa.Tabl
             pa.array(data["v"], pa.float64()),
             pa.nulls(n, pa.float64()),
             pa.nulls(n, pa.int64()),
-            pa.nulls(n, pa.string()),  # session: not known for bars from outside
+            bar_sessions(
+                np.full(n, symbol, dtype=object),
+                start,
+                resolution,
+                calendars or CalendarConfig(),
+                daily_session,
+            ),
         ],
         schema=BAR_SCHEMA,
     )
@@ -232,6 +246,8 @@ class _CandlePartition(StatefulSourcePartition[BarBatch, tuple[int, int]]):
             fetch_candles(self._client, s.limiter, symbol, s.resolution, lo, hi),
             symbol,
             s.resolution,
+            s.calendars,
+            s.daily_session,
         )
         self._rows_for_symbol += table.num_rows
         self._chunk += 1
@@ -268,6 +284,8 @@ class FinnhubCandleSource(FixedPartitionedSource[BarBatch, tuple[int, int]]):
             raise UserError("set FINNHUB_API_KEY to backfill from Finnhub")
         self.api_key = settings.finnhub_api_key
         self.api_url = settings.finnhub_api_url
+        self.calendars = settings.calendar_config()
+        self.daily_session = settings.daily_session
         self.symbols = symbols
         self.start, self.end = start, end
         self.resolution = resolution

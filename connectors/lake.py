@@ -137,6 +137,8 @@ TABLES = {
     **{f"silver/bars_{res}": "start" for res in RESOLUTIONS},
     **{f"gold/indicators_{res}": "start" for res in RESOLUTIONS},
     "gold/signals": "start",
+    # each series' gold state after its last backfilled bar (the hand-over)
+    "gold/series_state": "last_start",
 }
 PARTITION_COLUMN = "date"
 

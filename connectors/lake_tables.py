@@ -270,7 +270,7 @@ def range_predicate(
         f"{col} >= {_ts(lo)}",
         f"{col} {'<=' if hi_inclusive else '<'} {_ts(hi)}",
     ]
-    if resolutions is not None and table == "gold/signals":
+    if resolutions is not None and table in ("gold/signals", "gold/series_state"):
         parts.append(f"resolution IN ({', '.join(_quote(r) for r in sorted(resolutions))})")
     return " AND ".join(parts)
 

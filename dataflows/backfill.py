@@ -363,9 +363,16 @@ def run_backfill(
     gold = replace(
         settings.gold,
         warmup=LakeWarmup(
-            settings.lake, settings.s3_endpoint, req.start, warmup_bars(settings.gold.indicators)
+            settings.lake,
+            settings.s3_endpoint,
+            req.start,
+            warmup_bars(settings.gold.indicators),
+            config=settings.gold,
         ),
         snapshots=False,
+        # Each series' state after its last bar goes to gold/series_state:
+        # the next backfill or a live --warmup continues from it exactly.
+        hand_over=True,
     )
     # No recovery: a failed backfill leaves the lake as it was; rerun it.
     run_settings = replace(

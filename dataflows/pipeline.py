@@ -115,7 +115,11 @@ def build_flow(
         from dataflows.warmup import LakeWarmup, warmup_bars
 
         warmup = LakeWarmup(
-            settings.lake, settings.s3_endpoint, None, warmup_bars(settings.gold.indicators)
+            settings.lake,
+            settings.s3_endpoint,
+            None,
+            warmup_bars(settings.gold.indicators),
+            config=settings.gold,
         )
         gold_config = replace(gold_config, warmup=warmup)
     gold = gold_stage(bars.bars, gold_config)

@@ -110,6 +110,8 @@ def attach_lake_outputs(streams: PipelineStreams, output: LakeOutput) -> None:
         output(f"lake_bars_{res}", streams.bars(res), tables.bars_of(res), None)
         output(f"lake_indicators_{res}", streams.indicators(res), tables.indicators_of(res), None)
     output("lake_signals", streams.signals, tables.signals, None)
+    if streams.gold.states is not None:
+        output("lake_series_state", streams.gold.states, tables.series_state, None)
 
 
 def _attach_serving(streams: PipelineStreams, name: str, prefix: str, partitions: int) -> None:

@@ -30,7 +30,9 @@ Inputs, per chunk, in time order, as equally long arrays: ``start`` (numpy
 ``datetime64``, UTC -- what Arrow's ``timestamp[us, tz=UTC]`` gives with
 ``to_numpy()`` -- or int64 microseconds), ``high``, ``low``, ``close``,
 ``volume``, and ``pv`` or ``vwap`` if the bars have them (NaN = none; see
-:meth:`IndicatorSet.update` for how the session VWAP uses them). To build Arrow
+:meth:`IndicatorSet.update` for how the session VWAP uses them), and
+``session_start``/``session_end`` (each bar's session bounds, like ``start``)
+where the session VWAP should follow a market calendar. To build Arrow
 columns: ``pa.array(values, mask=np.isnan(values))`` for an indicator column
 (null where the incremental road gives ``None``).
 """

@@ -122,8 +122,13 @@ class IndicatorConfig:
         volatility_period: number of log returns behind ``volatility_20`` (>= 2).
         periods_per_year: annualisation of ``volatility_20``; ``None`` derives
             it from ``resolution`` (252 daily, 252*390/k for k-minute bars).
-        session_start: wall-clock start of the ``vwap_session`` session
-            (``datetime.time`` or ``"HH:MM"``).
+        session_calendar: ``vwap_session`` restarts at each trading day of
+            the symbol's market calendar, which the pipeline passes with each
+            bar (``session_start``/``session_end`` keys); ``False``: at
+            ``session_start`` in ``session_tz`` instead, also the rule for
+            bars that come without their session (e.g. in a notebook).
+        session_start: wall-clock start of the ``vwap_session`` session by the
+            clock (``datetime.time`` or ``"HH:MM"``).
         session_tz: time zone of ``session_start``: ``UTC``, an IANA name or an
             offset such as ``-05:00``.
         high_low_days: length in days of the 52-week window (364 = 52 weeks).
@@ -141,6 +146,7 @@ class IndicatorConfig:
     atr_period: int = 14
     volatility_period: int = 20
     periods_per_year: float | None = None
+    session_calendar: bool = True
     session_start: time = time(0, 0)
     session_tz: str = "UTC"
     high_low_days: int = 364
@@ -156,6 +162,8 @@ class IndicatorConfig:
         _positive_int("atr_period", self.atr_period)
         _positive_int("high_low_days", self.high_low_days)
         _positive_int("volatility_period", self.volatility_period, minimum=2)
+        if not isinstance(self.session_calendar, bool):
+            raise _fail("session_calendar", self.session_calendar, "use true or false")
         if self.macd_fast >= self.macd_slow:
             raise _fail(
                 "macd_fast",
@@ -246,6 +254,9 @@ class IndicatorSet:
         volume`` and ``pv`` (sum of price*size of its ticks) or ``vwap``
         (``pv = vwap * volume``); with neither, the typical price
         ``(high + low + close) / 3`` stands in for the VWAP, as ``ta`` does.
+        ``session_start``/``session_end`` (tz-aware), when present, are the
+        bounds of the bar's session for ``vwap_session`` (see
+        :class:`IndicatorConfig` ``session_calendar``).
         """
         self._check_symbol(bar["symbol"])
         start = bar["start"]
@@ -281,7 +292,12 @@ class IndicatorSet:
         atr = self._atr
         atr.update(high, low, close)
         vwap_session = self._vwap
-        vwap_session.update(start, float(pv), volume)
+        if self.config.session_calendar:
+            vwap_session.update(
+                start, float(pv), volume, bar.get("session_start"), bar.get("session_end")
+            )
+        else:
+            vwap_session.update(start, float(pv), volume)
         vol = self._vol
         vol.update(close)
         hl = self._hl
@@ -324,7 +340,9 @@ class IndicatorSet:
 
         ``bars`` maps ``start`` (numpy ``datetime64``, UTC, or int64
         microseconds), ``high, low, close, volume`` and optionally ``pv`` or
-        ``vwap`` (NaN = none) to equally long arrays, in time order. The
+        ``vwap`` (NaN = none), and ``session_start``/``session_end`` (the
+        bounds of each bar's session, as for ``update``), to equally long
+        arrays, in time order. The
         result maps each of :attr:`columns` (in that order) to a float64 array
         holding what ``update`` returns for each bar, with NaN for ``None``
         (inputs must be finite, as for ``update``). Afterwards the set is in
@@ -376,7 +394,16 @@ class IndicatorSet:
             bands["lower"],
         )
         out["atr_14"] = self._atr.run(high, low, close)
-        out["vwap_session"] = self._vwap.run(starts, pv, volume)
+        if (
+            self.config.session_calendar
+            and bars.get("session_start") is not None
+            and bars.get("session_end") is not None
+        ):
+            out["vwap_session"] = self._vwap.run(
+                starts, pv, volume, bars["session_start"], bars.get("session_end")
+            )
+        else:
+            out["vwap_session"] = self._vwap.run(starts, pv, volume)
         out["volatility_20"] = self._vol.run(close)
         if self._hl is not None:
             extremes = self._hl.run(starts, high, low)

@@ -2,22 +2,31 @@
 
 Each bar contributes its ``pv`` (the sum of ``price * size`` over the bar's
 ticks -- tick-exact, unlike ``vwap * volume`` after rounding) and its volume.
-The sums restart when a bar's timestamp falls in a new session. A session runs
-from ``session_start`` (wall-clock time in ``tz``) to the same wall-clock time
-the next day, so it follows daylight-saving changes of a named zone
-(``America/New_York``) while a fixed offset (``+05:30``) or ``UTC`` never
-shifts. Default: UTC midnight to UTC midnight.
+The sums restart when a bar falls in a new session. Which session a bar is in:
+
+* given with the bar: ``session_start``/``session_end``, the bounds of its
+  session (the pipeline passes each bar's trading day from the symbol's
+  market calendar, see :mod:`dataflows.core.sessions`; this package knows
+  no calendar). A bar whose bounds differ from the current session's opens
+  a new session;
+* otherwise by the clock: a session runs from ``session_start`` (wall-clock
+  time in ``tz``) to the same wall-clock time the next day, so it follows
+  daylight-saving changes of a named zone (``America/New_York``) while a
+  fixed offset (``+05:30``) or ``UTC`` never shifts. Default: UTC midnight to
+  UTC midnight.
 
 ``value`` is ``None`` until the current session has seen volume > 0. O(1) per
 update: the current session's bounds are cached, and the time-zone arithmetic
 runs only when a bar leaves them. Bars must arrive in time order; a bar older
 than the current session raises ``ValueError``.
 
-``run(starts, pv, volume)`` is the array road, bit-identical to ``update``:
-sessions are found with integer arithmetic on microseconds for ``UTC`` and
-fixed offsets (the same formula as :meth:`SessionVWAP.session_bounds`), and
-with ``session_bounds`` itself, once per session, for a named zone; the sums
-restart at each session as running sums (``np.cumsum`` adds in bar order).
+``run(starts, pv, volume[, session_starts, session_ends])`` is the array
+road, bit-identical to ``update``: given bounds are compared bar to bar;
+clock sessions are found with integer arithmetic on microseconds for ``UTC``
+and fixed offsets (the same formula as :meth:`SessionVWAP.session_bounds`),
+and with ``session_bounds`` itself, once per session, for a named zone; the
+sums restart at each session as running sums (``np.cumsum`` adds in bar
+order).
 """
 
 from __future__ import annotations
@@ -121,8 +130,22 @@ class SessionVWAP(IndicatorBase):
     def _at(self, day: date) -> datetime:
         return datetime.combine(day, self.session_start, tzinfo=self._zone).astimezone(UTC)
 
-    def update(self, ts: datetime, pv: float, volume: float) -> None:
-        """Add one bar: ``ts`` its (tz-aware) time, ``pv`` = sum(price*size), ``volume`` = sum(size)."""
+    def update(
+        self,
+        ts: datetime,
+        pv: float,
+        volume: float,
+        session_start: datetime | None = None,
+        session_end: datetime | None = None,
+    ) -> None:
+        """Add one bar: ``ts`` its (tz-aware) time, ``pv`` = sum(price*size),
+        ``volume`` = sum(size); ``session_start``/``session_end`` the bounds of
+        its session, if known (else the clock rule finds them)."""
+        if session_start is not None and session_end is not None:
+            self._given_session(ts, session_start, session_end)
+            self._pv += pv
+            self._volume += volume
+            return
         start, end = self._start, self._end
         try:
             same_session = start is not None and end is not None and start <= ts < end
@@ -140,17 +163,43 @@ class SessionVWAP(IndicatorBase):
         self._pv += pv
         self._volume += volume
 
-    def run(self, starts: np.ndarray, pv: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    def _given_session(self, ts: datetime, start: datetime, end: datetime) -> None:
+        """Enter the session [start, end) given with a bar (restart the sums
+        when it is not the current one)."""
+        if start == self._start and end == self._end:
+            return
+        if self._start is not None and ts < self._start:
+            self._refuse(_micros(ts), _micros(self._start))
+        if start.utcoffset() is None or end.utcoffset() is None:
+            raise ValueError("session bounds must be timezone-aware datetimes")
+        self._start, self._end = start, end
+        self._pv = 0.0
+        self._volume = 0.0
+
+    def run(
+        self,
+        starts: np.ndarray,
+        pv: np.ndarray,
+        volume: np.ndarray,
+        session_starts: np.ndarray | None = None,
+        session_ends: np.ndarray | None = None,
+    ) -> np.ndarray:
         """``value`` after each bar (NaN while the session has no volume), as ``update`` would.
 
-        ``starts``: see :func:`indicators.base.as_micros` (int64 microseconds
-        since the epoch, numpy ``datetime64`` or aware datetimes).
+        ``starts`` (and the optional session bounds of each bar): see
+        :func:`indicators.base.as_micros` (int64 microseconds since the epoch,
+        numpy ``datetime64`` or aware datetimes).
         """
         starts, pv, volume = as_micros(starts), as_floats(pv), as_floats(volume)
         n = len(starts)
         if n == 0:
             return np.empty(0)
-        opening, bounds = self._sessions(starts)
+        if session_starts is not None and session_ends is not None:
+            opening, bounds = self._given_sessions(
+                starts, as_micros(session_starts), as_micros(session_ends)
+            )
+        else:
+            opening, bounds = self._sessions(starts)
         begins = np.flatnonzero(opening)
         if len(begins) == 0 or begins[0] != 0:
             begins = np.concatenate([[0], begins])
@@ -167,6 +216,35 @@ class SessionVWAP(IndicatorBase):
         self._pv, self._volume = float(pvs[-1]), float(volumes[-1])
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(volumes > 0.0, pvs / volumes, np.nan)
+
+    def _given_sessions(
+        self, starts: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> tuple[np.ndarray, tuple[datetime, datetime] | None]:
+        """Which bars open a new session, given each bar's session bounds
+        (``_given_session``'s rule), and the bounds of the last one opened."""
+        n = len(starts)
+        opening = np.empty(n, dtype=bool)
+        opening[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+        if self._start is None or self._end is None:
+            opening[0] = True
+            current = None
+        else:
+            current = _micros(self._start)
+            opening[0] = (int(lo[0]), int(hi[0])) != (current, _micros(self._end))
+        begun = np.flatnonzero(opening)
+        # Each bar that opens a session must not be older than the one before.
+        before = np.empty(len(begun), np.int64)
+        before[:] = np.where(begun > 0, lo[np.maximum(begun - 1, 0)], current or 0)
+        if current is None and len(begun) and begun[0] == 0:
+            before[0] = starts[0]  # nothing before the first session
+        older = np.flatnonzero(starts[begun] < before)
+        if len(older):
+            i = int(begun[older[0]])
+            self._refuse(int(starts[i]), int(before[older[0]]))
+        if not len(begun):
+            return opening, None
+        last = int(begun[-1])
+        return opening, (_datetime(int(lo[last])), _datetime(int(hi[last])))
 
     def _sessions(self, starts: np.ndarray) -> tuple[np.ndarray, tuple[datetime, datetime] | None]:
         """Which bars open a new session, and the bounds of the last one opened."""

@@ -73,38 +73,61 @@ def lake_frame(lake: str | Path, table: str) -> pd.DataFrame:
 # --- the gold views, from the lake ---------------------------------------------------
 
 
-def _with_trade_date(bars: pd.DataFrame) -> pd.DataFrame:
-    out = bars.sort_values(["symbol", "start"]).copy()
-    out["trade_date"] = out["start"].dt.tz_convert("UTC").dt.date
-    return out
+def _regular(bars: pd.DataFrame) -> pd.DataFrame:
+    """Regular-session rows (rows without a session, written before sessions, count)."""
+    if "session" not in bars:
+        return bars
+    return bars[bars["session"].isna() | (bars["session"] == "regular")]
 
 
-def _daily_closes(bars: pd.DataFrame) -> pd.DataFrame:
-    days = (
-        _with_trade_date(bars)
-        .groupby(["symbol", "trade_date"], sort=True)
-        .agg(close=("close", "last"), close_at=("start", "last"))
-        .reset_index()
-    )
+def _utc_date(starts: pd.Series) -> pd.Series:
+    return starts.dt.tz_convert("UTC").dt.date
+
+
+def _new_york_date(starts: pd.Series) -> pd.Series:
+    # An XNYS trading day (04:00-20:00 New York) lies within one local date.
+    return starts.dt.tz_convert("America/New_York").dt.date
+
+
+def _daily_changes(bars_1d: pd.DataFrame) -> pd.DataFrame:
+    """Regular-session daily closes with their previous trading day's close."""
+    days = _regular(bars_1d).sort_values(["symbol", "start"]).copy()
+    days["trade_date"] = _utc_date(days["start"])
     days["previous_close"] = days.groupby("symbol")["close"].shift()
     days["change"] = days["close"] - days["previous_close"]
     days["change_pct"] = 100 * days["change"] / days["previous_close"]
     return days
 
 
-def expected_kpi(bars_1m: pd.DataFrame) -> pd.DataFrame:
-    latest = _daily_closes(bars_1m).groupby("symbol").tail(1)
-    return (
-        latest.rename(columns={"close_at": "as_of", "close": "price"})[
-            ["symbol", "as_of", "price", "previous_close", "change", "change_pct"]
-        ]
-        .sort_values("symbol")
-        .reset_index(drop=True)
-    )
+def expected_kpi(bars_1m: pd.DataFrame, bars_1d: pd.DataFrame) -> pd.DataFrame:
+    """Latest 1-minute close per symbol against the regular close of the last
+    trading day before the latest bar's New York trading day (all symbols
+    here trade on XNYS)."""
+    latest = bars_1m.sort_values(["symbol", "start"]).groupby("symbol").tail(1)
+    days = _regular(bars_1d).copy()
+    days["day"] = _utc_date(days["start"])
+    rows = []
+    for bar in latest.itertuples():
+        trading_day = _new_york_date(pd.Series([bar.start])).iloc[0]
+        before = days[(days["symbol"] == bar.symbol) & (days["day"] < trading_day)]
+        previous = before.sort_values("start")["close"].iloc[-1] if len(before) else None
+        change = None if previous is None else bar.close - previous
+        rows.append(
+            {
+                "symbol": bar.symbol,
+                "as_of": bar.start,
+                "price": bar.close,
+                "previous_close": previous,
+                "change": change,
+                "change_pct": None if previous is None else 100 * change / previous,
+            }
+        )
+    return pd.DataFrame(rows).sort_values("symbol").reset_index(drop=True)
 
 
 def expected_volatility(bars_1m: pd.DataFrame) -> pd.DataFrame:
-    bars = _with_trade_date(bars_1m)
+    bars = _regular(bars_1m).copy()
+    bars["trade_date"] = _utc_date(bars["start"])
     latest = bars.groupby("symbol")["trade_date"].transform("max")
     day = bars[bars["trade_date"] == latest]
     out = (
@@ -121,8 +144,17 @@ def expected_volatility(bars_1m: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("symbol").reset_index(drop=True)
 
 
-def expected_market_summary(bars_1m: pd.DataFrame, signals: pd.DataFrame) -> pd.DataFrame:
-    days = _daily_closes(bars_1m)
+def expected_market_summary(
+    bars_1m: pd.DataFrame, bars_1d: pd.DataFrame, signals: pd.DataFrame
+) -> pd.DataFrame:
+    days = _daily_changes(bars_1d)
+    regular_minutes = set(zip(_regular(bars_1m)["symbol"], _regular(bars_1m)["start"], strict=True))
+    one_minute = signals[signals["resolution"] == "1m"]
+    in_session = [
+        (s, t) in regular_minutes
+        for s, t in zip(one_minute["symbol"], one_minute["start"], strict=True)
+    ]
+    one_minute = one_minute[in_session]
     rows = []
     for trade_date, day in days.groupby("trade_date", sort=True):
         moved = day.dropna(subset=["change"])
@@ -130,10 +162,7 @@ def expected_market_summary(bars_1m: pd.DataFrame, signals: pd.DataFrame) -> pd.
             ["change_pct", "symbol"], ascending=[False, True]
         )
         down = moved[moved["change"] < 0].sort_values(["change_pct", "symbol"])
-        sig = signals[
-            (signals["resolution"] == "1m")
-            & (signals["start"].dt.tz_convert("UTC").dt.date == trade_date)
-        ]
+        sig = one_minute[_utc_date(one_minute["start"]) == trade_date]
         reasons = sig["reasons"].apply(list)
         rows.append(
             {
@@ -230,39 +259,50 @@ def assert_frame_matches(got: Sequence[Sequence[Any]], expected: pd.DataFrame) -
 
 
 def crafted_market() -> dict[str, pa.Table]:
-    """Two days of 1-minute bars and signals for five symbols.
+    """Two trading days of 1-minute and daily bars and signals for five symbols.
 
-    Day 2 (2024-01-03) against day 1: AAA +10 %, DDD +10 % (tie: AAA wins
-    alphabetically), BBB -5 %, CCC unchanged, EEE new (no previous close).
-    1-minute signals on day 2: two golden crosses, one death cross; a 5m
-    golden cross that must not count.
+    Day 2 (Wednesday 2024-01-03) against day 1: AAA +10 %, DDD +10 % (tie: AAA
+    wins alphabetically), BBB -5 %, CCC unchanged, EEE new (no previous
+    close). AAA's latest bar is a post-market trade at 00:30 UTC on 01-04
+    (19:30 New York, winter): its previous close is still day 1's. 1-minute
+    signals in day 2's regular session: two golden crosses, one death cross;
+    a 5m golden cross and a death cross in BBB's post-market must not count.
     """
-    day1 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+    day1 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)  # 09:30 New York
     day2 = datetime(2024, 1, 3, 14, 30, tzinfo=UTC)
     minute = timedelta(minutes=1)
     closes = {
         day1: {"AAA": 10.0, "BBB": 20.0, "CCC": 30.0, "DDD": 40.0},
         day2: {"AAA": 11.0, "BBB": 19.0, "CCC": 30.0, "DDD": 44.0, "EEE": 5.0},
     }
-    bars = []
+
+    def bar(symbol: str, start: datetime, price: float, volume: float, session: str) -> dict:
+        return {
+            "symbol": symbol,
+            "start": start,
+            "end": start + minute,
+            "open": price,
+            "high": price,
+            "low": price,
+            "close": price,
+            "volume": volume,
+            "vwap": price,
+            "trades": 3,
+            "session": session,
+        }
+
+    bars, days = [], []
     for day, by_symbol in closes.items():
         for symbol, close in by_symbol.items():
             for i, price in enumerate((close * 0.99, close)):  # the last bar sets the close
-                start = day + i * minute
-                bars.append(
-                    {
-                        "symbol": symbol,
-                        "start": start,
-                        "end": start + minute,
-                        "open": price,
-                        "high": price,
-                        "low": price,
-                        "close": price,
-                        "volume": 100.0 * (i + 1),
-                        "vwap": price,
-                        "trades": 3,
-                    }
-                )
+                bars.append(bar(symbol, day + i * minute, price, 100.0 * (i + 1), "regular"))
+            daily = bar(symbol, day.replace(hour=0, minute=0), close, 300.0, "regular")
+            daily["end"] = daily["start"] + timedelta(days=1)
+            days.append(daily)
+    bbb_post = datetime(2024, 1, 3, 22, 0, tzinfo=UTC)  # 17:00 New York
+    aaa_post = datetime(2024, 1, 4, 0, 30, tzinfo=UTC)  # 19:30 New York, 01-03's post-market
+    bars.append(bar("BBB", bbb_post, 18.5, 50.0, "post"))
+    bars.append(bar("AAA", aaa_post, 11.5, 50.0, "post"))
 
     def signal(symbol: str, res: str, start: datetime, reasons: list[str]) -> dict[str, Any]:
         return {
@@ -282,19 +322,24 @@ def crafted_market() -> dict[str, pa.Table]:
         signal("BBB", "1m", day2, ["death_cross"]),
         signal("CCC", "1m", day2, []),
         signal("AAA", "5m", day2, ["golden_cross"]),
+        signal("BBB", "1m", bbb_post, ["death_cross"]),
     ]
-    indicators = [
-        {**bar, **{c: None for c in INDICATOR_SCHEMA.names if c not in bar}} for bar in bars
-    ]
+    indicators = [{**b, **{c: None for c in INDICATOR_SCHEMA.names if c not in b}} for b in bars]
     for row in indicators:
         row["sma_20"] = row["close"] + 0.5
     return {
         "bars_1m": pa.Table.from_pylist(bars, schema=BAR_SCHEMA),
+        "bars_1d": pa.Table.from_pylist(days, schema=BAR_SCHEMA),
         "indicators_1m": pa.Table.from_pylist(indicators, schema=INDICATOR_SCHEMA),
         "signals": pa.Table.from_pylist(signals, schema=SIGNAL_SCHEMA),
     }
 
 
-def crafted_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+def crafted_frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The crafted market's (bars_1m, bars_1d, signals)."""
     tables = crafted_market()
-    return tables["bars_1m"].to_pandas(), tables["signals"].to_pandas()
+    return (
+        tables["bars_1m"].to_pandas(),
+        tables["bars_1d"].to_pandas(),
+        tables["signals"].to_pandas(),
+    )

@@ -16,7 +16,7 @@ import ta
 
 from connectors.candles import finnhub_limiter
 from dataflows.backfill import BackfillRequest, run_backfill
-from dataflows.core.config import Settings
+from dataflows.core.config import RESOLUTIONS, Settings
 from tests.conftest import cli, read_table, sort_bars
 
 
@@ -173,16 +173,10 @@ def test_split_backfill_warms_up_from_the_lake_and_equals_one_backfill(real_data
     run_backfill(_settings(split), BackfillRequest(spy, start=t0, end=t1))
     run_backfill(_settings(split), BackfillRequest(spy, start=t1, end=t2))
 
-    a = sort_bars(read_table(whole, "gold/indicators_1d")).to_pandas()
-    b = sort_bars(read_table(split, "gold/indicators_1d")).to_pandas()
-    a, b = a[a["start"] >= t1].reset_index(drop=True), b[b["start"] >= t1].reset_index(drop=True)
-    assert len(a) == len(b) > 350
-    pd.testing.assert_frame_equal(a, b)
-    sa = read_table(whole, "gold/signals").to_pandas().sort_values("start")
-    sb = read_table(split, "gold/signals").to_pandas().sort_values("start")
-    assert list(sa[sa["start"] >= t1]["reasons"].map(list)) == list(
-        sb[sb["start"] >= t1]["reasons"].map(list)
-    )
+    # The second backfill continues from the state the first handed over:
+    # every indicator (52-week high/low, volatility, ...) and signal after t1
+    # is bit for bit the one backfill's.
+    _assert_gold_equal_after(whole, split, t1, ("1d",), min_rows=350)
 
 
 # -- Finnhub candles against a local fake REST server -------------------------
@@ -412,12 +406,33 @@ def test_live_run_with_warmup_picks_up_where_the_backfill_ended(real_data, tmp_p
 
     run_pipeline(f"file:{ticks / 'SPY_20131009.csv.gz'}", lake=str(handover), warmup=True)
 
-    a = sort_bars(read_table(whole, "gold/indicators_1m")).to_pandas()
-    b = sort_bars(read_table(handover, "gold/indicators_1m")).to_pandas()
-    day = _day("2013-10-09")
-    a, b = a[a["start"] >= day].reset_index(drop=True), b[b["start"] >= day].reset_index(drop=True)
-    assert len(a) == len(b) > 500
-    pd.testing.assert_frame_equal(a, b)
+    # Every resolution's series continued from the backfill's hand-over
+    # (the array road's end state) bar by bar, exactly as one run would.
+    states = read_table(handover, "gold/series_state").to_pandas()
+    assert sorted(states["resolution"]) == sorted(RESOLUTIONS)
+    _assert_gold_equal_after(whole, handover, _day("2013-10-09"), RESOLUTIONS, min_rows=1)
+
+
+def _assert_gold_equal_after(whole, other, t, resolutions, min_rows):
+    """Indicators (every column) and signals of `other` from `t` on are
+    exactly those of `whole`."""
+    for res in resolutions:
+        a = sort_bars(read_table(whole, f"gold/indicators_{res}")).to_pandas()
+        b = sort_bars(read_table(other, f"gold/indicators_{res}")).to_pandas()
+        a, b = a[a["start"] >= t].reset_index(drop=True), b[b["start"] >= t].reset_index(drop=True)
+        assert len(a) == len(b) >= min_rows, res
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    key = ["resolution", "symbol", "start"]
+    sa = read_table(whole, "gold/signals").to_pandas().sort_values(key)
+    sb = read_table(other, "gold/signals").to_pandas().sort_values(key)
+    sa, sb = (
+        sa[sa["start"] >= t].reset_index(drop=True),
+        sb[sb["start"] >= t].reset_index(drop=True),
+    )
+    sa["reasons"], sb["reasons"] = sa["reasons"].map(list), sb["reasons"].map(list)
+    pd.testing.assert_frame_equal(
+        sa.drop(columns="date"), sb.drop(columns="date"), check_exact=True
+    )
 
 
 def test_progress_shows_on_request_and_stays_quiet_off_a_terminal(real_data, tmp_path):
@@ -457,3 +472,89 @@ def test_backfill_into_an_s3_lake_replaces_its_range_in_one_commit_per_table(
     assert summary.written["silver/bars_1d"] == len(expected)  # one file per date partition
     history = open_table(lake, "silver/bars_1d").history()
     assert [h["operation"] for h in history] == ["WRITE", "WRITE"]  # one commit per backfill
+
+
+# --- bar files in session form -------------------------------------------------------
+
+
+def _new_york_session(start: pd.Series, minutes: int) -> pd.Series:
+    """pre / regular / post / closed of a bar by New York wall-clock time (an
+    ordinary trading day: 04:00, 09:30, 16:00, 20:00), None when its first
+    and last minute differ."""
+
+    def of(ts: pd.Series) -> pd.Series:
+        local = ts.dt.tz_convert("America/New_York")
+        minute = local.dt.hour * 60 + local.dt.minute
+        out = pd.Series("closed", index=ts.index, dtype=object)
+        out[(minute >= 240) & (minute < 570)] = "pre"
+        out[(minute >= 570) & (minute < 960)] = "regular"
+        out[(minute >= 960) & (minute < 1200)] = "post"
+        return out
+
+    first, last = of(start), of(start + pd.Timedelta(minutes=minutes - 1))
+    return first.where(first == last, None)
+
+
+@pytest.mark.parametrize("resolution,minutes", [("1m", 1), ("1h", 60)])
+def test_vendor_intraday_bars_enter_unchanged_with_their_sessions(
+    real_data, tmp_path, resolution, minutes
+):
+    # Arrange: the vendor's real minute bars (and hours made from them).
+    files = tmp_path / "bars"
+    files.mkdir()
+    frames = []
+    for name in ("SPY_20131007", "IBM_20131007"):
+        df = pd.read_csv(real_data / "bars_1m" / f"{name}.csv.gz")
+        df["start"] = pd.to_datetime(df["start"], utc=True)
+        if resolution == "1h":
+            df = (
+                df.set_index("start")
+                .groupby("symbol")
+                .resample("1h")
+                .agg(
+                    {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+                )
+                .dropna()
+                .reset_index()
+            )
+        df.assign(start=df["start"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(
+            files / f"{name}.csv", index=False
+        )
+        frames.append(df)
+    expected = pd.concat(frames).sort_values(["symbol", "start"]).reset_index(drop=True)
+    lake = tmp_path / "lake"
+
+    # Act
+    run_backfill(_settings(lake), BackfillRequest(str(files / "*.csv"), resolution=resolution))
+
+    # Assert
+    got = sort_bars(read_table(lake, f"silver/bars_{resolution}")).to_pandas()
+    got["start"] = got["start"].astype(expected["start"].dtype)
+    assert list(got["start"]) == list(expected["start"])
+    for col in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(got[col].to_numpy(), expected[col].to_numpy(), err_msg=col)
+    want = _new_york_session(expected["start"], minutes)
+    assert got["session"].fillna("mixed").tolist() == want.fillna("mixed").tolist()
+    assert {"pre", "regular", "post"} <= set(want.dropna())
+    if resolution == "1h":
+        assert want.isna().any()  # 13:00-14:00 UTC holds the 09:30 open
+
+
+def test_vendor_daily_bars_enter_unchanged_as_regular_session_days(real_data, tmp_path):
+    from connectors.bar_files import load_bar_file
+
+    df = _daily(real_data, "SPY")
+    df = df[(df["date"] >= "2013-10-01") & (df["date"] < "2013-11-01")]
+    path = tmp_path / "SPY.csv"
+    df.drop(columns="start").to_csv(path, index=False)
+    lake = tmp_path / "lake"
+
+    run_backfill(_settings(lake), BackfillRequest(str(path)))
+    extended, _ = load_bar_file(path, "1d", None, None, None, None, daily_session="extended")
+
+    got = sort_bars(read_table(lake, "silver/bars_1d")).to_pandas()
+    assert list(got["start"].astype(df["start"].dtype)) == list(df["start"])
+    for col in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(got[col].to_numpy(), df[col].to_numpy(), err_msg=col)
+    assert set(got["session"]) == {"regular"}
+    assert set(extended.bars["session"].to_pylist()) == {"extended"}

@@ -28,7 +28,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from dataflows.core.schema import BAR_SCHEMA
+from dataflows.core.config import GoldConfig
+from dataflows.core.schema import BAR_SCHEMA, INDICATOR_SCHEMA, SIGNAL_SCHEMA
+from dataflows.stages.gold import GoldLogic, session_bounds
 from indicators import (
     ATR,
     COLUMNS,
@@ -115,16 +117,17 @@ def _arrays(df: pd.DataFrame) -> dict[str, Any]:
 
 def _bar_dicts(bars: dict[str, Any], symbol: str) -> list[dict[str, Any]]:
     """The same bars as the incremental road takes them (one dict each)."""
-    starts = as_micros(bars["start"]).tolist()
-    columns = {k: np.asarray(v).tolist() for k, v in bars.items() if k != "start"}
+    times = ("start", "session_start", "session_end")
+    stamps = {k: as_micros(bars[k]).tolist() for k in times if k in bars}
+    columns = {k: np.asarray(v).tolist() for k, v in bars.items() if k not in times}
     return [
         {
             "symbol": symbol,
-            "start": EPOCH + timedelta(microseconds=us),
             "vwap": None,
+            **{k: EPOCH + timedelta(microseconds=v[i]) for k, v in stamps.items()},
             **{k: v[i] for k, v in columns.items()},
         }
-        for i, us in enumerate(starts)
+        for i in range(len(stamps["start"]))
     ]
 
 
@@ -463,6 +466,57 @@ def test_roads_mixed_at_random_cuts_equal_one_incremental_run(
     _assert_same_signal_rows(rows, expected_rows)
 
 
+def _new_york_trading_days(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of each bar's New York trading day, 04:00-20:00 local (the
+    vendor's 1-minute bars all fall inside one), written out with pandas."""
+    local = pd.to_datetime(starts, utc=True).tz_convert("America/New_York").normalize()
+    pre = (local + pd.Timedelta(hours=4)).tz_convert("UTC").tz_convert(None)
+    post = (local + pd.Timedelta(hours=20)).tz_convert("UTC").tz_convert(None)
+    return pre.to_numpy(), post.to_numpy()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_roads_mixed_with_calendar_sessions_equal_one_incremental_run(
+    real_data_dir: Path, seed: int
+) -> None:
+    # Arrange: five trading days of minute bars, each bar with its trading day.
+    bars = _arrays(_frame(real_data_dir, "spy_1m_vendor_5_days"))
+    bars["session_start"], bars["session_end"] = _new_york_trading_days(bars["start"])
+    n = len(bars["close"])
+    config = IndicatorConfig()
+    expected_columns, expected_rows = _incremental(
+        bars, "X", IndicatorSet(config), SignalEngine(resolution="1m")
+    )
+    rng = np.random.default_rng(seed)
+    series = GoldSeries.new("1m", config)
+    columns: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
+    a = 0
+    # Act
+    while a < n:
+        b = min(n, a + int(rng.integers(1, 900)))
+        if rng.random() < 0.5:
+            part_columns = series.run(_part(bars, a, b), "X").indicators
+        else:
+            part_columns, _ = _incremental(
+                _part(bars, a, b), "X", series.indicators, series.signals
+            )
+        for c in COLUMNS:
+            columns[c].append(part_columns[c])
+        a = b
+    # Assert
+    _assert_same_columns({c: np.concatenate(v) for c, v in columns.items()}, expected_columns)
+    # The sums restart once per trading day: a day's first bar is its own
+    # VWAP (the typical price, these bars have no pv).
+    days = np.unique(bars["session_start"])
+    first = np.flatnonzero(np.diff(bars["session_start"].astype(np.int64), prepend=0) != 0)
+    assert len(first) == len(days) >= 3
+    typical = (bars["high"] + bars["low"] + bars["close"])[first] / 3.0
+    np.testing.assert_allclose(expected_columns["vwap_session"][first], typical, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- the gold stage's tables
+
+
 # --------------------------------------------------------------------------- as Arrow bars
 
 
@@ -482,6 +536,56 @@ def _bar_table(df: pd.DataFrame, symbol: str, resolution: str) -> pa.Table:
         },
         schema=BAR_SCHEMA,
     )
+
+
+def _gold_tables(bars: pa.Table, resolution: str) -> tuple[pa.Table, pa.Table]:
+    """The recipe for a backfill: the gold tables of one series' chunk from compute_gold."""
+    arrays = {
+        "start": bars["start"].to_numpy(),
+        **{c: bars[c].to_numpy() for c in ("high", "low", "close", "volume")},
+        "vwap": bars["vwap"].to_numpy(zero_copy_only=False),  # nulls as NaN
+    }
+    symbol = bars["symbol"][0].as_py()
+    # The session VWAP's sessions from the symbol's calendar, as the gold stage gives them.
+    starts = bars["start"].cast(pa.int64()).to_numpy()
+    bounds = session_bounds(GoldConfig().calendar_config(), bars["symbol"], starts, resolution)
+    arrays["session_start"], arrays["session_end"] = bounds
+    chunk = compute_gold(arrays, symbol=symbol, resolution=resolution)
+    indicators = bars
+    for column in COLUMNS:
+        values = chunk.indicators[column]
+        indicators = indicators.append_column(column, pa.array(values, mask=np.isnan(values)))
+    signals = pa.table(
+        {
+            "symbol": pa.array([symbol] * len(chunk)),
+            "resolution": pa.array([resolution] * len(chunk)),
+            "start": bars["start"],
+            "signal": pa.array(chunk.signals["signal"], type=pa.string()),
+            "score": pa.array(chunk.signals["score"]),
+            "reasons": pa.array(chunk.signals["reasons"], type=pa.list_(pa.string())),
+            "summary": pa.array(chunk.signals["summary"], type=pa.string()),
+            "data_quality": pa.array(chunk.signals["data_quality"]),
+        }
+    )
+    return indicators.cast(INDICATOR_SCHEMA), signals.cast(SIGNAL_SCHEMA)
+
+
+@pytest.mark.parametrize("dataset", ["aapl_1d", "spy_1m_20131008", "ftx_btc_perp_1m"])
+def test_gold_tables_from_a_chunk_equal_the_gold_stage_tables(
+    real_data_dir: Path, dataset: str
+) -> None:
+    # Arrange
+    resolution = DATASETS[dataset][1]
+    bars = _bar_table(_frame(real_data_dir, dataset), "XYZ", resolution)
+    logic = GoldLogic(GoldConfig(snapshots=False), None)
+    out, _ = logic.on_batch([(resolution, bars)])
+    tables = dict(out)
+    # Act
+    indicators, signals = _gold_tables(bars, resolution)
+    # Assert
+    assert indicators.equals(tables[f"indicators_{resolution}"])
+    assert signals.equals(tables["signals"])
+    assert signals["reasons"].to_pylist() == tables["signals"]["reasons"].to_pylist()
 
 
 # --------------------------------------------------------------------------- corners
@@ -716,6 +820,7 @@ INDICATORS: dict[str, tuple[Callable[[], Any], Callable[[Any], Any], str]] = {
     "atr": (lambda: ATR(5), lambda i: i.value, "value"),
     "volatility": (lambda: Volatility(4, 252), lambda i: i.value, "value"),
     "session_vwap": (lambda: SessionVWAP("14:30", "Europe/London"), lambda i: i.value, "value"),
+    "session_vwap_given": (lambda: SessionVWAP(), lambda i: i.value, "value"),
     "high_low_52w": (lambda: HighLow52w(3), lambda i: i.low, "low"),
 }
 
@@ -731,6 +836,17 @@ def test_each_indicator_runs_like_update_and_hands_its_state_over(name: str, cut
         inputs = [(b["high"], b["low"], b["close"]) for b in dicts]
     elif name == "session_vwap":
         inputs = [(b["start"], b["close"] * b["volume"], b["volume"]) for b in dicts]
+    elif name == "session_vwap_given":  # sessions of one hour, given with each bar
+        inputs = [
+            (
+                b["start"],
+                b["close"] * b["volume"],
+                b["volume"],
+                b["start"].replace(minute=0),
+                b["start"].replace(minute=0) + timedelta(hours=1),
+            )
+            for b in dicts
+        ]
     elif name == "high_low_52w":
         inputs = [(b["start"], b["high"], b["low"]) for b in dicts]
     else:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pytest
 import yaml
 
 from tests.conftest import ROOT, free_port
@@ -60,13 +61,13 @@ def env_example() -> dict[str, str]:
     return values
 
 
-_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
 
 
 def interpolate(text: str, values: dict[str, str]) -> str:
     """Compose's interpolation: ``$$`` is a literal ``$``; ``${X:-d}``,
-    ``${X-d}``, ``${X:?msg}`` and ``${X}`` take `values` (a required empty
-    one gets a stand-in, as a user's .env would give it)."""
+    ``${X-d}``, ``${X:?msg}``, ``${X:+r}`` and ``${X}`` take `values` (a
+    required empty one gets a stand-in, as a user's .env would give it)."""
 
     def sub(m: re.Match[str]) -> str:
         if m[0] == "$$":
@@ -77,6 +78,8 @@ def interpolate(text: str, values: dict[str, str]) -> str:
             return arg
         if op in (":?", "?") and not value:
             return f"stand-in-{name.lower()}"
+        if op in (":+", "+"):
+            return arg if value else ""
         return value
 
     return _VARIABLE.sub(sub, text)
@@ -149,6 +152,16 @@ def stockflow_invocations(cmd: list[str]) -> list[list[str]]:
                 found.append(shlex.split(m[1]))
         return found
     return []
+
+
+def executed(cmd: list[str]) -> list[str]:
+    """What a command finally runs: the ``exec`` line of a ``sh -c`` script
+    (split as the shell would), else the command itself."""
+    if cmd[:2] in (["sh", "-c"], ["/bin/sh", "-c"]):
+        for line in cmd[2].splitlines():
+            if line.strip().startswith("exec "):
+                return shlex.split(line.strip())[1:]
+    return cmd
 
 
 def stockflow_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -280,12 +293,36 @@ def test_the_producer_replays_the_mounted_sample_without_an_api_key() -> None:
     assert environment(producer)["FINNHUB_API_KEY"] == ""
 
 
+@pytest.mark.parametrize("producer_finnhub,codes", [("", "algoseek"), ("yes", "unset")])
+def test_dataflows_read_the_sample_replay_as_algoseek_codes_and_finnhub_trades_as_finnhub(
+    tmp_path: Path, producer_finnhub: str, codes: str
+) -> None:
+    # Arrange: stand-ins for the programs the scripts exec, which print the
+    # dialect they would run with.
+    for program in ("stockflow", "python"):
+        stand_in = tmp_path / program
+        stand_in.write_text('#!/bin/sh\necho "${STOCKFLOW_CONDITION_CODES:-unset}"\n')
+        stand_in.chmod(0o755)
+    services = {**load(MAIN)["services"], **{n: merged()[n] for n in ("df0", "df1")}}
+    for name in ("dataflow", "df0", "df1"):
+        service = services[name]
+        env = {**environment(service), "PRODUCER_FINNHUB": producer_finnhub}
+        env["PATH"] = f"{tmp_path}{os.pathsep}{os.environ['PATH']}"
+
+        # Act
+        out = subprocess.run(command(service), env=env, capture_output=True, text=True)
+
+        # Assert
+        assert out.stdout.strip() == codes, (name, out.stderr)
+    assert environment(services["dataflow"])["PRODUCER_FINNHUB"] == ""  # .env.example: no key
+
+
 def test_bytewax_cluster_processes_agree_on_addresses_ids_and_recovery() -> None:
     services = merged()
     processes = {
-        n: command(s)
+        n: executed(command(s))
         for n, s in services.items()
-        if command(s)[:3] == ["python", "-m", "bytewax.run"]
+        if executed(command(s))[:3] == ["python", "-m", "bytewax.run"]
     }
     assert sorted(processes) == ["df0", "df1"]
     ids, addresses = [], set()
@@ -449,7 +486,10 @@ def test_dashboard_asks_only_for_series_the_compose_dataflow_serves(
     schema = pg_server.new_schema("compose")
     init_database("postgres", Settings.load(env={}, pg_dsn=pg_server.dsn, pg_schema=schema))
     dataflow = load(MAIN)["services"]["dataflow"]
-    args = [a if a != "/recovery" else str(tmp_path / "recovery") for a in command(dataflow)]
+    # The service's own script (the sample replay's AlgoSeek codes: no
+    # PRODUCER_FINNHUB), with the stockflow of this environment on the PATH.
+    shell, flag, script = command(dataflow)
+    script = script.replace("/recovery", str(tmp_path / "recovery"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKFLOW_", "AWS_"))}
     env.update(
@@ -465,13 +505,13 @@ def test_dashboard_asks_only_for_series_the_compose_dataflow_serves(
             "STOCKFLOW_LATENESS_S": "1",
         }
     )
-    exe = Path(sys.executable).parent / args[0]
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log = tmp_path / "dataflow.log"
 
     # Act: run it and scrape until every series the dashboard uses is served.
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(exe), *args[1:]], env=env, stdout=out, stderr=subprocess.STDOUT
+            [shell, flag, script], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     served: set[str] = set()
     try:

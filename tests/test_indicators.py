@@ -409,10 +409,54 @@ def test_session_vwap_restarts_and_weights_by_volume(road: str) -> None:
     assert values[3] == pytest.approx(120.0, rel=1e-15)
 
 
+def test_session_vwap_restarts_where_the_given_session_changes_not_at_utc_midnight(
+    road: str,
+) -> None:
+    # A winter New York trading day runs 09:00-01:00 UTC (04:00-20:00 EST).
+    monday = (datetime(2013, 12, 2, 9, tzinfo=UTC), datetime(2013, 12, 3, 1, tzinfo=UTC))
+    night = (monday[1], datetime(2013, 12, 3, 9, tzinfo=UTC))
+    tuesday = (night[1], datetime(2013, 12, 4, 1, tzinfo=UTC))
+    bars = [
+        (datetime(2013, 12, 2, 23, 59, tzinfo=UTC), 100.0 * 10, 10.0, *monday),
+        (datetime(2013, 12, 3, 0, 30, tzinfo=UTC), 110.0 * 30, 30.0, *monday),  # post-market
+        (datetime(2013, 12, 3, 2, 0, tzinfo=UTC), 90.0 * 5, 5.0, *night),
+        (datetime(2013, 12, 3, 9, 0, tzinfo=UTC), 120.0 * 5, 5.0, *tuesday),
+        (datetime(2013, 12, 3, 14, 30, tzinfo=UTC), 130.0 * 15, 15.0, *tuesday),
+    ]
+
+    values = _feed(SessionVWAP(), bars, lambda i: i.value, road)
+
+    np.testing.assert_array_equal(values, [100.0, 107.5, 90.0, 120.0, 127.5])
+
+
+def test_session_vwap_given_sessions_take_over_from_clock_sessions_without_refusing() -> None:
+    # A state saved with UTC-day sessions meets a post-market bar after
+    # midnight whose trading day began the day before: a new session, no error.
+    vwap = SessionVWAP()
+    vwap.update(datetime(2013, 12, 3, 0, 10, tzinfo=UTC), 100.0, 1.0)
+    monday = (datetime(2013, 12, 2, 9, tzinfo=UTC), datetime(2013, 12, 3, 1, tzinfo=UTC))
+
+    vwap.update(datetime(2013, 12, 3, 0, 20, tzinfo=UTC), 220.0, 2.0, *monday)
+
+    assert vwap.value == 110.0 and vwap.session == monday
+
+
 def test_session_vwap_rejects_a_bar_older_than_the_session(road: str) -> None:
     bars = [
         (datetime(2024, 1, 2, 0, 1, tzinfo=UTC), 100.0, 1.0),
         (datetime(2024, 1, 1, 23, 59, tzinfo=UTC), 100.0, 1.0),
+    ]
+
+    with pytest.raises(ValueError, match="time order"):
+        _feed(SessionVWAP(), bars, lambda i: i.value, road)
+
+
+def test_session_vwap_rejects_a_bar_older_than_its_given_session(road: str) -> None:
+    day2 = (datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC))
+    day1 = (datetime(2024, 1, 1, tzinfo=UTC), day2[0])
+    bars = [
+        (datetime(2024, 1, 2, 0, 1, tzinfo=UTC), 100.0, 1.0, *day2),
+        (datetime(2024, 1, 1, 23, 59, tzinfo=UTC), 100.0, 1.0, *day1),
     ]
 
     with pytest.raises(ValueError, match="time order"):

@@ -211,15 +211,16 @@ VIEWS = {
 
 def test_views_answer_like_pandas_on_the_lake(sf_gold_run):
     bars = lake_frame(sf_gold_run.lake, "silver/bars_1m")
+    daily = lake_frame(sf_gold_run.lake, "silver/bars_1d")
     signals = lake_frame(sf_gold_run.lake, "gold/signals")
 
     def view(name: str) -> list[tuple]:
         columns, order = VIEWS[name]
         return query(sf_gold_run.schema, f"select {columns} from {name} order by {order}")
 
-    assert_frame_matches(view("kpi"), expected_kpi(bars))
+    assert_frame_matches(view("kpi"), expected_kpi(bars, daily))
     assert_frame_matches(view("volatility"), expected_volatility(bars))
-    assert_frame_matches(view("market_summary"), expected_market_summary(bars, signals))
+    assert_frame_matches(view("market_summary"), expected_market_summary(bars, daily, signals))
     candles = query(
         sf_gold_run.schema,
         f"select {', '.join(column(c) for c in CANDLESTICK_COLUMNS)} from candlestick",
@@ -241,18 +242,22 @@ def test_views_answer_like_the_postgres_views(sf_gold_run, pg_gold_run):
         assert_frame_matches(sf, pd.DataFrame(pg, columns=[c.strip() for c in columns.split(",")]))
 
 
-def test_market_summary_of_a_known_market(emulator):
+def test_market_summary_and_kpi_of_a_known_market(emulator):
     target = SnowflakeTarget.from_settings(settings("CRAFTED"))
     init_database("snowflake", settings("CRAFTED"))
-    writer = SnowflakeWriter(target, serving_tables(("1m",)))
+    writer = SnowflakeWriter(target, serving_tables(("1m", "1d")))
     writer.connect()
     writer.upsert(crafted_market())
     writer.close()
 
     got = query("CRAFTED", f"select {MARKET_SUMMARY} from market_summary order by trade_date")
+    kpi = query("CRAFTED", f"select {KPI} from kpi order by symbol")
 
     assert got[1][1:] == (5, 2, 1, 1, "AAA", 10.0, "BBB", -5.0, 2, 1)
     assert_frame_matches(got, expected_market_summary(*crafted_frames()))
+    # AAA's latest bar is 01-03's post-market after 00:00 UTC: against 01-02.
+    assert kpi[0][2:] == (11.5, 10.0, 1.5, 15.0)
+    assert_frame_matches(kpi, expected_kpi(*crafted_frames()[:2]))
 
 
 # --- failures -----------------------------------------------------------------------------
@@ -298,7 +303,7 @@ def test_a_dropped_session_mid_batch_is_retried_without_doubling_a_row(emulator,
         SnowflakeTarget, "connect", lambda self: _DropsFirstMerge(real_connect(self))
     )
     _DropsFirstMerge.dropped = 0
-    tables = serving_tables(("1m",))
+    tables = serving_tables(("1m", "1d"))
     stats = RunStats()
     sink = ServingSink("snowflake", lambda: SnowflakeWriter(target, tables), tables, stats=stats)
     part = sink.build_part("step", "0000", None)
@@ -354,7 +359,9 @@ def test_secrets_stay_out_of_messages_and_reprs():
 def test_a_refused_login_is_permanent_and_a_dropped_session_is_not():
     from snowflake.connector.errors import DatabaseError, OperationalError
 
-    writer = SnowflakeWriter(SnowflakeTarget.from_settings(settings("S")), serving_tables(("1m",)))
+    writer = SnowflakeWriter(
+        SnowflakeTarget.from_settings(settings("S")), serving_tables(("1m", "1d"))
+    )
 
     assert writer.classify(DatabaseError(msg="Incorrect username or password", errno=390100))[
         0

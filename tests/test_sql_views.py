@@ -45,6 +45,7 @@ def lake_frames(pg_gold_run):
     lake = pg_gold_run.lake
     return {
         "bars_1m": lake_frame(lake, "silver/bars_1m"),
+        "bars_1d": lake_frame(lake, "silver/bars_1d"),
         "signals": lake_frame(lake, "gold/signals"),
     }
 
@@ -55,7 +56,7 @@ def crafted_schema(pg_server):
     schema = pg_server.new_schema("crafted")
     settings = Settings.load(env={}, pg_dsn=pg_server.dsn, pg_schema=schema)
     init_database("postgres", settings)
-    writer = PostgresWriter(PostgresTarget.from_settings(settings), serving_tables(("1m",)))
+    writer = PostgresWriter(PostgresTarget.from_settings(settings), serving_tables(("1m", "1d")))
     writer.connect()
     writer.upsert(crafted_market())
     writer.close()
@@ -65,17 +66,20 @@ def crafted_schema(pg_server):
 # --- on the real-data run ------------------------------------------------------------
 
 
-def test_kpi_is_the_latest_price_and_its_change_against_the_previous_close(
+def test_kpi_is_the_latest_price_and_its_change_against_the_previous_regular_close(
     pg_gold_run, lake_frames
 ):
     got = query(
         pg_gold_run.server.dsn, f"select {KPI} from {pg_gold_run.schema}.kpi order by symbol"
     )
 
-    expected = expected_kpi(lake_frames["bars_1m"])
+    expected = expected_kpi(lake_frames["bars_1m"], lake_frames["bars_1d"])
     assert_frame_matches(got, expected)
     spy = expected.set_index("symbol").loc["SPY"]
-    assert spy["previous_close"] > 0 and spy["change"] != 0  # SPY traded on two days
+    # SPY traded on two days: its latest bar (08 Oct, post-market) against
+    # 07 Oct's regular-session close, the vendor's daily close of that day.
+    assert spy["previous_close"] == 167.42 and spy["change"] != 0
+    assert expected["previous_close"].isna().sum() == 3  # AIG, BAC, IBM: one day only
 
 
 def test_candlestick_is_every_bar_with_its_moving_averages(pg_gold_run):
@@ -102,7 +106,9 @@ def test_market_summary_counts_movers_and_crosses_per_day(pg_gold_run, lake_fram
         f"select {MARKET_SUMMARY} from {pg_gold_run.schema}.market_summary order by trade_date",
     )
 
-    expected = expected_market_summary(lake_frames["bars_1m"], lake_frames["signals"])
+    expected = expected_market_summary(
+        lake_frames["bars_1m"], lake_frames["bars_1d"], lake_frames["signals"]
+    )
     assert_frame_matches(got, expected)
     assert expected["golden_crosses"].sum() + expected["death_crosses"].sum() > 0
 
@@ -126,6 +132,9 @@ def test_kpi_of_a_known_market(pg_server, crafted_schema):
     got = query(pg_server.dsn, f"select {KPI} from {crafted_schema}.kpi order by symbol")
 
     by_symbol = {row[0]: row[2:] for row in got}
-    assert by_symbol["AAA"] == (11.0, 10.0, 1.0, 10.0)
+    # AAA's latest bar is 01-03's post-market after 00:00 UTC: against 01-02.
+    assert by_symbol["AAA"] == (11.5, 10.0, 1.5, 15.0)
+    assert by_symbol["BBB"] == (18.5, 20.0, -1.5, -7.5)
     assert by_symbol["EEE"] == (5.0, None, None, None)
-    assert_frame_matches(got, expected_kpi(crafted_frames()[0]))
+    bars_1m, bars_1d, _ = crafted_frames()
+    assert_frame_matches(got, expected_kpi(bars_1m, bars_1d))

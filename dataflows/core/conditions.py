@@ -16,6 +16,15 @@ consolidated tape's rules (CTA and UTP plans; table and sources in
   the regular session (applied by the bar builder, which knows sessions).
 
 A tick is eligible for a use only if every one of its conditions allows it.
+That is the ``cta`` profile; the ``lean`` profile follows instead the bar
+rules QuantConnect documents for its AlgoSeek data (the vendor of the tick
+files in ``shared/data``): a trade sets no price when it carries none of the
+*included* conditions (regular, Form T / extended hours, cash, next day,
+official and auction open/close) and at least one *excluded* one
+(intermarket sweep, trade-through exempt, odd lot), whatever the session;
+volume follows the tape (every trade counts, a market center's official
+open or close is no trade).
+
 Codes are read in one of three dialects (:data:`DIALECTS`): ``algoseek``
 (hexadecimal flags of QuantConnect Lean's ``TradeConditionFlags``, as in the
 tick files of ``shared/data``), ``finnhub`` (the numeric codes of Finnhub's
@@ -47,6 +56,28 @@ CLOSING = 16
 FORM_T = 32
 ELIGIBLE = LAST | HIGH_LOW | VOLUME  # a regular trade
 _USES = LAST | HIGH_LOW | VOLUME
+# The lean profile's classes, carried per code until a tick's codes are combined.
+_LEAN_IN = 64
+_LEAN_OUT = 128
+
+# QuantConnect, "US Equity / Data Preparation / Bar Building" (the table of
+# included and excluded TradeConditionFlags). "extended_hours_out_of_sequence"
+# carries the ExtendedHours flag in Lean's terms ("U" = extended hours +
+# out of sequence), so it is included too.
+LEAN_INCLUDED = frozenset(
+    {
+        "regular",
+        "form_t",
+        "extended_hours_out_of_sequence",
+        "cash",
+        "next_day",
+        "official_close",
+        "official_open",
+        "closing_prints",
+        "opening_prints",
+    }
+)
+LEAN_EXCLUDED = frozenset({"intermarket_sweep", "trade_through_exempt", "odd_lot"})
 
 
 @dataclass(frozen=True)
@@ -120,12 +151,16 @@ RULES = {r.name: r for r in _RULES}
 REASONS = tuple(r.name for r in _RULES if (r.flags & _USES) != ELIGIBLE) + (
     "unknown_condition",
     "form_t_in_regular_session",
+    # lean only: the excluded conditions the tape's rules allow
+    "intermarket_sweep",
+    "trade_through_exempt",
 )
 
 # QuantConnect Lean's TradeConditionFlags (Common/Data/Auxiliary/
-# TradeConditionFlags.cs): bit -> condition. Bits not listed (Regular,
-# TradeThroughExempt, the undocumented bit 30) restrict nothing.
+# TradeConditionFlags.cs): bit -> condition. The undocumented bit 30 is not
+# listed: it restricts nothing.
 _ALGOSEEK_BITS = {
+    0: "regular",
     1: "cash",
     2: "next_day",
     3: "seller",
@@ -154,12 +189,14 @@ _ALGOSEEK_BITS = {
     26: "official_open",
     27: "cap_election",
     28: "automatic_execution",
+    29: "trade_through_exempt",
     31: "odd_lot",
 }
 
-# Finnhub's numeric trade conditions (US stocks), transcribed from the list
-# its websocket documentation links to; see docs/sale-conditions.md for how
-# far it is verified.
+# Finnhub's numeric trade conditions (US stocks): the code list its websocket
+# and tick-data documentation link to (docs/sale-conditions.md, "Finnhub").
+# 40 ("Opened") is left out: no source gives its eligibility, so it is read
+# as an unknown code (a regular trade, counted).
 _FINNHUB = {
     "1": "regular",
     "2": "acquisition",
@@ -198,6 +235,7 @@ _FINNHUB = {
     "35": "closing_prints",
     "36": "closing_prints",
     "37": "qualified_contingent",
+    "38": "trade_through_exempt",  # "Placeholder for 611 Exempt" (UTP "8")
     "39": "corrected_consolidated_close",
     "41": "trade_through_exempt",
 }
@@ -271,15 +309,30 @@ def _combine(names: list[str]) -> tuple[int, int]:
     return flags, reason
 
 
-def code_flags(code: str, dialect: str) -> tuple[int, int]:
-    """(flags, reason code) of one condition code; unknown codes are regular."""
+def _lean(names: list[str]) -> tuple[int, int]:
+    """The lean profile's flags of a set of conditions: prices allowed (and
+    whether an included or an excluded condition is among them, resolved per
+    tick by :func:`_resolve_lean`), volume and auction marks as on the tape
+    (a market center's official open or close is no trade)."""
+    tape, tape_reason = _combine(names)
+    flags = LAST | HIGH_LOW | (tape & (VOLUME | OPENING | CLOSING))
+    included = any(n in LEAN_INCLUDED for n in names)
+    excluded = next((n for n in names if n in LEAN_EXCLUDED), None)
+    flags |= (_LEAN_IN if included else 0) | (_LEAN_OUT if excluded else 0)
+    if excluded and not included:
+        return flags, _REASON_CODE[excluded]
+    return flags, tape_reason if not tape & VOLUME else 0
+
+
+def _names(code: str, dialect: str) -> list[str] | None:
+    """The conditions one code stands for (None: an unknown code)."""
     if dialect == "algoseek":
         try:
             bits = int(code, 16)
         except ValueError:
-            return ELIGIBLE, _UNKNOWN
+            return None
         if bits < 0 or bits >= 1 << 32:
-            return ELIGIBLE, _UNKNOWN
+            return None
         oos = bits >> 14 & 1
         names = [n for b, n in _ALGOSEEK_BITS.items() if bits >> b & 1 and b != 14]
         if oos:
@@ -288,19 +341,40 @@ def code_flags(code: str, dialect: str) -> tuple[int, int]:
             names.append("extended_hours_out_of_sequence" if extended else "sold_out_of_sequence")
             if "sold_last" in names:
                 names.remove("sold_last")  # "Sold" + "OutOfSequence" is one condition, "Z"
-        return _combine(names)
+        return names
     table = _FINNHUB if dialect == "finnhub" else _SIP
     name = table.get(code.strip() if dialect == "finnhub" else code)
-    if name is None:
-        return ELIGIBLE, _UNKNOWN
-    return _combine([name])
+    return None if name is None else [name]
+
+
+def code_flags(code: str, dialect: str, profile: str = "cta") -> tuple[int, int]:
+    """(flags, reason code) of one condition code under `profile` (``cta`` or
+    ``lean``); unknown codes are regular trades."""
+    names = _names(code, dialect)
+    if names is None:
+        return ELIGIBLE, _UNKNOWN  # neither included nor excluded under lean
+    return _lean(names) if profile == "lean" else _combine(names)
+
+
+def _resolve_lean(flags: np.ndarray) -> np.ndarray:
+    """Per tick: no price where an excluded condition came without an
+    included one; the lean classes dropped."""
+    excluded = (flags & (_LEAN_IN | _LEAN_OUT)) == _LEAN_OUT
+    out = flags & np.uint8(~(_LEAN_IN | _LEAN_OUT) & 0xFF)
+    out[excluded] &= np.uint8(~(LAST | HIGH_LOW) & 0xFF)
+    return out
+
+
+# Long on purpose: one vectorised pass over a batch's condition lists (codes
+# looked up once per distinct value, combined per tick with reduceat).
 
 
 def eligibility(
-    conditions: pa.Array | pa.ChunkedArray, dialect: str
+    conditions: pa.Array | pa.ChunkedArray, dialect: str, profile: str = "cta"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per tick: flags (uint8, bits above) and reason code (uint8, 0 = none;
-    ``REASONS[code - 1]`` otherwise) of a ``list<string>`` conditions column."""
+    ``REASONS[code - 1]`` otherwise) of a ``list<string>`` conditions column,
+    under `profile` (``cta`` or ``lean``)."""
     if isinstance(conditions, pa.ChunkedArray):
         conditions = conditions.combine_chunks()
     n = len(conditions)
@@ -315,26 +389,30 @@ def eligibility(
     offsets = offsets - offsets[0]
     if len(values) == 0:
         return flags, reason
+    lean = profile == "lean"
     enc = pc.dictionary_encode(values)
     lut_flags = np.empty(len(enc.dictionary), np.uint8)
     lut_reason = np.empty(len(enc.dictionary), np.uint8)
     for i, code in enumerate(enc.dictionary.to_pylist()):
-        lut_flags[i], lut_reason[i] = code_flags(code if code is not None else "", dialect)
+        lut_flags[i], lut_reason[i] = code_flags(code if code is not None else "", dialect, profile)
     idx = enc.indices.to_numpy(zero_copy_only=False)
     vf, vr = lut_flags[idx], lut_reason[idx]
     lengths = np.diff(offsets)
     if (lengths == 1).all():  # one code per tick: the usual tick file
-        return vf, vr
+        return (_resolve_lean(vf) if lean else vf), vr
     has = lengths > 0
     starts = offsets[:-1][has]
     uses = np.bitwise_and.reduceat(vf | ~np.uint8(_USES), starts) & np.uint8(_USES)
     marks = np.bitwise_or.reduceat(vf & ~np.uint8(_USES), starts)
     flags[has] = uses | marks
     # The first code that restricts a use names the reason (else an unknown one).
-    restricting = (vf & _USES) != ELIGIBLE
+    restricting = ((vr != 0) & (vr != _UNKNOWN)) if lean else ((vf & _USES) != ELIGIBLE)
     first = np.minimum.reduceat(np.where(restricting, np.arange(len(vf)), len(vf)), starts)
     unknown = np.maximum.reduceat((vr == _UNKNOWN).astype(np.uint8), starts)
     r = np.where(first < len(vf), vr[np.minimum(first, len(vf) - 1)], 0)
+    if lean:  # an included condition lifts an excluded one
+        flags = _resolve_lean(flags)
+        r = np.where((flags[has] & HIGH_LOW) == 0, r, 0)
     r = np.where((r == 0) & (unknown > 0), _UNKNOWN, r)
     reason[has] = r.astype(np.uint8)
     return flags, reason

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 # Sale-condition rule sets and the condition-code dialects a source may speak
 # (dataflows.core.conditions applies them).
-PROFILES = ("cta", "off")
+PROFILES = ("cta", "lean", "off")
 DIALECTS = ("auto", "algoseek", "finnhub", "sip")
 SINKS = ("parquet", "postgres", "snowflake", "kafka")
 SOURCES = ("synthetic", "file:PATH", "kafka", "finnhub")
@@ -58,9 +58,41 @@ class GoldConfig:
     # copy of every series' windows is thrown away, and for a whole market
     # it is as big as the state itself (the RSS would double each epoch).
     snapshots: bool = True
+    # Emit each series' state at the end of the input (a backfill's hand-over,
+    # written to gold/series_state).
+    hand_over: bool = False
+    # The market calendars (Settings.calendar/calendars, kept in step by
+    # Settings): the session VWAP restarts at each symbol's trading day.
+    calendar: str = "XNYS"
+    calendars: tuple[str, ...] = ()
 
     def for_resolution(self, res: str) -> IndicatorConfig:
         return _with_resolution(self.indicators, res)
+
+    def calendar_config(self) -> CalendarConfig:
+        """Which market calendar each symbol follows (names checked)."""
+        return calendar_config(self.calendar, self.calendars)
+
+
+def calendar_config(
+    default: str, items: tuple[str, ...], origin: Mapping[str, str] | None = None
+) -> CalendarConfig:
+    """A :class:`~dataflows.core.sessions.CalendarConfig` from the ``calendar``
+    setting and the ``calendars`` items (``SYMBOL=CALENDAR``); an unknown
+    calendar name is a UserError naming the setting (and where it came from)."""
+    from dataflows.core.sessions import CalendarConfig, check_calendar  # numpy, calendars
+
+    overrides = tuple(
+        (sym.strip().upper(), cal.strip()) for sym, _, cal in (i.partition("=") for i in items)
+    )
+    config = CalendarConfig(default, overrides)
+    for name in sorted(config.names()):
+        try:
+            check_calendar(name)
+        except UserError as exc:
+            where = (origin or {}).get("calendars" if name != default else "calendar")
+            raise UserError(f"bad setting calendar (from {where or 'default'}): {exc}") from None
+    return config
 
 
 @cache
@@ -198,7 +230,8 @@ OPTIONS: tuple[Option, ...] = (
         "sale_conditions",
         "STOCKFLOW_SALE_CONDITIONS",
         "bars.sale_conditions",
-        "cta: trades set bar values by the consolidated tape's sale-condition rules | off",
+        "cta: trades set bar values by the consolidated tape's sale-condition rules | "
+        "lean: by QuantConnect's bar rules for AlgoSeek data | off",
     ),
     Option(
         "condition_codes",
@@ -458,25 +491,16 @@ class Settings:
     def source_path(self) -> str:
         return self.source.split(":", 1)[1] if ":" in self.source else ""
 
+    def __post_init__(self) -> None:
+        # The gold stage follows the same calendars as the bars.
+        if (self.gold.calendar, self.gold.calendars) != (self.calendar, self.calendars):
+            gold = replace(self.gold, calendar=self.calendar, calendars=self.calendars)
+            object.__setattr__(self, "gold", gold)
+
     def calendar_config(self) -> CalendarConfig:
         """Which market calendar each symbol follows (names are checked
         against the calendar library here, when a flow is built)."""
-        from dataflows.core.sessions import CalendarConfig, check_calendar  # numpy, calendars
-
-        overrides = tuple(
-            (sym.strip().upper(), cal.strip())
-            for sym, _, cal in (item.partition("=") for item in self.calendars)
-        )
-        config = CalendarConfig(self.calendar, overrides)
-        for name in sorted(config.names()):
-            try:
-                check_calendar(name)
-            except UserError as exc:
-                where = self.origin.get("calendars" if name != self.calendar else "calendar")
-                raise UserError(
-                    f"bad setting calendar (from {where or 'default'}): {exc}"
-                ) from None
-        return config
+        return calendar_config(self.calendar, self.calendars, self.origin)
 
     @property
     def is_live(self) -> bool:

@@ -102,6 +102,21 @@ def indicator_schema(columns: tuple[str, ...]) -> pa.Schema:
 INDICATOR_SCHEMA = indicator_schema(INDICATOR_COLUMNS)
 
 
+# The gold state of each series at the end of a backfill (the hand-over to
+# the next backfill or a live run's warm-up): `state` is the JSON of
+# ``{"indicators": IndicatorSet snapshot, "signals": SignalEngine snapshot}``
+# after the series' bar at `last_start`. JSON, not pickle: the lake may be
+# shared, and reading it must never run code.
+SERIES_STATE_SCHEMA = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("resolution", pa.string(), nullable=False),
+        pa.field("last_start", UTC_US, nullable=False),
+        pa.field("state", pa.string(), nullable=False),
+    ]
+)
+
+
 SIGNAL_SCHEMA = pa.schema(
     [
         pa.field("symbol", pa.string(), nullable=False),
@@ -167,6 +182,7 @@ class LakeTables:
     late: str = "bronze/late_ticks"
     bars: str = "silver/bars_1m"
     signals: str = "gold/signals"
+    series_state: str = "gold/series_state"
 
     @staticmethod
     def bars_of(res: str) -> str:

@@ -43,6 +43,12 @@ Semantics (PRODUCT.md, Bars):
   regular daily bar takes its open and close from the day's opening and
   closing prints where the source marks them (the largest such print: the
   listing market's auction), else from the first and last eligible trade;
+* with the ``lean`` sale-condition profile the first and last regular minute
+  of a day carry the auction prices too, as QuantConnect builds its bars:
+  the first minute opens at its largest opening print, and closing prints
+  stamped after the close (up to :data:`CLOSING_PRINT_GRACE_US` later) count
+  in the last regular minute, which closes at the largest of them and is
+  emitted once that grace has passed (so are the roll-ups holding it);
 * roll-up volume and price x volume are added in minute order, so a
   roll-up does not depend, not even in the last bit, on how its minutes
   were batched.
@@ -68,6 +74,7 @@ from dataflows.core import conditions as cond
 from dataflows.core.config import DIALECTS, PROFILES
 from dataflows.core.schema import BAR_SCHEMA, LATE_TICK_SCHEMA, UTC_US
 from dataflows.core.sessions import (
+    ALWAYS_OPEN,
     EXTENDED,
     MIXED,
     NO_DAY,
@@ -85,6 +92,7 @@ LATEST = 2**62  # "no such tick" where the earliest is wanted
 # Closing auction prints are stamped a few seconds (NYSE: up to a minute or
 # more) after the regular close; the regular daily bar waits this long.
 CLOSING_PRINT_GRACE_US = 15 * MINUTE_US
+GRACE = CLOSING_PRINT_GRACE_US
 
 # Auction candidates (official open/close): price, size (-1: none), time, seq.
 _AUCTION_COLUMNS = {
@@ -144,7 +152,8 @@ class BarConfig:
         so quiet symbols' bars are emitted; off for files and replays, which
         makes the result independent of processing speed.
     :arg sale_conditions: ``cta`` (the consolidated tape's eligibility
-        rules) or ``off`` (every tick sets every value).
+        rules), ``lean`` (QuantConnect's bar rules for AlgoSeek data) or
+        ``off`` (every tick sets every value).
     :arg condition_codes: dialect of the condition codes
         (:data:`dataflows.core.config.DIALECTS`; ``auto``: by tick source).
     :arg daily_session: ``regular`` or ``extended`` daily bars.
@@ -550,6 +559,7 @@ class BarBuilder:
         self._clock = clock
         self._lateness = config.lateness_us
         self._filter = config.sale_conditions != "off"
+        self._lean = config.sale_conditions == "lean"
         if state is None:
             self._symbols: list[str] = []
             self._max_ts = np.empty(0, np.int64)
@@ -639,10 +649,11 @@ class BarBuilder:
         if len(values) == 0:
             return None, {}
         sources = ticks.column("source")
+        profile = self.config.sale_conditions
         only = single_symbol(sources)
         if only is not None:
             flags, reason = cond.eligibility(
-                conditions, cond.dialect_of(only, self.config.condition_codes)
+                conditions, cond.dialect_of(only, self.config.condition_codes), profile
             )
         else:
             flags = np.empty(ticks.num_rows, np.uint8)
@@ -653,6 +664,7 @@ class BarBuilder:
                 f, r = cond.eligibility(
                     conditions.take(pa.array(rows)),
                     cond.dialect_of(name, self.config.condition_codes),
+                    profile,
                 )
                 flags[rows], reason[rows] = f, r
         form_t = np.flatnonzero(flags & cond.FORM_T)
@@ -666,6 +678,78 @@ class BarBuilder:
             ).astype(np.uint8)
         plain = (flags & np.uint8(cond.ELIGIBLE | cond.OPENING | cond.CLOSING)) == cond.ELIGIBLE
         return (None if plain.all() else flags), cond.count_reasons(reason)
+
+    def _regular_edges(self, sym: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Regular open and close (us) of the trading day each time belongs
+        to; LATEST outside trading days and for 24/7 calendars (no auctions)."""
+        opens = np.full(len(ts), LATEST, np.int64)
+        closes = np.full(len(ts), LATEST, np.int64)
+        names = sorted(set(self._calendar))
+        if len(names) == 1:  # the usual case: no grouping per tick
+            groups = [(names[0], np.arange(len(ts)))]
+        else:
+            index = {name: i for i, name in enumerate(names)}
+            of_tick = np.array([index[c] for c in self._calendar], np.int64)[sym]
+            groups = [(name, np.flatnonzero(of_tick == i)) for i, name in enumerate(names)]
+        for name, rows in groups:
+            if name == ALWAYS_OPEN or not len(rows):
+                continue
+            table = session_table(name, self.config.calendars)
+            _, day = table.lookup(ts[rows])
+            has = day != NO_DAY
+            rows, day = rows[has], day[has]
+            opens[rows], closes[rows] = table.regular_open(day), table.regular_close(day)
+        return opens, closes
+
+    def _hold_for_auction(
+        self, sym: np.ndarray, ts: np.ndarray, start: np.ndarray, flags: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+        """Lean: closing prints stamped after the close (within the grace)
+        set no price in their own minute, where their volume stays, and go
+        to the last regular minute as auction candidates only (see
+        :meth:`_auction_minutes`). Returns the ticks' flags, which of them
+        are such prints, the last regular minute of each tick's trading day
+        (LATEST: none) and whether each tick is late, given `start` < the
+        closed boundary would be (a last regular minute waits for the grace)."""
+        _, closes = self._regular_edges(sym, ts)
+        last = closes - MINUTE_US
+        moved = np.zeros(len(ts), dtype=bool)
+        if flags is not None:
+            moved = ((flags & cond.CLOSING) != 0) & (ts >= closes) & (ts < closes + GRACE)
+            if moved.any():
+                flags = flags.copy()
+                flags[moved] &= np.uint8(~(cond.LAST | cond.HIGH_LOW | cond.CLOSING) & 0xFF)
+        return flags, moved, last, np.where(start == last, closes + GRACE, NEVER)
+
+    def _open_dues(self) -> np.ndarray:
+        """When each open 1-minute bar may be emitted: at its end; with the
+        lean profile the last regular minute of a day waits for the closing
+        prints."""
+        op = self._open
+        due = op["start"] + MINUTE_US
+        if self._lean and len(due):
+            _, closes = self._regular_edges(op["sym"], op["start"])
+            due = np.where(op["start"] == closes - MINUTE_US, closes + GRACE, due)
+        return due
+
+    def _auction_minutes(self, b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Lean: the first regular minute opens at its largest opening print,
+        the last closes at the largest closing print held for it; high and
+        low include those prices."""
+        opens, closes = self._regular_edges(b["sym"], b["start"])
+        first = (b["start"] == opens) & (b["ao_sz"] >= 0)
+        last = (b["start"] == closes - MINUTE_US) & (b["ac_sz"] >= 0)
+        if not (first.any() or last.any()):
+            return b
+        b = dict(b)
+        b["open"] = np.where(first, b["ao_px"], b["open"])
+        b["close"] = np.where(last, b["ac_px"], b["close"])
+        # A minute of only auction prints has no other price: the print is all.
+        b["open"] = np.where(np.isnan(b["open"]) & last, b["close"], b["open"])
+        b["close"] = np.where(np.isnan(b["close"]) & first, b["open"], b["close"])
+        b["high"] = np.maximum(b["high"], np.fmax(b["open"], b["close"]))
+        b["low"] = np.minimum(b["low"], np.fmin(b["open"], b["close"]))
+        return b
 
     # -- ticks in ------------------------------------------------------------
 
@@ -699,7 +783,12 @@ class BarBuilder:
         watermark = np.where(prev == NEVER, NEVER, prev - self._lateness)
         closed = np.maximum(self._closed[sc], _floor(watermark))
         start = _floor(st)
+        fl = None if flags is None else (flags if grouped else flags[order])
         late_sorted = start < closed
+        moved = None
+        if self._lean:
+            fl, moved, last, held_due = self._hold_for_auction(sc, st, start, fl)
+            late_sorted = np.where(held_due != NEVER, held_due <= closed, late_sorted)
 
         # Advance each symbol's newest event time and closed boundary.
         seg_last = np.append(np.flatnonzero(seg_start)[1:] - 1, n - 1)
@@ -725,17 +814,29 @@ class BarBuilder:
 
         keep = ~late_sorted
         if keep.any():
-            self._merge(
-                self._partials(
-                    sc[keep],
-                    st[keep],
-                    start[keep],
-                    (seq if grouped else seq[order])[keep],
-                    (price if grouped else price[order])[keep],
-                    (size if grouped else size[order])[keep],
-                    None if flags is None else (flags if grouped else flags[order])[keep],
+            rows = [
+                sc,
+                st,
+                start,
+                seq if grouped else seq[order],
+                price if grouped else price[order],
+                size if grouped else size[order],
+            ]
+            every = bool(keep.all())  # the usual batch: no late tick, no copies
+            if not every:
+                rows = [r[keep] for r in rows]
+            kept_flags = fl if every or fl is None else fl[keep]
+            if moved is not None and kept_flags is not None and moved[keep].any():
+                # The closing prints again, in the last regular minute: their
+                # price and size are the auction candidate there, nothing else.
+                copy = np.flatnonzero(moved[keep])
+                rows = [np.concatenate([r, r[copy]]) for r in rows]
+                rows[2][-len(copy) :] = last[keep][copy]
+                kept_flags = np.concatenate(
+                    [kept_flags, np.full(len(copy), cond.CLOSING, np.uint8)]
                 )
-            )
+            sym_, ts_, start_, seq_, price_, size_ = rows
+            self._merge(self._partials(sym_, ts_, start_, seq_, price_, size_, kept_flags))
         out = self._emit(self._watermarks(self._clock()), late_table)
         if ineligible:
             out = BarOutput(out.bars, out.late, out.rollups, ineligible)
@@ -752,8 +853,12 @@ class BarBuilder:
         flags: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Aggregate ticks into one partial bar per (symbol, minute)."""
-        if ((sym[1:] < sym[:-1]) | ((sym[1:] == sym[:-1]) & (ts[1:] < ts[:-1]))).any():
-            o = np.lexsort((seq, ts, sym))  # event time, then arrival order
+        same = sym[1:] == sym[:-1]
+        back = (start[1:] < start[:-1]) | ((start[1:] == start[:-1]) & (ts[1:] < ts[:-1]))
+        if ((sym[1:] < sym[:-1]) | (same & back)).any():
+            # minute, event time, then arrival order (closing prints held
+            # for the last regular minute sort before the next minute)
+            o = np.lexsort((seq, ts, start, sym))
             sym, ts, start, seq, price, size = sym[o], ts[o], start[o], seq[o], price[o], size[o]
             flags = None if flags is None else flags[o]
         # else: already in that order (ticks in time order, the usual case)
@@ -855,10 +960,12 @@ class BarBuilder:
         if watermark is None:
             done = np.ones(len(op["sym"]), dtype=bool)
         else:
-            done = op["start"] + MINUTE_US <= watermark[op["sym"]]
+            done = self._open_dues() <= watermark[op["sym"]]
         if done.any():
             out = _take(op, np.flatnonzero(done))
             self._open = _take(op, np.flatnonzero(~done))
+            if self._lean:
+                out = self._auction_minutes(out)
         else:
             out = _EMPTY_OPEN
         session: np.ndarray | None = None
@@ -899,6 +1006,12 @@ class BarBuilder:
         if len(bars["sym"]):
             assert session is not None and day is not None
             new = bucket_rows(res, bars, session, day, self.config, self._calendar)
+            if self._lean and res != "1d":
+                # A bucket holding the last regular minute waits with it.
+                _, closes = self._regular_edges(new["sym"], bars["start"])
+                last = closes - MINUTE_US
+                holds = (new["start"] <= last) & (last < new["due"])
+                new["due"] = np.where(holds, np.maximum(new["due"], closes + GRACE), new["due"])
             acc = fold_buckets(acc, new)
         done = None if final else acc["due"] <= self._closed[acc["sym"]]
         self._roll[res], out = complete_buckets(res, acc, done, self._symbols)
@@ -919,7 +1032,7 @@ class BarBuilder:
         if not self.config.live:
             return None
         due = []
-        pending = [(self._open, self._open["start"] + MINUTE_US)] + [
+        pending = [(self._open, self._open_dues())] + [
             (self._roll[r], self._roll[r]["due"]) for r in self._roll
         ]
         for cols, ends in pending:

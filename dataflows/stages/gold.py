@@ -42,6 +42,7 @@ state: ``{"SYMBOL|res": pickle of the series state}``.
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,7 +56,14 @@ import pyarrow.compute as pc
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from dataflows.core.config import GoldConfig
-from dataflows.core.schema import BAR_SCHEMA, INDICATOR_SCHEMA, SIGNAL_SCHEMA
+from dataflows.core.schema import (
+    BAR_SCHEMA,
+    INDICATOR_SCHEMA,
+    SERIES_STATE_SCHEMA,
+    SIGNAL_SCHEMA,
+    UTC_US,
+)
+from dataflows.core.sessions import DAY_US, CalendarConfig, session_table
 from dataflows.stages.operators import only_resolution
 from dataflows.stages.parse import single_symbol
 from indicators import COLUMNS, GoldSeries, IndicatorSet, SignalEngine
@@ -94,6 +102,9 @@ def _bar_arrays(bars: pa.Table) -> dict[str, np.ndarray]:
         if name in bars.column_names and bars[name].type != pa.null():
             column = pc.cast(bars[name], pa.float64())
             arrays[name] = column.to_numpy(zero_copy_only=False)
+    for name in ("session_start", "session_end"):  # the session VWAP's sessions
+        if name in bars.column_names:
+            arrays[name] = pc.cast(bars[name], pa.int64()).to_numpy()
     return arrays
 
 
@@ -190,6 +201,7 @@ class GoldChunker:
         if max_live is not None and max_live < 1:
             raise ValueError(f"max_live must be None or >= 1, got {max_live!r}")
         self._config = config
+        self._calendars = config.calendar_config() if config.indicators.session_calendar else None
         self._max_live = max_live
         self._min_array_bars = min_array_bars
         self._live: dict[tuple[str, str], GoldSeries] = {}
@@ -237,7 +249,7 @@ class GoldChunker:
         if not isinstance(earlier, pa.Table):
             earlier = pa.Table.from_pylist(list(earlier)) if earlier else None
         if earlier is not None and earlier.num_rows:
-            series.advance(_bar_arrays(earlier), symbol)
+            series.advance(_bar_arrays(self._with_sessions(res, earlier)), symbol)
         return series
 
     def _evict(self, key: tuple[str, str]) -> None:
@@ -275,6 +287,7 @@ class GoldChunker:
         """
         if bars.num_rows == 0:
             return INDICATOR_SCHEMA.empty_table(), SIGNAL_SCHEMA.empty_table()
+        bars = self._with_sessions(res, bars)
         big, small = _split(bars.column("symbol"), self._min_array_bars)
         if not big:
             return self._row_road(res, bars)
@@ -298,6 +311,15 @@ class GoldChunker:
         indicators = pa.concat_tables([p[0] for p in parts]).take(where)
         signals = pa.concat_tables([p[1] for p in parts]).take(where)
         return indicators, signals
+
+    def _with_sessions(self, res: str, bars: pa.Table) -> pa.Table:
+        """`bars` with the bounds of each bar's session (for the session VWAP)."""
+        if self._calendars is None or not bars.num_rows or "session_start" in bars.column_names:
+            return bars
+        starts = pc.cast(bars["start"], pa.int64()).to_numpy()
+        lo, hi = session_bounds(self._calendars, bars["symbol"], starts, res)
+        bars = bars.append_column("session_start", pa.array(lo, pa.int64()).cast(UTC_US))
+        return bars.append_column("session_end", pa.array(hi, pa.int64()).cast(UTC_US))
 
     def _row_road(self, res: str, bars: pa.Table) -> tuple[pa.Table, pa.Table]:
         """Bar by bar through the objects (few bars per series)."""
@@ -384,6 +406,8 @@ class GoldLogic(
     def __init__(self, config: GoldConfig, state: dict[str, Any] | None) -> None:
         self._config = config
         self._chunker = GoldChunker(config, state)
+        # (symbol, res) -> start of its last bar (hand_over only)
+        self._last: dict[tuple[str, str], Any] = {}
 
     def on_batch(
         self, values: list[tuple[str, pa.Table]]
@@ -392,12 +416,35 @@ class GoldLogic(
         signals: list[pa.Table] = []
         for res, bars in values:
             indicators, signal_table = self._chunker.add(res, bars)
+            if self._config.hand_over and bars.num_rows:
+                last = bars.group_by("symbol").aggregate([("start", "max")])
+                for symbol, start in zip(
+                    last["symbol"].to_pylist(), last["start_max"].to_pylist(), strict=True
+                ):
+                    self._last[(symbol, res)] = start
             out.append((f"indicators_{res}", indicators))
             if signal_table.num_rows:
                 signals.append(signal_table)
         if signals:
             out.append(("signals", pa.concat_tables(signals) if len(signals) > 1 else signals[0]))
         return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, pa.Table]], bool]:
+        if not self._config.hand_over or not self._last:
+            return [], StatefulBatchLogic.RETAIN
+        rows = [
+            {
+                "symbol": symbol,
+                "resolution": res,
+                "last_start": start,
+                "state": state_json(self._chunker.series_state(symbol, res)),
+            }
+            for (symbol, res), start in sorted(self._last.items())
+        ]
+        self._last.clear()
+        return [("series_state", pa.Table.from_pylist(rows, schema=SERIES_STATE_SCHEMA))], (
+            StatefulBatchLogic.RETAIN
+        )
 
     def snapshot(self) -> dict[str, bytes] | None:
         if not self._config.snapshots:
@@ -407,10 +454,44 @@ class GoldLogic(
         return self._chunker.snapshot()
 
 
+def session_bounds(
+    calendars: CalendarConfig, symbols: pa.Array | pa.ChunkedArray, starts: np.ndarray, res: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) (us) of the session of each bar (symbol, start): its
+    trading day by the symbol's calendar; a daily bar, stamped with its
+    trading day, is a session of its own."""
+    if res == "1d":
+        return starts, starts + DAY_US
+    enc = pc.dictionary_encode(symbols)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    names = [calendars.calendar_of(s) for s in enc.dictionary.to_pylist()]
+    if len(set(names)) == 1:
+        return session_table(names[0], calendars).day_bounds(starts)
+    by_row = np.asarray(names, dtype=object)[enc.indices.to_numpy(zero_copy_only=False)]
+    lo = np.empty(len(starts), np.int64)
+    hi = np.empty(len(starts), np.int64)
+    for name in set(names):
+        rows = np.flatnonzero(by_row == name)
+        lo[rows], hi[rows] = session_table(name, calendars).day_bounds(starts[rows])
+    return lo, hi
+
+
+def state_json(state: SeriesState | None) -> str:
+    """A series' state as JSON (exact: floats round-trip through repr)."""
+    return json.dumps(state, allow_nan=True, separators=(",", ":"))
+
+
+def state_from_json(text: str) -> SeriesState:
+    return json.loads(text)
+
+
 @dataclass(frozen=True)
 class GoldStreams:
     indicators: KeyedStream[tuple[str, pa.Table]]  # (resolution, table)
     signals: KeyedStream[pa.Table]
+    # Each series' state at the end of the input (GoldConfig.hand_over).
+    states: KeyedStream[pa.Table] | None = None
 
     def resolution(self, res: str) -> KeyedStream[pa.Table]:
         return only_resolution("indicators", self.indicators, res)
@@ -418,10 +499,17 @@ class GoldStreams:
 
 def gold_stage(bars: KeyedStream[tuple[str, pa.Table]], config: GoldConfig) -> GoldStreams:
     """Bars of every resolution -> gold indicators and signals."""
+    if config.indicators.session_calendar:
+        config.calendar_config()  # an unknown calendar fails now, in one line
     out = op.stateful_batch("gold", bars, lambda state: GoldLogic(config, state))
+    states = None
+    if config.hand_over:
+        split = op.branch("series_state_or_rows", out, lambda kv: kv[1][0] == "series_state")
+        states = op.map_value("series_state_table", split.trues, lambda v: v[1])
+        out = split.falses
     branch = op.branch("indicators_or_signals", out, lambda kv: kv[1][0] != "signals")
     indicators = op.map_value(
         "indicators_by_res", branch.trues, lambda v: (v[0][len("indicators_") :], v[1])
     )
     signals = op.map_value("signals_table", branch.falses, lambda v: v[1])
-    return GoldStreams(indicators, signals)
+    return GoldStreams(indicators, signals, states)

@@ -4,82 +4,115 @@
 --   symbol          the symbol
 --   as_of           start of the symbol's latest 1-minute bar
 --   price           close of that bar
---   previous_close  close of the last 1-minute bar of the symbol's previous
---                   trading day (a day is the UTC calendar date of the bar
---                   start); null when the table holds no earlier day
+--   previous_close  the regular-session close (bars_1d, session 'regular')
+--                   of the last trading day before the one the latest bar
+--                   belongs to; null when the table holds none. A daily bar
+--                   counts once its day (start .. "end") lies wholly before
+--                   the symbol's latest regular-session minute -- for a
+--                   latest bar in the pre-market or a closed session: once it
+--                   started before that bar -- so a post-market bar after
+--                   00:00 UTC (winter evenings in New York) still compares
+--                   with the day before, not with its own day's close.
+--                   Bars without a session (written before sessions) count
+--                   as regular
 --   change          price - previous_close
 --   change_pct      100 * change / previous_close
 create or replace view {{schema}}.kpi as
 
 with
 
-bars as (
+bars_ranked as (
 
     select
         symbol,
         start,
         close,
-        (start at time zone 'UTC')::date as trade_date
+        session,
+        row_number() over (partition by symbol order by start desc) as bars_back
 
     from {{schema}}.bars_1m
 
 ),
 
-bars_ranked_in_day as (
+latest_bars as (
 
     select
         symbol,
-        trade_date,
         start,
         close,
-        row_number() over (
-            partition by symbol, trade_date
-            order by start desc
-        ) as bars_before_close
+        session
 
-    from bars
+    from bars_ranked
+    where bars_back = 1
 
 ),
 
-daily_closes as (
+last_regular_minutes as (
+
+    select
+        bars.symbol,
+        max(bars.start) as start
+
+    from {{schema}}.bars_1m as bars
+    inner join latest_bars
+        on bars.symbol = latest_bars.symbol
+        and bars.start <= latest_bars.start
+    where coalesce(bars.session, 'regular') = 'regular'
+    group by bars.symbol
+
+),
+
+regular_days as (
 
     select
         symbol,
-        trade_date,
         start,
+        "end",
         close
 
-    from bars_ranked_in_day
-    where bars_before_close = 1
+    from {{schema}}.bars_1d
+    where coalesce(session, 'regular') = 'regular'
 
 ),
 
-closes_with_previous as (
+previous_days_ranked as (
 
     select
-        symbol,
-        trade_date,
-        start,
-        close,
-        lag(close) over (partition by symbol order by trade_date) as previous_close,
-        row_number() over (partition by symbol order by trade_date desc) as days_back
+        latest_bars.symbol,
+        regular_days.close,
+        row_number() over (
+            partition by latest_bars.symbol
+            order by regular_days.start desc
+        ) as days_back
 
-    from daily_closes
+    from latest_bars
+    left join last_regular_minutes
+        on latest_bars.symbol = last_regular_minutes.symbol
+    inner join regular_days
+        on latest_bars.symbol = regular_days.symbol
+        and case
+            when latest_bars.session in ('pre', 'closed')
+                then regular_days.start <= latest_bars.start
+            else regular_days."end" <= last_regular_minutes.start
+        end
 
 ),
 
 final as (
 
     select
-        symbol,
-        start as as_of,
-        close as price,
-        previous_close,
-        close - previous_close as change,
-        100 * (close - previous_close) / nullif(previous_close, 0) as change_pct
+        latest_bars.symbol,
+        latest_bars.start as as_of,
+        latest_bars.close as price,
+        previous_days_ranked.close as previous_close,
+        latest_bars.close - previous_days_ranked.close as change,
+        100 * (latest_bars.close - previous_days_ranked.close)
+            / nullif(previous_days_ranked.close, 0) as change_pct
 
-    from closes_with_previous
-    where days_back = 1
+    from latest_bars
+    left join previous_days_ranked
+        on latest_bars.symbol = previous_days_ranked.symbol
+        and previous_days_ranked.days_back = 1
 
 )
 

@@ -1,10 +1,13 @@
--- market_summary: one row per trading day (UTC calendar date) for the market
--- overview. A symbol's day change is its last 1-minute close of the day
--- against its last close of its previous trading day; a symbol's first day
--- in the tables has no change and counts in `symbols` only.
+-- market_summary: one row per trading day for the market overview, from the
+-- regular-session daily bars (bars_1d, session 'regular'; bars without a
+-- session, written before sessions, count as regular). A symbol's day change
+-- is its regular-session close against the one of its previous trading day
+-- in the table; a symbol's first day in the table has no change and counts
+-- in `symbols` only. A day appears once its daily bars are written (15
+-- minutes after the close).
 --
---   trade_date              the day
---   symbols                 symbols that traded that day
+--   trade_date              the trading day (the daily bar's start, 00:00 UTC)
+--   symbols                 symbols with a regular-session bar that day
 --   advancers               symbols whose day change is > 0
 --   decliners               symbols whose day change is < 0
 --   unchanged               symbols whose day change is 0
@@ -13,52 +16,25 @@
 --                             null when nothing advanced
 --   top_loser               symbol with the largest % loss, and that loss;
 --   top_loser_change_pct      null when nothing declined
---   golden_crosses          1-minute signals that day whose reasons include
+--   golden_crosses          signals of regular-session 1-minute bars that day
+--                             (the bar's UTC date) whose reasons include
 --                             golden_cross (SMA 50 crossed above SMA 200)
---   death_crosses           1-minute signals that day whose reasons include
---                             death_cross (SMA 50 crossed below SMA 200)
+--   death_crosses           the same with death_cross (SMA 50 below SMA 200)
 -- START (a reserved word) and END are quoted: write them "START" and "END".
 create or replace view {{schema}}.market_summary as
 
 with
 
-bars as (
-
-    select
-        symbol,
-        "START",
-        close,
-        to_date(convert_timezone('UTC', "START")) as trade_date
-
-    from {{schema}}.bars_1m
-
-),
-
-bars_ranked_in_day as (
-
-    select
-        symbol,
-        trade_date,
-        close,
-        row_number() over (
-            partition by symbol, trade_date
-            order by "START" desc
-        ) as bars_before_close
-
-    from bars
-
-),
-
 daily_closes as (
 
     select
         symbol,
-        trade_date,
+        to_date(convert_timezone('UTC', "START")) as trade_date,
         close,
-        lag(close) over (partition by symbol order by trade_date) as previous_close
+        lag(close) over (partition by symbol order by "START") as previous_close
 
-    from bars_ranked_in_day
-    where bars_before_close = 1
+    from {{schema}}.bars_1d
+    where coalesce(session, 'regular') = 'regular'
 
 ),
 
@@ -126,9 +102,13 @@ signal_reasons as (
         to_date(convert_timezone('UTC', signals."START")) as trade_date,
         reason.value::varchar as reason
 
-    from {{schema}}.signals as signals,
+    from {{schema}}.signals as signals
+    inner join {{schema}}.bars_1m as bars
+        on signals.symbol = bars.symbol
+        and signals."START" = bars."START",
         lateral flatten(input => signals.reasons) as reason
     where signals.resolution = '1m'
+        and coalesce(bars.session, 'regular') = 'regular'
 
 ),
 

@@ -1,11 +1,13 @@
 -- volatility: one row per symbol for the volatility treemap, over the
--- symbol's latest trading day (the UTC calendar date of its latest 1-minute
--- bar), from the closes of that day's 1-minute bars.
+-- regular session of the symbol's latest trading day (the UTC date of its
+-- latest regular-session 1-minute bar), from the closes of that session's
+-- 1-minute bars. Bars without a session (written before sessions) count as
+-- regular.
 --
 --   symbol         the symbol
 --   trade_date     the day the figures cover
---   bars           1-minute bars in that day
---   volume         traded volume that day (a natural tile size)
+--   bars           regular-session 1-minute bars that day
+--   volume         regular-session volume that day (a natural tile size)
 --   avg_price      mean close
 --   price_std      sample standard deviation of the close (absolute, in
 --                  price units; null with a single bar)
@@ -24,6 +26,7 @@ bars as (
         to_date(convert_timezone('UTC', "START")) as trade_date
 
     from {{schema}}.bars_1m
+    where coalesce(session, 'regular') = 'regular'
 
 ),
 
