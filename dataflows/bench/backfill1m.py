@@ -161,9 +161,9 @@ def talib_indicators(bars: Any) -> dict[str, Any]:
         close, 20, 2.0, 2.0, talib.MA_Type.SMA
     )
     out["atr_14"] = talib.ATR(high, low, close, 14)
-    # TA-Lib has no session VWAP: typical price x volume since UTC midnight
-    # (the gold stage's default session; bar files carry no VWAP).
-    day = bars["start"].dt.floor("1D")
+    # TA-Lib has no session VWAP: typical price x volume over the New York
+    # trading day (the gold stage's default session; bar files carry no VWAP).
+    day = bars["start"].dt.tz_convert("America/New_York").dt.normalize()
     pv = (bars["high"] + bars["low"] + bars["close"]) / 3 * volume
     out["vwap_session"] = (pv.groupby(day).cumsum() / volume.groupby(day).cumsum()).to_numpy()
     # ... nor a sample std of log returns: pandas, annualised as the gold stage does at 1m
