@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from dataflows.core.config import GoldConfig
-from dataflows.core.schema import INDICATOR_SCHEMA, SIGNAL_SCHEMA
-from dataflows.stages.gold import GoldChunker, GoldLogic, compute_gold_chunk
+from dataflows.core.schema import INDICATOR_SCHEMA, SIGNAL_SCHEMA, UTC_US
+from dataflows.stages.gold import GoldChunker, GoldLogic, compute_gold_chunk, session_bounds
 from indicators import IndicatorSet, SignalEngine
 from tests.test_batch import DATASETS, _bar_table, _frame
 
@@ -52,6 +53,13 @@ class Incremental:
         self.series: dict[tuple[str, str], tuple[IndicatorSet, SignalEngine]] = {}
 
     def tables(self, res: str, bars: pa.Table) -> tuple[pa.Table, pa.Table]:
+        if self.config.indicators.session_calendar and bars.num_rows:
+            # Each bar with its session's bounds, as the stage gives them
+            # (the bounds themselves are test_sessions.py's).
+            starts = pc.cast(bars["start"], pa.int64()).to_numpy()
+            lo, hi = session_bounds(self.config.calendar_config(), bars["symbol"], starts, res)
+            bars = bars.append_column("session_start", pa.array(lo).cast(UTC_US))
+            bars = bars.append_column("session_end", pa.array(hi).cast(UTC_US))
         rows = bars.to_pylist()
         signals = []
         for row in rows:
