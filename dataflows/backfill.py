@@ -24,6 +24,7 @@ live bar -- the state a backfill ends with.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -48,12 +49,13 @@ from connectors.lake import TABLES, Lake
 from connectors.lake_tables import ReplaceSpec, append_rows, replace_range
 from dataflows.core.config import Settings
 from dataflows.core.errors import UserError
+from dataflows.core.schema import RejectReason, now_us, reject_record, rejects_table
 from dataflows.core.stats import RunStats
-from dataflows.pipeline import build_flow
+from dataflows.pipeline import bar_config, build_flow
 from dataflows.runner import execute
 from dataflows.sinks import attach_lake_outputs, attach_sinks
 from dataflows.stages.gold import gold_stage
-from dataflows.stages.operators import REJECT_KEY, split_by_shard
+from dataflows.stages.operators import REJECT_KEY, rollup_stage, split_by_shard
 from dataflows.streams import PipelineStreams
 from dataflows.warmup import LakeWarmup, warmup_bars
 
@@ -244,8 +246,11 @@ def _tick_select(req: BackfillRequest) -> Callable[[pa.Table], pa.Table] | None:
 
 def _bar_flow(
     settings: Settings, source: Any, resolution: str, progress: BackfillProgress
-) -> Dataflow:
-    """Bars enter at the bar stage: rejects out, bars sharded into gold."""
+) -> tuple[Dataflow, tuple[str, ...]]:
+    """Bars enter at the bar stage: rejects out, bars sharded into gold;
+    1-minute bars are also rolled up to the settings' other resolutions
+    (as the tick road rolls up its minutes). Returns the flow and the
+    resolutions it writes."""
     flow = Dataflow("stockflow_backfill_bars")
     batches = op.input("bars_in", flow, source)
 
@@ -258,12 +263,38 @@ def _bar_flow(
 
     rejects = op.flat_map("bar_rejects", batches, rejects_of)
     bars = op.flat_map("shard_bars", batches, shard)
+    resolutions: tuple[str, ...] = (resolution,)
+    if resolution == "1m" and len(settings.resolutions) > 1:
+        rolled = rollup_stage(bars, bar_config(settings))
+        bars = rolled.bars
+        late = op.map_value("late_minute_rejects", rolled.late, _late_minute_rejects)
+        rejects = op.merge("all_bar_rejects", rejects, late)
+        resolutions = tuple(settings.resolutions)
     gold = gold_stage(bars, settings.gold)
     streams = PipelineStreams(
-        flow, settings, rejects, None, None, bars, gold, (resolution,), progress.stats
+        flow, settings, rejects, None, None, bars, gold, resolutions, progress.stats
     )
     attach_sinks(streams, _STAGING)
-    return flow
+    return flow, resolutions
+
+
+def _late_minute_rejects(minutes: pa.Table) -> pa.Table:
+    """1-minute bars at or before an earlier bar of their symbol (files out
+    of time order): not rolled up, not in the lake's bars; one reject each."""
+    now = now_us()
+    records = [
+        reject_record(
+            "file",
+            f"{row['symbol']}@{row['start'].isoformat()}",
+            RejectReason.BAD_TIMESTAMP,
+            "1-minute bar at or before an earlier bar of its symbol (roll-ups need each "
+            "symbol's minutes in time order)",
+            json.dumps(row, default=str).encode(),
+            now,
+        )
+        for row in minutes.to_pylist()
+    ]
+    return rejects_table(records)
 
 
 @dataclass
@@ -293,8 +324,8 @@ def _plan(
         )
         progress.units_total, progress.unit_name = source.units, "requests"
         source.progress = progress
-        flow = _bar_flow(run_settings, source, resolution, progress)
-        return _Plan(flow, source, f"finnhub candles {resolution}", frozenset({resolution}))
+        flow, written = _bar_flow(run_settings, source, resolution, progress)
+        return _Plan(flow, source, f"finnhub candles {resolution}", frozenset(written))
     paths = expand_paths(req.source)
     bar_files = [p for p in paths if looks_like_bar_file(p)]
     if bar_files and len(bar_files) != len(paths):
@@ -303,11 +334,17 @@ def _plan(
     if bar_files:
         resolution = req.resolution or "1d"
         source = BarFileSource(
-            paths, resolution, set(req.symbols) if req.symbols else None, req.start, req.end
+            paths,
+            resolution,
+            set(req.symbols) if req.symbols else None,
+            req.start,
+            req.end,
+            calendars=run_settings.calendar_config(),
+            daily_session=run_settings.daily_session,
         )
         source.progress = progress
-        flow = _bar_flow(run_settings, source, resolution, progress)
-        return _Plan(flow, source, f"bar files {resolution}", frozenset({resolution}))
+        flow, written = _bar_flow(run_settings, source, resolution, progress)
+        return _Plan(flow, source, f"bar files {resolution}", frozenset(written))
     if req.resolution not in (None, "1m"):
         raise UserError("tick files make 1-minute bars and their roll-ups; drop --resolution")
     progress.units_total = 0  # tick files: rows and bars, no per-file count

@@ -558,3 +558,45 @@ def test_vendor_daily_bars_enter_unchanged_as_regular_session_days(real_data, tm
         np.testing.assert_array_equal(got[col].to_numpy(), df[col].to_numpy(), err_msg=col)
     assert set(got["session"]) == {"regular"}
     assert set(extended.bars["session"].to_pylist()) == {"extended"}
+
+
+# --- 1-minute bar files roll up -------------------------------------------------------
+
+
+def test_minute_bar_files_are_rolled_up_and_minutes_out_of_order_are_rejected(real_data, tmp_path):
+    # Arrange: two days of the vendor's SPY minutes, the later day's file
+    # read first (files go in name order), so the earlier day's minutes come
+    # after later ones: they cannot be rolled up and must be rejected.
+    files = tmp_path / "bars"
+    files.mkdir()
+    days = {}
+    for name, day in (("a", "20131008"), ("b", "20131007")):
+        path = real_data / "bars_1m" / f"SPY_{day}.csv.gz"
+        (files / f"{name}_SPY_{day}.csv.gz").write_bytes(path.read_bytes())
+        days[day] = pd.read_csv(path)
+
+    summary = run_backfill(
+        _settings(tmp_path / "lake"), BackfillRequest(str(files / "*.csv.gz"), resolution="1m")
+    )
+
+    # Assert: 15-minute bars of the 8th equal pandas' resample of its minutes.
+    minutes = days["20131008"].assign(start=lambda d: pd.to_datetime(d["start"], utc=True))
+    want = (
+        minutes.set_index("start")
+        .resample("15min")
+        .agg({"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"})
+        .dropna()
+        .reset_index()
+    )
+    got = sort_bars(read_table(tmp_path / "lake", "silver/bars_15m")).to_pandas()
+    assert list(got["start"]) == list(want["start"])
+    for column in ("open", "high", "low", "close", "volume"):
+        assert got[column].tolist() == want[column].astype(float).tolist(), column
+    for res in ("5m", "1h", "1d"):
+        assert read_table(tmp_path / "lake", f"gold/indicators_{res}").num_rows > 0, res
+    # The 7th's minutes: rejected with a reason, one reject each, none in the bars.
+    rejects = read_table(tmp_path / "lake", "bronze/rejects").to_pandas()
+    assert len(rejects) == len(days["20131007"]) == summary.rejects
+    assert set(rejects["reason_code"]) == {"bad_timestamp"}
+    bars_1m = read_table(tmp_path / "lake", "silver/bars_1m")
+    assert bars_1m.num_rows == len(days["20131008"])
