@@ -171,6 +171,11 @@ def test_backfill1m_scenario_loads_the_same_bars_on_both_sides_and_talib_agrees(
     assert r["stockflow_bars"] == r["baseline_bars"] == r["baseline_rows_written"] == [bars]
     assert r["stockflow"] > 0 and r["baseline"] > 0 and r["stockflow_peak_rss_mb"] > 0
     assert r["ratio"] == round(r["stockflow"] / r["baseline"], 3) and len(r["pair_ratios"]) == 1
+    # like for like: no roll-ups on our side either
+    assert r["stockflow_resolutions"] == "1m"
+    assert set(r["stockflow_lake_rows"]) == {
+        "silver/bars_1m", "gold/indicators_1m", "gold/signals", "bars_1m_duplicates"
+    }  # fmt: skip
     # the input: regular-session minutes in New York, across the switch to DST
     csv = pd.read_csv(tmp_path / "bars_1m.csv")
     local = pd.to_datetime(csv["timestamp"], utc=True).dt.tz_convert("America/New_York")
@@ -206,6 +211,24 @@ def test_backfill1m_scenario_loads_the_same_bars_on_both_sides_and_talib_agrees(
         assert ours.loc[ours[column].notna(), "bar"].min() == ours_first, column
         assert talib.loc[talib[column].notna(), "bar"].min() == talib_first, column
     assert ours["high_52w"].isna().all() and talib["high_52w"].isna().all()  # daily bars only
+
+
+def test_backfill1m_scenario_with_rollups_writes_every_resolution_on_our_side(tmp_path):
+    pytest.importorskip("talib")
+
+    report = bench_json(
+        "--scenario", "backfill1m", "--backfill-symbols", "1", "--backfill-days", "1",
+        "--backfill-rollups",
+    )  # fmt: skip
+
+    [r] = report["results"]
+    assert r["stockflow_resolutions"] == "1m,5m,15m,1h,1d"
+    assert r["stockflow_bars"] == r["baseline_bars"] == [390]
+    rows = r["stockflow_lake_rows"]
+    # a 09:30-16:00 session: 78 five-minute, 26 fifteen-minute, 7 hourly bars, 1 day
+    expected = {"1m": 390, "5m": 78, "15m": 26, "1h": 7, "1d": 1}
+    assert {res: rows[f"silver/bars_{res}"] for res in expected} == expected
+    assert {res: rows[f"gold/indicators_{res}"] for res in expected} == expected
 
 
 def test_backfill1m_scenario_without_talib_ends_in_one_line_naming_the_extra():

@@ -8,7 +8,11 @@ on both sides:
 * **stockflow**: the real CLI, ``stockflow backfill --source CSV
   --resolution 1m --lake LAKE``, into a fresh lake each repeat (its bars,
   indicators and signals as Delta tables); its bars are counted in the lake
-  afterwards, not taken from its summary;
+  afterwards, not taken from its summary. It runs with
+  ``STOCKFLOW_RESOLUTIONS=1m``, so it computes what the baseline computes;
+  ``--backfill-rollups`` keeps the default resolutions instead, and the
+  backfill also rolls the minutes up to 5m/15m/1h/1d with their indicators
+  (work the baseline does not do);
 * **baseline**: what a user would write without stockflow, in a child
   process (``python -m dataflows.bench backfill1m_baseline``): pandas
   ``read_csv``, TA-Lib per symbol for every gold indicator it has (SMA
@@ -50,6 +54,7 @@ CSV_NAME = "bars_1m.csv"
 # The equity default of the gold stage's volatility_20 at 1m (docs/indicators.md)
 PERIODS_PER_YEAR_1M = 252 * 390
 PRICE_DECIMALS = 2
+RESOLUTIONS = ("1m", "5m", "15m", "1h", "1d")  # the default bars.resolutions
 MAX_DAYS = 500  # two years of sessions: within the calendar's range
 
 
@@ -236,11 +241,15 @@ def _lake_counts(lake: Path) -> dict[str, int]:
     from connectors.lake import Lake
 
     store = Lake(str(lake))
+    tables = [
+        f"{layer}_{res}" for layer in ("silver/bars", "gold/indicators") for res in RESOLUTIONS
+    ]
     counts = {
-        table: store.dataset(table).count_rows() if store.table(table) is not None else 0
-        for table in ("silver/bars_1m", "gold/indicators_1m", "gold/signals")
+        table: store.dataset(table).count_rows()
+        for table in (*tables, "gold/signals")
+        if store.table(table) is not None
     }
-    if counts["silver/bars_1m"]:
+    if counts.get("silver/bars_1m"):
         keys = store.dataset("silver/bars_1m").to_table(columns=["symbol", "start"])
         distinct = keys.group_by(["symbol", "start"]).aggregate([]).num_rows
         counts["bars_1m_duplicates"] = keys.num_rows - distinct
@@ -249,14 +258,17 @@ def _lake_counts(lake: Path) -> dict[str, int]:
     return counts
 
 
-def run_ours(csv: Path, lake: Path) -> dict[str, Any]:
+def run_ours(csv: Path, lake: Path, rollups: bool = False) -> dict[str, Any]:
     argv = [*stockflow_command(), "backfill", "--source", str(csv), "--resolution", "1m"]
-    run = timed_process([*argv, "--lake", str(lake), "--no-progress"], _child_env())
+    env = _child_env()
+    if not rollups:
+        env["STOCKFLOW_RESOLUTIONS"] = "1m"  # the baseline's work: no roll-ups
+    run = timed_process([*argv, "--lake", str(lake), "--no-progress"], env)
     counts = _lake_counts(lake)
     return {
         "seconds": run["seconds"],
         "peak_rss_mb": run["peak_rss_mb"],
-        "bars": counts["silver/bars_1m"],
+        "bars": counts.get("silver/bars_1m", 0),
         "lake": counts,
         # its own first summary line: the seconds it reports exclude start-up and commit
         "summary": run["stdout"].strip().splitlines()[0] if run["stdout"].strip() else "",
@@ -296,7 +308,7 @@ def backfill1m_scenario(opts: Any, data: Path | None) -> Any:
         base: list[dict[str, Any]] = []
         for k in range(opts.repeats):
             lake, out = work / f"lake-{k}", work / f"baseline-{k}"
-            ours.append(run_ours(csv, lake))
+            ours.append(run_ours(csv, lake, opts.backfill_rollups))
             base.append(run_baseline(csv, out))
             if keep is None or k < opts.repeats - 1:  # a fresh lake each repeat
                 shutil.rmtree(lake, ignore_errors=True)
@@ -320,6 +332,7 @@ def backfill1m_scenario(opts: Any, data: Path | None) -> Any:
             "bars_in_csv": bars,
             "csv_mb": round(csv_mb, 1),
             "wall_clock_includes_startup": True,
+            "stockflow_resolutions": ",".join(RESOLUTIONS) if opts.backfill_rollups else "1m",
             # each repeat's pair ran back to back: their ratio shrugs off slow drifts
             # of a shared machine's load better than the ratio of the medians
             "pair_ratios": [

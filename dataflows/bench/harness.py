@@ -52,6 +52,7 @@ class BenchOptions:
     backfill_symbols: int = 50
     backfill_days: int = 10
     backfill_keep: str | None = None  # keep the CSV and last repeat's outputs here
+    backfill_rollups: bool = False  # stockflow also rolls the minutes up (default resolutions)
 
 
 def rss_mb() -> float:
@@ -156,7 +157,8 @@ def render(r: dict[str, Any]) -> str:
         if s == "backfill1m":
             line += (
                 f"\n{'':<10} ({r['bars_in_csv']:,} bars: {r['symbols']} symbols x {r['days']} days"
-                f" of 1m bars in one CSV; median wall clock incl. start-up "
+                f" of 1m bars in one CSV; stockflow's resolutions {r['stockflow_resolutions']}; "
+                f"median wall clock incl. start-up "
                 f"{r['stockflow_seconds']:.1f} s / {r['baseline_seconds']:.1f} s; ratio of each "
                 f"repeat {', '.join(f'{x:.2f}' for x in r['pair_ratios'])}; "
                 f"target >= {r['target_ratio']})"

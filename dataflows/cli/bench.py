@@ -71,6 +71,11 @@ from dataflows.cli.main import cli
     type=click.Path(file_okay=False),
     help="Keep the CSV, the last lake and the baseline's Parquet here (backfill1m).",
 )
+@click.option(
+    "--backfill-rollups",
+    is_flag=True,
+    help="backfill1m: stockflow also rolls the minutes up to 5m/15m/1h/1d (the baseline does not).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench(scenarios: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     """Measure stockflow against baselines run in the same invocation."""
