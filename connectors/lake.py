@@ -697,6 +697,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         self._schema: pa.Schema | None = None
         sink.encoders.acquire()
         self._closed = False
+        self._failed = False
         # Partition 0 of a sink exists once in a cluster: it runs the
         # sink's background task (lake maintenance), if any.
         self._background = (
@@ -822,16 +823,34 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
                 removed,
             )
 
-    def _table_schema(self) -> pa.Schema:
+    def _table_schema(self, pieces: list[dict[str, Any]] | None = None) -> pa.Schema:
+        """The schema of a commit when this run has seen no row yet (a
+        resumed writer committing its snapshot's pieces): the table's, or,
+        when the table does not exist yet (the run before died before its
+        first commit), that of the pieces' own files."""
         if self._schema is not None:
             return self._schema
         found = self._log.table()
-        assert found is not None
-        return pa.schema(found.schema().to_arrow())
+        if found is not None:
+            return pa.schema(found.schema().to_arrow())
+        if not pieces:
+            raise RuntimeError(f"{self._sink.table}: no table and no pieces to take a schema from")
+        path = f"{self._lake.path(self._sink.table)}/{pieces[0]['path']}"
+        with self._lake.fs.open(path, "rb") as fh:
+            schema = pq.read_schema(fh)
+        self._schema = schema.append(pa.field(PARTITION_COLUMN, pa.string()))
+        return self._schema
 
     # -- writing ---------------------------------------------------------
 
     def write_batch(self, values: list[pa.Table | None]) -> None:
+        try:
+            self._write_batch(values)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _write_batch(self, values: list[pa.Table | None]) -> None:
         now = time.monotonic()
         for table in values:
             if table is None or not table.num_rows:
@@ -1001,7 +1020,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         ]
         version = max((p["n"] for p in chosen), default=self._next - 1)
         extra = {self._end_app: max(version, 0)} if final else {}
-        schema = self._schema or self._table_schema()
+        schema = self._schema or self._table_schema(chosen)
         self._commit(adds, version, schema, sum(p["rows"] for p in chosen), len(adds), extra)
         self._pieces = [p for p in self._pieces if p["n"] > upto]
         if not self._pieces and not self._open:
@@ -1041,6 +1060,13 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
     # -- Bytewax ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        try:
+            return self._snapshot()
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _snapshot(self) -> dict[str, Any]:
         if self._sink.exactly_once and not self._skip:
             # Commit what an earlier snapshot listed (it is durable by now),
             # then list what came since.
@@ -1070,7 +1096,10 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         try:
             if self._background is not None:
                 self._background.stop()
-            if not self._skip:
+            # After a failure the flow is stopping: Bytewax drops (closes) the
+            # partitions while it unwinds, and a second error then aborts the
+            # process. Commit nothing more; a rerun or resume writes the rest.
+            if not self._skip and not self._failed:
                 self._commit_pending(final=True)
         finally:
             self._sink.encoders.release()

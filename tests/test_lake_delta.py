@@ -165,6 +165,27 @@ def test_small_pieces_travel_inline_in_the_snapshot_and_land_in_one_file_per_dat
     assert _seqs(lake).tolist() == list(range(1000))
 
 
+def test_a_resume_before_the_table_exists_commits_its_snapshots_pieces(tmp_path):
+    # Arrange: a writer snapshots inline pieces and dies before any commit:
+    # the table does not exist yet.
+    lake = Lake(str(tmp_path))
+    first = _sink(lake, commit_interval_s=3600.0).build_part("lake", "0000", None)
+    first.write_batch([_rows(0, 300, day_every=3)])
+    state = first.snapshot()
+    assert not (tmp_path / BARS).exists()
+
+    # Act: the resumed writer sees no row before its first snapshot (the
+    # input after the snapshot is empty) and commits the snapshot's pieces.
+    resumed = _sink(lake).build_part("lake", "0000", state)
+    resumed.snapshot()
+    resumed.snapshot()
+    resumed.close()
+
+    # Assert: every row once, with the rows' own schema.
+    assert _seqs(lake).tolist() == list(range(300))
+    assert lake.read(BARS).schema.field("seq").type == pa.int64()
+
+
 def test_a_rerun_with_another_writer_count_is_refused_in_one_line(tmp_path):
     lake = Lake(str(tmp_path))
     part = _sink(lake, exactly_once=False).build_part("lake", "0000", None)

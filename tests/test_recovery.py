@@ -471,3 +471,27 @@ def test_a_recovery_store_of_other_partitions_is_refused_in_one_line(real_data, 
 
     with pytest.raises(UserError, match="other input partitions.*new --recovery-dir"):
         run(settings)
+
+
+@pytest.mark.parametrize("recovery", [False, True])
+def test_a_lake_that_stops_taking_writes_ends_the_run_in_one_line_not_an_abort(
+    real_data, tmp_path, recovery
+):
+    """A write that fails for good (injected: PermissionError from the 2nd
+    file write on) stops the flow; while Bytewax unwinds it closes every sink
+    partition, and a second failure there would abort the interpreter (Rust:
+    "panic in a destructor during cleanup"). The failed writer commits
+    nothing more: the run ends in one line and exit 2."""
+    args = ["run", "--source", f"file:{real_data / 'ticks' / 'SPY_20131008.csv.gz'}"]
+    args += ["--lake", str(tmp_path / "lake")]
+    if recovery:
+        args += ["--recovery-dir", str(tmp_path / "recovery")]
+    env = {"STOCKFLOW_FAULT": "lake_write:2:raise", "STOCKFLOW_MAX_ROWS_PER_FILE": "20000"}
+
+    proc = _stockflow(args, env)
+    out, _ = proc.communicate(timeout=300)
+
+    assert proc.returncode == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("stockflow: error:")]
+    assert len(errors) == 1 and "injected fault at lake_write" in errors[0], out[-3000:]
+    assert "Traceback" not in out and "panicked" not in out

@@ -113,26 +113,38 @@ class _KafkaTopicSinkPartition(StatefulSinkPartition[pa.Table, None]):
         self._sink = sink
         self._producer = sink.producers.acquire(sink.producer_config)
         self._closed = False
+        self._failed = False
 
     def write_batch(self, values: list[pa.Table]) -> None:
         produce = self._producer.produce
         topic = self._sink.topic
-        with self._sink.stats.timed_write("kafka"):
-            for table in values:
-                for key, value, headers in self._sink.encode(table):
-                    produce(topic, value, key, headers)
-            self._producer.poll(0)
+        try:
+            with self._sink.stats.timed_write("kafka"):
+                for table in values:
+                    for key, value, headers in self._sink.encode(table):
+                        produce(topic, value, key, headers)
+                self._producer.poll(0)
+        except BaseException:
+            self._failed = True
+            raise
 
     def snapshot(self) -> None:
         # The epoch may be recorded as done only once its messages are acked.
-        with self._sink.stats.timed_write("kafka"):
-            self._producer.flush(self._sink.flush_timeout_s)
+        try:
+            with self._sink.stats.timed_write("kafka"):
+                self._producer.flush(self._sink.flush_timeout_s)
+        except BaseException:
+            self._failed = True
+            raise
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             try:
-                self._producer.flush(self._sink.flush_timeout_s)
+                # After a failure the flow is stopping: a second error while
+                # Bytewax unwinds would abort the process.
+                if not self._failed:
+                    self._producer.flush(self._sink.flush_timeout_s)
             finally:
                 self._sink.producers.release(self._sink.producer_config)
 

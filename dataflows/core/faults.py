@@ -3,7 +3,9 @@
 ``STOCKFLOW_FAULT=lake_write:3`` kills this process with SIGKILL the 3rd time
 the point ``lake_write`` is reached (e.g. halfway through writing a Parquet
 file), which is how the crash tests land a kill *during* a sink write
-instead of hoping a random kill does. Several points: comma-separated.
+instead of hoping a random kill does. ``lake_write:3:raise`` instead raises
+``PermissionError`` there the 3rd time and every time after (a disk that
+went read-only). Several points: comma-separated.
 """
 
 from __future__ import annotations
@@ -17,23 +19,26 @@ _LOCK = threading.Lock()
 _SEEN: Counter[str] = Counter()
 
 
-def _plan() -> dict[str, int]:
+def _plan() -> dict[str, tuple[int, str]]:
     spec = os.environ.get("STOCKFLOW_FAULT", "")
     out = {}
     for part in spec.split(","):
         if ":" in part:
-            name, count = part.split(":", 1)
-            out[name.strip()] = int(count)
+            name, count, *action = part.split(":")
+            out[name.strip()] = (int(count), action[0] if action else "kill")
     return out
 
 
 def point(name: str) -> None:
-    """Mark a fault point; SIGKILL here if the plan says this is the one."""
+    """Mark a fault point; SIGKILL (or raise) here if the plan says so."""
     plan = _plan()
     if name not in plan:
         return
+    count, action = plan[name]
     with _LOCK:
         _SEEN[name] += 1
-        hit = _SEEN[name] == plan[name]
-    if hit:
+        seen = _SEEN[name]
+    if action == "raise" and seen >= count:
+        raise PermissionError(f"injected fault at {name}")
+    if seen == count:
         os.kill(os.getpid(), signal.SIGKILL)
