@@ -175,7 +175,7 @@ SHOWN_BY: dict[tuple[str, str], frozenset[str]] = {
     ("connectors/kafka/source.py", "_TickTopicPartition._check_end"): frozenset({"run"}),
     **{
         (f"dataflows/bench/{m}.py", "*"): frozenset({"bench"})
-        for m in ("scenarios", "harness", "baselines", "kafka", "soak", "lake")
+        for m in ("scenarios", "harness", "baselines", "kafka", "soak", "lake", "backfill1m")
     },
     # bench_kafka calls replay_ticks without a speed: only `replay` can show the --speed check.
     ("dataflows/replay.py", "replay_ticks"): frozenset({"replay"}),

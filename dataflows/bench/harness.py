@@ -48,6 +48,11 @@ class BenchOptions:
     lake_symbols: int = 200
     lake_commit_minutes: int = 30
     lake_writers: int = 2
+    # backfill1m: one 1-minute bar CSV (dataflows.bench.backfill1m)
+    backfill_symbols: int = 50
+    backfill_days: int = 10
+    backfill_keep: str | None = None  # keep the CSV and last repeat's outputs here
+    backfill_rollups: bool = False  # stockflow also rolls the minutes up (default resolutions)
 
 
 def rss_mb() -> float:
@@ -148,6 +153,15 @@ def render(r: dict[str, Any]) -> str:
         if "stockflow_peak_rss_mb" in r and "baseline_peak_rss_mb" in r:
             line += (
                 f"  peak RSS {r['stockflow_peak_rss_mb']:.0f} / {r['baseline_peak_rss_mb']:.0f} MB"
+            )
+        if s == "backfill1m":
+            line += (
+                f"\n{'':<10} ({r['bars_in_csv']:,} bars: {r['symbols']} symbols x {r['days']} days"
+                f" of 1m bars in one CSV; stockflow's resolutions {r['stockflow_resolutions']}; "
+                f"median wall clock incl. start-up "
+                f"{r['stockflow_seconds']:.1f} s / {r['baseline_seconds']:.1f} s; ratio of each "
+                f"repeat {', '.join(f'{x:.2f}' for x in r['pair_ratios'])}; "
+                f"target >= {r['target_ratio']})"
             )
         if s == "kafka":
             line += (

@@ -22,6 +22,11 @@ repeats; seeds are fixed and sizes come from flags. Scenarios:
     ``stockflow backfill`` of the daily files plus the FTX 1-minute bars into
     a Parquet lake (bars/s) vs pandas + ``ta`` computing the same indicator
     set on the same bars.
+``backfill1m``
+    the 195,000-bar case: ``stockflow backfill`` (the CLI, in its own
+    process) of one CSV of 50 symbols x 10 days of 1-minute bars vs pandas +
+    TA-Lib + Parquet by date in its own process, wall clock including
+    start-up on both sides (:mod:`dataflows.bench.backfill1m`).
 ``kafka``
     the tick file replayed (unpaced) into a fresh topic, then
     ``--source kafka --bounded`` through the whole pipeline vs the ceiling: a
@@ -76,6 +81,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from dataflows.bench.backfill1m import (
+    backfill1m_scenario,
+    child_backfill1m_baseline,
+    require_talib,
+)
 from dataflows.bench.baselines import (
     bench_bars,
     child_file_naive,
@@ -96,13 +106,23 @@ from dataflows.bench.harness import (
     start_child,
     tick_path,
 )
-from dataflows.bench.soak import SOAK_START, SoakPlan, SoakProgress, SoakSource
 from dataflows.core.errors import UserError
 from dataflows.core.shards import DEFAULT_SHARDS, shard_of
 
-SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency", "lake")
+SCENARIOS = (
+    "file",
+    "gold",
+    "backfill",
+    "backfill1m",
+    "kafka",
+    "processes",
+    "symbols10k",
+    "latency",
+    "lake",
+)
 # What `stockflow bench` runs without --scenario: the soak and the paced
-# latency run take minutes by design, so they run only when asked for.
+# latency run take minutes by design, so they run only when asked for;
+# backfill1m takes about a minute with three repeats (it needs TA-Lib, too).
 DEFAULT_SCENARIOS = ("file", "gold", "backfill", "kafka", "processes")
 
 
@@ -527,6 +547,7 @@ def _processes_scenario(opts: BenchOptions, data: Path | None) -> Comparison:
 # 15- and 5-minute) boundary: every resolution (1m ... 1d) emits a bar for
 # every symbol, so every (symbol, resolution) series exists after it.
 def _child_symbols10k(args: dict[str, Any]) -> dict[str, Any]:
+    from dataflows.bench.soak import SoakPlan, SoakProgress, SoakSource
     from dataflows.core.config import Settings
     from dataflows.runner import run
 
@@ -579,6 +600,7 @@ def _full_series_kib() -> dict[str, float]:
     import math
     import tracemalloc
 
+    from dataflows.bench.soak import SOAK_START
     from dataflows.stages.gold import GoldConfig
     from indicators import IndicatorSet, SignalEngine
 
@@ -910,6 +932,7 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "gold_baseline": child_gold_baseline,
     "backfill_ours": _child_backfill_ours,
     "backfill_baseline": child_gold_baseline,
+    "backfill1m_baseline": child_backfill1m_baseline,
     "kafka_ours": _child_kafka_ours,
     "kafka_raw": child_kafka_raw,
     "process_of_cluster": _child_process_of_cluster,
@@ -947,6 +970,13 @@ def _gold_extra(ours: list[dict[str, Any]], data: Path) -> dict[str, Any]:
     }
 
 
+def check_requirements(scenarios: tuple[str, ...]) -> None:
+    """Fail before anything runs when a chosen scenario lacks a package it
+    needs (one line naming the install), not after the scenarios before it."""
+    if "backfill1m" in scenarios:
+        require_talib()
+
+
 def run_scenario(
     scenario: str, options: BenchOptions | int, data: Path | None, *legacy: Any
 ) -> Comparison | Result:
@@ -972,6 +1002,7 @@ def run_scenario(
         "symbols10k": _symbols10k_scenario,
         "latency": _latency_scenario,
         "lake": _lake_scenario,
+        "backfill1m": backfill1m_scenario,
     }
     if scenario not in runners:
         raise UserError(f"unknown scenario {scenario!r}; use {', '.join(SCENARIOS)}")

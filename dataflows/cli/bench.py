@@ -15,7 +15,17 @@ from dataflows.cli.main import cli
     "scenarios",
     multiple=True,
     type=click.Choice(
-        ["file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency", "lake"]
+        [
+            "file",
+            "gold",
+            "backfill",
+            "backfill1m",
+            "kafka",
+            "processes",
+            "symbols10k",
+            "latency",
+            "lake",
+        ]
     ),
     help="Scenario(s) to run (default: file, gold, backfill, kafka, processes).",
 )
@@ -50,19 +60,37 @@ from dataflows.cli.main import cli
     help="Simulated minutes per commit interval (lake; the live cadence is 1).",
 )
 @click.option("--lake-writers", default=2, show_default=True, help="Writers per table (lake).")
+@click.option(
+    "--backfill-symbols", default=50, show_default=True, help="Symbols in the CSV (backfill1m)."
+)
+@click.option(
+    "--backfill-days", default=10, show_default=True, help="Trading days of 1m bars (backfill1m)."
+)
+@click.option(
+    "--backfill-keep",
+    type=click.Path(file_okay=False),
+    help="Keep the CSV, the last lake and the baseline's Parquet here (backfill1m).",
+)
+@click.option(
+    "--backfill-rollups",
+    is_flag=True,
+    help="backfill1m: stockflow also rolls the minutes up to 5m/15m/1h/1d (the baseline does not).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench(scenarios: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     """Measure stockflow against baselines run in the same invocation."""
     import json
 
     from dataflows.bench.harness import BenchOptions, machine, render
-    from dataflows.bench.scenarios import DEFAULT_SCENARIOS, run_scenario
+    from dataflows.bench.scenarios import DEFAULT_SCENARIOS, check_requirements, run_scenario
     from dataflows.testing.data import real_data_dir
 
     data = real_data_dir()
     options = BenchOptions(**flags)
+    chosen = scenarios or DEFAULT_SCENARIOS
+    check_requirements(chosen)
     results = []
-    for scenario in scenarios or DEFAULT_SCENARIOS:
+    for scenario in chosen:
         if not as_json:
             click.echo(f"running {scenario} ...", err=True)
         results.append(run_scenario(scenario, options, data).as_dict())
