@@ -113,6 +113,7 @@ _COMMAND_MODULES = (
     "dataflows.cli.db",
     "dataflows.cli.backfill",
     "dataflows.cli.report",
+    "dataflows.cli.dashboard",
 )
 
 

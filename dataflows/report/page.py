@@ -50,7 +50,9 @@ KPI_DATES = 10
 DAILY_VOLATILITY_DAYS = 20
 DEFAULT_BARS = 300
 DEFAULT_TOP = 8
-_DATE_DIR = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+# A data file's date partition; paths may be absolute (a folder dataset) or
+# relative to the table (a Delta table's dataset).
+_DATE_DIR = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
 _BAR_NAMES = {"1m": "1-minute", "5m": "5-minute", "15m": "15-minute", "1h": "hourly", "1d": "daily"}
 
 
@@ -82,17 +84,18 @@ class ReportSummary:
         )
 
 
-def _has(lake: Lake, table: str) -> bool:
+def has_table(lake: Lake, table: str) -> bool:
+    """Whether `table` holds data files."""
     return bool(lake.fs.exists(lake.path(table)) and lake.files(table))
 
 
 def lake_resolutions(lake: Lake) -> list[str]:
     """The resolutions the lake has indicators (charts) of, in time order."""
-    return [r for r in RESOLUTIONS if _has(lake, LakeTables.indicators_of(r))]
+    return [r for r in RESOLUTIONS if has_table(lake, LakeTables.indicators_of(r))]
 
 
-def _require_resolution(lake: Lake, resolution: str) -> None:
-    if _has(lake, LakeTables.indicators_of(resolution)):
+def require_resolution(lake: Lake, resolution: str) -> None:
+    if has_table(lake, LakeTables.indicators_of(resolution)):
         return
     have = lake_resolutions(lake)
     if not have:
@@ -107,18 +110,24 @@ def _require_resolution(lake: Lake, resolution: str) -> None:
     )
 
 
-def _dates(dataset: Any) -> list[str]:
+def partition_date(path: str) -> str | None:
+    """The date partition (``YYYY-MM-DD``) a data file's path names, if any."""
+    m = _DATE_DIR.search(path.replace("\\", "/"))
+    return m[1] if m else None
+
+
+def date_partitions(dataset: Any) -> list[str]:
     """The dataset's date partitions, newest first."""
-    found = {m[1] for f in dataset.files if (m := _DATE_DIR.search(f.replace("\\", "/")))}
+    found = {d for f in dataset.files if (d := partition_date(f))}
     return sorted(found, reverse=True)
 
 
-def _latest(
+def latest_rows(
     dataset: Any, symbols: Sequence[str], rows: int, columns: list[str] | None = None
 ) -> pd.DataFrame:
     """Each symbol's newest `rows` rows, reading date partitions newest
     first in growing chunks until every symbol has enough."""
-    dates = _dates(dataset)
+    dates = date_partitions(dataset)
     wanted = set(symbols)
     counts: dict[str, int] = {}
     parts: list[pd.DataFrame] = []
@@ -143,6 +152,18 @@ def _latest(
     return frame.groupby("symbol", group_keys=False).tail(rows).reset_index(drop=True)
 
 
+def recent_bars(lake: Lake, table: str, days: int = KPI_DATES) -> tuple[pd.DataFrame, list[str]]:
+    """``symbol, start, close, volume`` of the table's latest `days` date
+    partitions (what the ``kpi`` and ``volatility`` figures need), and
+    those dates, newest first."""
+    rows = lake.dataset(table)
+    dates = date_partitions(rows)[:days]
+    frame = rows.to_table(
+        filter=ds.field("date").isin(dates), columns=["symbol", "start", "close", "volume"]
+    ).to_pandas()
+    return frame, dates
+
+
 def load_report_data(
     lake: Lake,
     symbols: Sequence[str] = (),
@@ -156,20 +177,15 @@ def load_report_data(
         their latest day.
     :arg bars: bars per chart (the newest).
     """
-    _require_resolution(lake, resolution)
+    require_resolution(lake, resolution)
     # The views are defined on 1-minute bars; a lake without them (a backfill
     # of daily or hourly bars) gets the same figures from the chosen bars.
-    kpi_resolution = "1m" if _has(lake, LakeTables.bars) else resolution
+    kpi_resolution = "1m" if has_table(lake, LakeTables.bars) else resolution
     volatility_days = DAILY_VOLATILITY_DAYS if kpi_resolution == "1d" else 1
     bar_table = LakeTables.bars_of(kpi_resolution)
-    if not _has(lake, bar_table):
+    if not has_table(lake, bar_table):
         bar_table = LakeTables.indicators_of(resolution)  # bar columns + indicators
-    bar_rows = lake.dataset(bar_table)
-    recent_dates = _dates(bar_rows)[: max(KPI_DATES, volatility_days)]
-    recent = bar_rows.to_table(
-        filter=ds.field("date").isin(recent_dates),
-        columns=["symbol", "start", "close", "volume"],
-    ).to_pandas()
+    recent, recent_dates = recent_bars(lake, bar_table, max(KPI_DATES, volatility_days))
     volatility = charts.volatility_from_bars(recent, volatility_days)
     kpi = charts.kpi_from_bars(recent)
     chosen = [s.upper() for s in symbols]
@@ -182,14 +198,14 @@ def load_report_data(
             f"no bars for {', '.join(unknown)} in the lake's latest {len(recent_dates)} days "
             f"at {lake.url}; symbols there: {', '.join(kpi['symbol']) or '(none)'}"
         )
-    indicators = _latest(lake.dataset(LakeTables.indicators_of(resolution)), chosen, bars)
+    indicators = latest_rows(lake.dataset(LakeTables.indicators_of(resolution)), chosen, bars)
     data = ReportData(lake.url, resolution, kpi, volatility, kpi_resolution, volatility_days)
     signals_path = lake.path("gold/signals")
     signal_rows = pd.DataFrame()
     if lake.fs.exists(signals_path) and lake.files("gold/signals") and not indicators.empty:
         first = indicators["start"].min()
         signals = lake.dataset("gold/signals")
-        days = [d for d in _dates(signals) if d >= first.strftime("%Y-%m-%d")]
+        days = [d for d in date_partitions(signals) if d >= first.strftime("%Y-%m-%d")]
         signal_rows = signals.to_table(
             filter=ds.field("date").isin(days)
             & ds.field("symbol").isin(chosen)
