@@ -128,6 +128,9 @@ def streamlit_argv(settings: Settings) -> list[str]:
 def _check_port(address: str, port: int) -> None:
     """One line, before Streamlit starts, when the port is taken."""
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+        # As the server binds: a port whose last connections linger in
+        # TIME_WAIT is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((address, port))
         except OSError as exc:

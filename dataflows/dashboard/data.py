@@ -271,10 +271,11 @@ class LakeMarket:
         )
 
     def symbols(self) -> list[str]:
-        from dataflows.report.page import recent_bars
+        """The symbols with 1-minute bars in the lake's latest KPI_DATES days."""
+        from dataflows.report.page import KPI_DATES, recent_bars
 
         self._require_bars()
-        bars, _ = recent_bars(self.lake, LakeTables.bars, 1)
+        bars, _ = recent_bars(self.lake, LakeTables.bars, KPI_DATES)
         return sorted(bars["symbol"].unique().tolist())
 
     def resolutions(self) -> list[str]:

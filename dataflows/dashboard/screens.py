@@ -78,18 +78,26 @@ STYLE = """
 """
 
 
+SCREENS = ("market", "symbol", "pipeline")
+
+
 def main() -> None:
-    """The app: page setup, then the chosen screen."""
+    """The app: page setup, then the screen the sidebar (or ``?screen=``) names.
+
+    One page whose screen is a query parameter rather than Streamlit's
+    multipage paths: a deep link to a path (``/symbol``) makes Streamlit's
+    client probe ``/symbol/_stcore/...`` first, two 404s in the console.
+    """
     st.set_page_config(
         page_title="stockflow", page_icon=":chart_with_upwards_trend:", layout="wide"
     )
     st.html(STYLE)
-    pages = [
-        st.Page(market_screen, title="Market", url_path="market", default=True),
-        st.Page(symbol_screen, title="Symbol", url_path="symbol"),
-        st.Page(pipeline_screen, title="Pipeline", url_path="pipeline"),
-    ]
-    st.navigation(pages).run()
+    params = st.query_params
+    if "screen" not in st.session_state:
+        st.session_state["screen"] = _param(params, "screen", SCREENS, "market")
+    screen = st.sidebar.radio("Screen", SCREENS, key="screen", format_func=str.title)
+    params["screen"] = screen
+    {"market": market_screen, "symbol": symbol_screen, "pipeline": pipeline_screen}[screen]()
 
 
 # --- shared -------------------------------------------------------------------------
@@ -136,13 +144,12 @@ def guarded(render: Callable[[], None]) -> None:
     try:
         render()
     except UserError as exc:
-        st.warning(str(exc), icon=":material/info:")
+        st.warning(str(exc))
     except Exception as exc:
         log.exception("dashboard screen failed")
         st.error(
             f"the dashboard could not show this screen ({type(exc).__name__}: {exc}); "
-            "the server's log has the details",
-            icon=":material/error:",
+            "the server's log has the details"
         )
 
 
@@ -151,12 +158,12 @@ def status_line(what: str, latest: pd.Timestamp | None, started: float, every_s:
     took_ms = (time.perf_counter() - started) * 1000
     now = datetime.now(UTC)
     stamp = "" if latest is None else latest.isoformat()
-    newest = "–" if latest is None else f"{latest:%Y-%m-%d %H:%M} UTC"
+    newest = "" if latest is None else f"Latest bar <b>{latest:%Y-%m-%d %H:%M} UTC</b> · "
     st.html(
         f'<div class="sf-status" data-latest-bar="{html.escape(stamp)}" '
         f'data-refresh-ms="{took_ms:.0f}" data-refreshed-at="{now.isoformat()}">'
-        f"Latest bar <b class='sf-latest'>{newest}</b> · {html.escape(what)} · refreshed "
-        f"{now:%H:%M:%S} UTC in {took_ms:,.0f} ms · every {every_s:g} s</div>"
+        f"{newest}{html.escape(what)} · refreshed {now:%H:%M:%S} UTC in {took_ms:,.0f} ms · "
+        f"every {every_s:g} s</div>"
     )
 
 
@@ -318,7 +325,7 @@ def symbol_screen() -> None:
     try:
         symbols = source(config).symbols()
     except UserError as exc:
-        st.warning(str(exc), icon=":material/info:")
+        st.warning(str(exc))
         return
     requested = str(params.get("symbol") or (symbols[0] if symbols else "")).strip().upper()
     choice = st.sidebar.selectbox(
@@ -356,8 +363,7 @@ def render_symbol(config: Settings, symbol: str, resolution: str, window: str) -
         st.info(
             f"{view.symbol} is quiet: its newest {resolution} bar started "
             f"{view.latest_bar:%Y-%m-%d %H:%M} UTC, {_duration(quiet)} before the market's "
-            "newest bar.",
-            icon=":material/schedule:",
+            "newest bar."
         )
     st.plotly_chart(fig, key="symbol_chart", config=figures.chart_config())
     st.subheader("Latest signals")
@@ -409,9 +415,8 @@ def render_run_metrics(config: Settings) -> None:
     url = config.dashboard_metrics_url
     if not url:
         st.info(
-            "No metrics endpoint given: start the run with --metrics-port 9100 and the "
-            "dashboard with --metrics-url http://HOST:9100/metrics.",
-            icon=":material/info:",
+            "No metrics endpoint given: start the run with `--metrics-port 9100` and the "
+            "dashboard with `--metrics-url http://HOST:9100/metrics`."
         )
         return
     snap = scrape(url)
