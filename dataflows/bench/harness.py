@@ -43,6 +43,8 @@ class BenchOptions:
     soak_snapshot_interval: float | None = None  # default: the product's (snapshot_interval_s)
     soak_recovery: bool = False  # a recovery store: state snapshots and exactly-once lake
     lateness: float = 5.0
+    dashboard_symbols: int = 500
+    pg_dsn: str | None = None  # the dashboard scenario's Postgres (default: a throwaway one)
 
 
 def rss_mb() -> float:
@@ -168,6 +170,18 @@ def render(r: dict[str, Any]) -> str:
             f"lake p50 {r['p50_s']} s, p99 {r['p99_s']} s after window end + "
             f"{r['lateness_s']:g} s lateness ({r['bars']} bars)"
         )
+    if s == "dashboard":
+        lines = [f"{s:<10} {r['symbols']:,} symbols x {r['bars_per_day']} 1m bars (loaded in "
+                 f"{r['load_seconds']} s)"]  # fmt: skip
+        for backend in ("postgres", "lake"):
+            for screen in ("market", "symbol"):
+                f = r[backend][screen]
+                lines.append(
+                    f"{'':<10} {backend:<8} {screen:<6} first render {f['first_render_s']:.2f} s, "
+                    f"refresh {f['refresh_s']:.2f} s (max {f['refresh_max_s']:.2f} s)"
+                    + (f", cold {f['cold_s']:.2f} s" if "cold_s" in f else "")
+                )
+        return "\n".join(lines)
     return json.dumps(r)
 
 

@@ -51,6 +51,11 @@ repeats; seeds are fixed and sizes come from flags. Scenarios:
     A watcher notes when each 1-minute bar appears in ``silver/bars_1m``;
     the figure is how long after its window closed plus the allowed
     lateness (p50/p99 over ticks, i.e. bars weighted by their trades).
+``dashboard``
+    ``--dashboard-symbols`` symbols with a full day of 1-minute bars in a
+    lake and in Postgres (``--pg-dsn``, else a throwaway cluster): the
+    Market and Symbol screens' first render and refresh times from each,
+    in Streamlit's headless harness (:mod:`dataflows.bench.dashboard`).
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ from dataflows.bench.baselines import (
     child_gold_baseline,
     child_kafka_raw,
 )
+from dataflows.bench.dashboard import child_dashboard, dashboard_scenario
 from dataflows.bench.harness import (
     BenchOptions,
     Comparison,
@@ -95,7 +101,16 @@ from dataflows.bench.soak import SOAK_START, SoakPlan, SoakProgress, SoakSource
 from dataflows.core.errors import UserError
 from dataflows.core.shards import DEFAULT_SHARDS, shard_of
 
-SCENARIOS = ("file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency")
+SCENARIOS = (
+    "file",
+    "gold",
+    "backfill",
+    "kafka",
+    "processes",
+    "symbols10k",
+    "latency",
+    "dashboard",
+)
 # What `stockflow bench` runs without --scenario: the soak and the paced
 # latency run take minutes by design, so they run only when asked for.
 DEFAULT_SCENARIOS = ("file", "gold", "backfill", "kafka", "processes")
@@ -801,6 +816,10 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
     )
 
 
+def _dashboard_scenario(opts: BenchOptions, data: Path | None) -> Result:
+    return Result("dashboard", dashboard_scenario(opts.dashboard_symbols, opts.seed, opts.pg_dsn))
+
+
 # ---------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------
@@ -822,6 +841,7 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "process_of_cluster": _child_process_of_cluster,
     "symbols10k": _child_symbols10k,
     "latency_pipeline": _child_latency_pipeline,
+    "dashboard_screens": child_dashboard,
 }
 
 
@@ -853,6 +873,7 @@ def run_scenario(
         "processes": _processes_scenario,
         "symbols10k": _symbols10k_scenario,
         "latency": _latency_scenario,
+        "dashboard": _dashboard_scenario,
     }
     if scenario not in runners:
         raise UserError(f"unknown scenario {scenario!r}; use {', '.join(SCENARIOS)}")

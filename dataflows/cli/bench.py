@@ -14,7 +14,9 @@ from dataflows.cli.main import cli
     "--scenario",
     "scenarios",
     multiple=True,
-    type=click.Choice(["file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency"]),
+    type=click.Choice(
+        ["file", "gold", "backfill", "kafka", "processes", "symbols10k", "latency", "dashboard"]
+    ),
     help="Scenario(s) to run (default: file, gold, backfill, kafka, processes).",
 )
 @click.option("--repeats", default=3, show_default=True, help="Interleaved repeats per side.")
@@ -39,6 +41,8 @@ from dataflows.cli.main import cli
 @click.option(
     "--snapshot-interval", default=0.5, show_default=True, help="Seconds per snapshot (latency)."
 )
+@click.option("--dashboard-symbols", default=500, show_default=True, help="Symbols (dashboard).")
+@click.option("--pg-dsn", help="Postgres for the dashboard scenario (default: start one).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench(scenarios: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     """Measure stockflow against baselines run in the same invocation."""
