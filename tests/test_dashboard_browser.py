@@ -221,6 +221,7 @@ def chart_dom(page: Any) -> dict[str, Any]:
           subplots: plot.querySelectorAll('.cartesianlayer > g.subplot').length,
           traces: plot.data.map(t => t.name),
           lines: plot.querySelectorAll('g.trace.scatter path.js-line').length,
+          volume_bars: plot.querySelectorAll('g.trace.bars')[0].querySelectorAll('path').length,
         }; }"""
     )
 
@@ -241,28 +242,24 @@ def test_live_screens_render_and_the_newest_bar_advances_without_a_reload(
         symbol.wait_for_selector(".js-plotly-plot g.trace.boxes path.box", timeout=60_000)
         first[backend] = latest_bar(market)
 
-    # Assert: real charts in the DOM ...
-    for backend, (market, symbol) in pages.items():
-        assert market.locator(".sf-card").count() == len(SYMBOLS)
-        assert (
-            market.locator(
-                ".js-plotly-plot g.trace.treemap, .js-plotly-plot .treemaplayer path"
-            ).count()
-            > 0
-        )
-        dom = chart_dom(symbol)
-        assert dom["candles"] == dom["bars"] >= 1, dom
-        assert dom["subplots"] == 4 and dom["lines"] >= 3, dom
-        assert {"price", "volume", "RSI 14", "MACD 12/26", "session VWAP"} <= set(dom["traces"])
-        market.screenshot(path=live_market.artefacts / f"market-{backend}.png", full_page=True)
-        symbol.screenshot(path=live_market.artefacts / f"symbol-{backend}.png", full_page=True)
-    # ... and the newest bar advances on both screens while the flow runs.
+    # Assert: the newest bar advances on both screens while the flow runs ...
     for backend, (market, symbol) in pages.items():
         wait_until(lambda m=market, b=backend: (latest_bar(m) or first[b]) > first[b],
                    ADVANCE_S, f"a newer bar on {backend}'s Market screen")  # fmt: skip
         wait_until(lambda s=symbol, b=backend: (latest_bar(s) or first[b]) > first[b],
                    30, f"a newer bar on {backend}'s Symbol screen")  # fmt: skip
-        assert len(browser.pages) == 4  # no page was reloaded or opened anew
+    assert len(browser.pages) == 4  # no page was reloaded or opened anew
+    # ... and the charts are real chart elements in the DOM: a candle and a
+    # volume bar per bar, four panels, the session VWAP line drawn.
+    for backend, (market, symbol) in pages.items():
+        assert market.locator(".sf-card").count() == len(SYMBOLS)
+        assert market.locator(".js-plotly-plot .treemaplayer path").count() > len(SYMBOLS)
+        dom = chart_dom(symbol)
+        assert dom["candles"] == dom["bars"] == dom["volume_bars"] >= 2, dom
+        assert dom["subplots"] == 4 and dom["lines"] >= 1, dom
+        assert {"price", "volume", "RSI 14", "MACD 12/26", "session VWAP"} <= set(dom["traces"])
+        market.screenshot(path=live_market.artefacts / f"market-{backend}.png", full_page=True)
+        symbol.screenshot(path=live_market.artefacts / f"symbol-{backend}.png", full_page=True)
     # The Pipeline screen reads the run's metrics endpoint.
     pipeline = browser.new_page(f"{live_market.urls['lake']}/?screen=pipeline")
     pipeline.wait_for_selector("[data-testid=stMetric]", timeout=30_000)

@@ -42,6 +42,7 @@ DAY = datetime(2024, 3, 5, tzinfo=UTC)
 DAY_MINUTES = 960
 DAY_START_MINUTE = 4 * 60
 PREVIOUS_DAY_MINUTES = 60
+MINUTES_PER_BATCH = 60
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
 
@@ -62,25 +63,35 @@ class _MarketDayPartition(StatefulSourcePartition[RawTickBatch, None]):
         self._emitted = 0
 
     def next_batch(self) -> list[RawTickBatch]:
+        # An hour per batch: the pipeline's per-batch costs are paid per
+        # shard, so one batch a minute would time the batching, not the bars.
         if self._next >= len(self._minutes):
             raise StopIteration
-        minute_us = self._minutes[self._next] * 1_000_000
-        self._next += 1
+        minutes = self._minutes[self._next : self._next + MINUTES_PER_BATCH]
+        self._next += len(minutes)
         n = len(self._names)
-        sym = np.repeat(np.arange(n), 2)
-        ts = minute_us + np.sort(self._rng.integers(0, 60_000_000, 2 * n))
-        self._prices *= np.exp(self._rng.normal(0, 0.001, n))
-        price = np.round(self._prices[sym] * (1 + self._rng.normal(0, 0.0002, 2 * n)), 2)
+        parts = []
+        for minute in minutes:
+            self._prices *= np.exp(self._rng.normal(0, 0.001, n))
+            ts = minute * 1_000_000 + self._rng.integers(0, 60_000_000, 2 * n)
+            sym = np.repeat(np.arange(n), 2)
+            price = self._prices[sym] * (1 + self._rng.normal(0, 0.0002, 2 * n))
+            parts.append((ts, sym, price))
+        ts = np.concatenate([p[0] for p in parts])
+        order = np.argsort(ts, kind="stable")
+        sym = np.concatenate([p[1] for p in parts])[order]
+        price = np.round(np.concatenate([p[2] for p in parts])[order], 2)
+        rows = len(ts)
         table = pa.table(
             {
-                "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                "ts": pa.array(ts[order], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
                 "symbol": self._names.take(pa.array(sym)),
                 "price": pa.array(np.maximum(price, 0.01)),
-                "size": pa.array(self._rng.choice([100.0, 200.0, 500.0], 2 * n)),
+                "size": pa.array(self._rng.choice([100.0, 200.0, 500.0], rows)),
             }
         )
-        lines = np.arange(self._emitted, self._emitted + 2 * n, dtype=np.int64)
-        self._emitted += 2 * n
+        lines = np.arange(self._emitted, self._emitted + rows, dtype=np.int64)
+        self._emitted += rows
         return [RawTickBatch(table=table, lines=lines, origin="bench-day", source="synthetic")]
 
     def snapshot(self) -> None:
