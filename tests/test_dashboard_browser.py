@@ -174,6 +174,13 @@ class Browser:
     console: list[str]
     new_page: Any
 
+    def close_pages(self) -> None:
+        """Close the open pages: each one refreshes every second, and a dozen
+        of them would load the machine more than the dashboards do."""
+        for page in self.pages:
+            if not page.is_closed():
+                page.close()
+
 
 @pytest.fixture(scope="module")
 def browser(live_market: LiveMarket) -> Iterator[Browser]:
@@ -254,7 +261,8 @@ def test_live_screens_render_and_the_newest_bar_advances_without_a_reload(
     for backend, (market, symbol) in pages.items():
         assert market.locator(".sf-card").count() == len(SYMBOLS)
         assert market.locator(".js-plotly-plot .treemaplayer path").count() > len(SYMBOLS)
-        dom = chart_dom(symbol)
+        # (Plotly redraws a moment after the status line changed.)
+        dom = wait_until(lambda s=symbol: (d := chart_dom(s))["bars"] >= 2 and d, 15, "2 bars")
         assert dom["candles"] == dom["bars"] == dom["volume_bars"] >= 2, dom
         assert dom["subplots"] == 4 and dom["lines"] >= 1, dom
         assert {"price", "volume", "RSI 14", "MACD 12/26", "session VWAP"} <= set(dom["traces"])
@@ -266,6 +274,7 @@ def test_live_screens_render_and_the_newest_bar_advances_without_a_reload(
     wait_until(lambda: metric(pipeline, "Ticks/s") not in (None, "–"), 15, "a ticks/s figure")
     assert float(metric(pipeline, "Ticks in").replace(",", "")) > 0
     pipeline.screenshot(path=live_market.artefacts / "pipeline-lake.png", full_page=True)
+    browser.close_pages()
     assert browser.console == []
 
 
@@ -337,6 +346,7 @@ def test_figures_on_the_page_equal_pandas_over_the_stored_rows(
         assert shown_metrics["Advancers"] == str(int((pct > 0).sum())), backend
         assert shown_metrics["Decliners"] == str(int((pct < 0).sum())), backend
         assert (pct > 0).any() and (pct < 0).any()
+        page.close()
     assert browser.console == []
 
 
@@ -345,7 +355,9 @@ def alerts(page: Any) -> list[str]:
     time.sleep(1.5)  # a refresh later: still one message, nothing else
     assert page.locator("[data-testid=stException]").count() == 0
     assert "Traceback" not in page.inner_text("body")
-    return page.locator("[data-testid=stAlert]").all_inner_texts()
+    shown = page.locator("[data-testid=stAlert]").all_inner_texts()
+    page.close()
+    return shown
 
 
 def test_empty_lake_unreachable_database_and_unknown_symbol_show_one_message(
@@ -359,5 +371,5 @@ def test_empty_lake_unreachable_database_and_unknown_symbol_show_one_message(
     assert len(down) == 1 and down[0].startswith("cannot reach Postgres at postgresql://postgres@")
     assert live_market.server.password not in down[0]
     assert len(unknown) == 1 and unknown[0].startswith("no 1m bars for NOPE in the lake")
-    browser.pages[-1].screenshot(path=live_market.artefacts / "unknown-symbol.png")
+    browser.close_pages()
     assert browser.console == []

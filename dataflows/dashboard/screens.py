@@ -130,7 +130,7 @@ def _source(backend: str, lake: str, s3_endpoint: str | None, dsn: str | None, s
 
 
 def source(config: Settings) -> MarketSource:
-    return _source(  # type: ignore[no-any-return]
+    return _source(
         config.dashboard_backend,
         config.lake,
         config.s3_endpoint,
