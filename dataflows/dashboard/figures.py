@@ -192,7 +192,11 @@ def volatility_treemap(volatility: pd.DataFrame) -> go.Figure:
                 "colors": pct.tolist(),
                 "colorscale": "YlOrRd",
                 "colorbar": {"title": {"text": "σ % of mean"}},
+                # no frame of the (implicit) root tile around the symbols
+                "pad": {"t": 0, "l": 0, "r": 0, "b": 0},
+                "line": {"color": "white", "width": 2},
             },
+            pathbar={"visible": False},
             customdata=np.stack([pct.to_numpy(), frame["avg_price"].to_numpy()], axis=-1)
             if len(frame)
             else None,
