@@ -356,3 +356,24 @@ def test_a_taken_port_or_a_bad_refresh_ends_in_one_line(tmp_path: Path) -> None:
         "choose another --port"
     )
     assert bad.returncode == 2 and "'soon' is not a duration" in bad.stderr
+
+
+def test_dashboard_settings_come_from_the_toml_file_and_bad_values_are_refused(
+    tmp_path: Path,
+) -> None:
+    from dataflows.core.config import Settings
+    from dataflows.core.errors import UserError
+
+    config = tmp_path / "stockflow.toml"
+    config.write_text('[dashboard]\nport = 9001\nrefresh_s = 2.5\nbackend = "lake"\n')
+
+    settings = Settings.load(config, env={})
+    with pytest.raises(UserError) as refresh:
+        Settings.load(env={"STOCKFLOW_DASHBOARD_REFRESH_S": "0.1"})
+    with pytest.raises(UserError) as backend:
+        Settings.load(env={"STOCKFLOW_DASHBOARD_BACKEND": "excel"})
+
+    assert (settings.dashboard_port, settings.dashboard_refresh_s) == (9001, 2.5)
+    assert settings.dashboard_backend == "lake" and settings.dashboard_address == "127.0.0.1"
+    assert "dashboard_refresh_s (from $STOCKFLOW_DASHBOARD_REFRESH_S)" in str(refresh.value)
+    assert "use one of auto, lake, postgres" in str(backend.value)
