@@ -3,14 +3,17 @@
 Two readers give the same frames, with the data contract's column names, so
 the screens never know which one they talk to:
 
-* :class:`PostgresMarket` reads the serving views (``kpi``, ``volatility``,
-  ``market_summary``) and tables (``indicators_<res>``, ``signals``, the
-  ``bars_1m`` key for the symbol list) through the primary keys' indexes;
+* :class:`PostgresMarket` reads the serving views ``kpi`` and ``volatility``
+  and the tables (``indicators_<res>``, ``signals``, the ``bars_1m`` key for
+  the symbol list) along the primary keys' indexes; the market summary is
+  the ``market_summary`` view's definition for the latest day, computed from
+  the ``kpi`` rows (the view itself computes every day of the history);
 * :class:`LakeMarket` reads the lake only through
   :meth:`connectors.lake.Lake.dataset` (so the Delta port switches it over)
   and the report's readers (:mod:`dataflows.report.page`): the newest date
   partitions, each symbol's newest rows, and the views' definitions computed
-  with pandas (:mod:`dataflows.report.charts`).
+  with pandas (:mod:`dataflows.report.charts`); of the signals only the
+  latest day's keys, and the summaries of the rows shown.
 
 Every refresh reads again (nothing is cached between refreshes), so a
 refresh after new bars costs what the first read cost. What a user can cause
@@ -205,14 +208,41 @@ def kpi_with_signals(kpi: pd.DataFrame, volume: pd.DataFrame, last: pd.DataFrame
     return out[KPI_COLUMNS].sort_values("symbol").reset_index(drop=True)
 
 
-def _latest_summary(summary: pd.DataFrame) -> dict[str, Any]:
-    if summary.empty:
+def market_summary(kpi: pd.DataFrame, golden: int, death: int) -> dict[str, Any]:
+    """The ``market_summary`` view's row of the latest day, from the KPI rows:
+    a symbol whose latest bar is of that day has that day's change, so the
+    breadth, the top gainer and the top loser (ties: first alphabetically)
+    are the view's; `golden` and `death` are that day's 1-minute cross
+    signals."""
+    if kpi.empty:
         return {c: None for c in SUMMARY_COLUMNS}
-    row = summary.sort_values("trade_date").iloc[-1]
-    return {c: (None if pd.isna(row[c]) else row[c]) for c in SUMMARY_COLUMNS}
+    days = kpi["as_of"].dt.floor("D")
+    today = kpi[days == days.max()]
+    up = today[today["change"] > 0].sort_values(["change_pct", "symbol"], ascending=[False, True])
+    down = today[today["change"] < 0].sort_values(["change_pct", "symbol"])
+    return {
+        "trade_date": days.max().date(),
+        "symbols": len(today),
+        "advancers": int((today["change"] > 0).sum()),
+        "decliners": int((today["change"] < 0).sum()),
+        "unchanged": int((today["change"] == 0).sum()),
+        "top_gainer": up["symbol"].iloc[0] if len(up) else None,
+        "top_gainer_change_pct": float(up["change_pct"].iloc[0]) if len(up) else None,
+        "top_loser": down["symbol"].iloc[0] if len(down) else None,
+        "top_loser_change_pct": float(down["change_pct"].iloc[0]) if len(down) else None,
+        "golden_crosses": golden,
+        "death_crosses": death,
+    }
 
 
 # --- the lake -----------------------------------------------------------------------
+
+
+def pa_scalar(when: pd.Timestamp) -> Any:
+    """A timestamp as the lake's ``timestamp[us, UTC]`` (a filter value)."""
+    import pyarrow as pa
+
+    return pa.scalar(pd.Timestamp(when).to_pydatetime(), pa.timestamp("us", tz="UTC"))
 
 
 class LakeMarket:
@@ -234,41 +264,62 @@ class LakeMarket:
                 f"it first (stockflow demo --lake {self.lake.url}, or stockflow run --lake ...)"
             )
 
-    def _signals(self, days: int, columns: list[str], non_hold: bool = True) -> pd.DataFrame:
+    def _latest_signals(self, day: str) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+        """Of `day`'s signals: each symbol's newest 1-minute buy/sell, the
+        feed, and the golden and death cross counts. The summaries (long
+        strings) are read only for the rows shown."""
+        import pyarrow.compute as pc
         import pyarrow.dataset as ds
 
-        from dataflows.report.page import date_partitions, has_table
+        from dataflows.report.page import has_table
 
+        last = pd.DataFrame(columns=["symbol", "start", "signal", "summary"])
+        feed = pd.DataFrame(columns=FEED_COLUMNS)
         if not has_table(self.lake, LakeTables.signals):
-            return pd.DataFrame(columns=columns)
+            return last, feed, 0, 0
         rows = self.lake.dataset(LakeTables.signals)
-        wanted = ds.field("date").isin(date_partitions(rows)[:days])
-        if non_hold:
-            wanted = wanted & (ds.field("signal") != "hold")
-        return rows.to_table(filter=wanted, columns=columns).to_pandas()
+        acted = ds.field("date") == day
+        acted = acted & (ds.field("signal") != "hold")
+        keys = rows.to_table(filter=acted, columns=["symbol", "resolution", "start", "signal"])
+        minute = rows.to_table(
+            filter=(ds.field("date") == day) & (ds.field("resolution") == "1m"),
+            columns=["reasons"],
+        )["reasons"]
+        fired = pc.list_flatten(minute)
+        golden = int(pc.sum(pc.equal(fired, "golden_cross")).as_py() or 0)
+        death = int(pc.sum(pc.equal(fired, "death_cross")).as_py() or 0)
+        if not keys.num_rows:
+            return last, feed, golden, death
+        frame = keys.to_pandas().sort_values(["start", "symbol"])
+        newest = frame[frame["resolution"] == "1m"].groupby("symbol", as_index=False).last()
+        shown = frame.iloc[::-1].head(FEED_ROWS)
+        since = min(newest["start"].min(), shown["start"].min())
+        details = rows.to_table(
+            filter=acted & (ds.field("start") >= pa_scalar(since)),
+            columns=["symbol", "resolution", "start", "signal", "score", "reasons", "summary"],
+        ).to_pandas()
+        last = newest.merge(
+            details[details["resolution"] == "1m"][["symbol", "start", "summary"]],
+            on=["symbol", "start"],
+            how="left",
+        )
+        feed = details.sort_values(["start", "symbol"], ascending=[False, True]).head(FEED_ROWS)
+        return last, feed.reset_index(drop=True), golden, death
 
     def market(self) -> MarketView:
         from dataflows.report import charts
         from dataflows.report.page import KPI_DATES, recent_bars
 
         self._require_bars()
-        bars, dates = recent_bars(self.lake, LakeTables.bars, KPI_DATES)
+        bars, _ = recent_bars(self.lake, LakeTables.bars, KPI_DATES)
         if bars.empty:
             raise UserError(f"the lake at {self.lake.url} has no 1-minute bars yet")
         kpi = charts.kpi_from_bars(bars)
         volatility = charts.volatility_from_bars(bars)
-        # The cards' signals and the cross counts come from the latest day.
-        signals = self._signals(1, FEED_COLUMNS)
-        minute = signals[signals["resolution"] == "1m"]
-        summary = charts.market_summary_from_bars(bars, minute)
-        last = minute.sort_values("start").groupby("symbol", as_index=False).last()
-        feed = signals.sort_values(["start", "symbol"], ascending=[False, True]).head(FEED_ROWS)
-        return MarketView(
-            kpi_with_signals(kpi, volatility, last),
-            _latest_summary(summary),
-            volatility,
-            feed.reset_index(drop=True),
-        )
+        day = pd.Timestamp(kpi["as_of"].max()).strftime("%Y-%m-%d")
+        last, feed, golden, death = self._latest_signals(day)
+        kpi = kpi_with_signals(kpi, volatility, last)
+        return MarketView(kpi, market_summary(kpi, golden, death), volatility, feed)
 
     def symbols(self) -> list[str]:
         """The symbols with 1-minute bars in the lake's latest KPI_DATES days."""
@@ -442,23 +493,34 @@ class PostgresMarket:
                 "run the pipeline with --sink postgres"
             )
         volatility = self._query(self._sql("select * from {v}", v="volatility"))
-        summary = self._query(
-            self._sql("select * from {s} order by trade_date desc limit 1", s="market_summary")
-        )
-        # Each symbol's newest buy/sell signal: one backward walk of the key
-        # (symbol, resolution, start) per symbol.
+        day = pd.Timestamp(pd.to_datetime(kpi["as_of"], utc=True).max()).floor("D")
+        # Per symbol along the key (symbol, resolution, start): its newest
+        # 1-minute buy/sell (a short walk back) and the day's cross signals.
         last = self._query(
             self._sql(
-                "select s.symbol, l.start, l.signal, l.summary "
-                "from {symbols} s cross join lateral ("
+                _SYMBOLS_CTE + "select s.symbol, l.start, l.signal, l.summary "
+                "from s cross join lateral ("
                 "  select start, signal, summary from {signals} g"
                 "  where g.symbol = s.symbol and g.resolution = '1m' and g.signal <> 'hold'"
                 "  order by g.start desc limit 1) l",
-                symbols="volatility",
+                bars="bars_1m",
                 signals="signals",
             )
         )
-        latest = pd.Timestamp(pd.to_datetime(kpi["as_of"], utc=True).max())
+        crosses = self._query(
+            self._sql(
+                _SYMBOLS_CTE + "select"
+                "  count(*) filter (where 'golden_cross' = any(c.reasons)) as golden,"
+                "  count(*) filter (where 'death_cross' = any(c.reasons)) as death "
+                "from s cross join lateral ("
+                "  select reasons from {signals} g"
+                "  where g.symbol = s.symbol and g.resolution = '1m' and g.start >= %s"
+                "    and cardinality(g.reasons) > 0) c",
+                bars="bars_1m",
+                signals="signals",
+            ),
+            (day.to_pydatetime(),),
+        )
         feed = self._query(
             self._sql(
                 "select symbol, resolution, start, signal, score, reasons, summary "
@@ -466,18 +528,17 @@ class PostgresMarket:
                 "order by start desc, symbol limit %s",
                 signals="signals",
             ),
-            (latest.floor("D").to_pydatetime(), FEED_ROWS),
+            (day.to_pydatetime(), FEED_ROWS),
         )
         for frame in (volatility, feed):
             for col in ("volume", "avg_price", "price_std", "price_std_pct", "score"):
                 if col in frame.columns:
                     frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-        return MarketView(
-            kpi_with_signals(kpi, volatility, last),
-            _latest_summary(summary),
-            volatility,
-            feed,
-        )
+        if not feed.empty:
+            feed["start"] = pd.to_datetime(feed["start"], utc=True)
+        kpi = kpi_with_signals(kpi, volatility, last)
+        golden, death = (int(crosses[c].iloc[0] or 0) for c in ("golden", "death"))
+        return MarketView(kpi, market_summary(kpi, golden, death), volatility, feed)
 
     def symbols(self) -> list[str]:
         found = self._query(

@@ -11,10 +11,9 @@ plot the same way.
   RSI(14) panel and a MACD(12, 26, 9) panel, on one time axis.
 * :func:`volatility_treemap`: one tile per symbol, area = traded volume,
   colour = relative price volatility (:func:`squarify` lays the tiles out).
-* :func:`volatility_from_bars`, :func:`kpi_from_bars` and
-  :func:`market_summary_from_bars`: the ``volatility``, ``kpi`` and
-  ``market_summary`` views of ``sql/postgres`` computed from lake bars with
-  pandas, with the same definitions.
+* :func:`volatility_from_bars` and :func:`kpi_from_bars`: the ``volatility``
+  and ``kpi`` views of ``sql/postgres`` computed from lake bars with pandas,
+  with the same definitions.
 
 Figures are built with Matplotlib's object API (``matplotlib.figure.Figure``,
 no pyplot state), so they render headless, in threads, and without a display.
@@ -344,7 +343,9 @@ def _compact(n: float) -> str:
 def _trading_days(bars: pd.DataFrame) -> pd.DataFrame:
     frame = bars[["symbol", "start", "close", "volume"]].copy()
     frame["start"] = pd.to_datetime(frame["start"], utc=True)
-    frame["trade_date"] = frame["start"].dt.tz_convert("UTC").dt.date
+    # Days as UTC midnights (datetime64, not date objects: a vectorised
+    # group key for the hundreds of thousands of bars of a whole market).
+    frame["trade_date"] = frame["start"].dt.tz_convert("UTC").dt.floor("D")
     return frame
 
 
@@ -367,6 +368,7 @@ def volatility_from_bars(bars_1m: pd.DataFrame, days: int = 1) -> pd.DataFrame:
         price_std=("close", "std"),
     )
     out["price_std_pct"] = 100 * out["price_std"] / out["avg_price"].where(out["avg_price"] != 0)
+    out["trade_date"] = out["trade_date"].dt.date
     return out.sort_values("symbol").reset_index(drop=True)
 
 
@@ -390,64 +392,6 @@ def kpi_from_bars(bars_1m: pd.DataFrame) -> pd.DataFrame:
         100 * out["change"] / out["previous_close"].where(out["previous_close"] != 0)
     )
     return out.sort_values("symbol").reset_index(drop=True)
-
-
-def market_summary_from_bars(
-    bars_1m: pd.DataFrame, signals: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """The ``market_summary`` view from 1-minute bars (and 1-minute signals'
-    ``start, reasons``): per day the symbols that traded, advancers, decliners
-    and unchanged (last close of the day against the symbol's previous
-    trading day's), the top gainer and loser (ties: first alphabetically)
-    and the golden/death cross counts."""
-    frame = _trading_days(bars_1m).sort_values(["symbol", "start"])
-    closes = frame.groupby(["symbol", "trade_date"], as_index=False).last()
-    previous = closes.groupby("symbol")["close"].shift(1)
-    closes["change"] = closes["close"] - previous
-    closes["change_pct"] = 100 * closes["change"] / previous.where(previous != 0)
-    rows = []
-    for day, group in closes.groupby("trade_date"):
-        up = group[group["change"] > 0].sort_values(
-            ["change_pct", "symbol"], ascending=[False, True]
-        )
-        down = group[group["change"] < 0].sort_values(["change_pct", "symbol"])
-        rows.append(
-            {
-                "trade_date": day,
-                "symbols": len(group),
-                "advancers": int((group["change"] > 0).sum()),
-                "decliners": int((group["change"] < 0).sum()),
-                "unchanged": int((group["change"] == 0).sum()),
-                "top_gainer": up["symbol"].iloc[0] if len(up) else None,
-                "top_gainer_change_pct": up["change_pct"].iloc[0] if len(up) else None,
-                "top_loser": down["symbol"].iloc[0] if len(down) else None,
-                "top_loser_change_pct": down["change_pct"].iloc[0] if len(down) else None,
-            }
-        )
-    out = pd.DataFrame(
-        rows,
-        columns=[
-            "trade_date",
-            "symbols",
-            "advancers",
-            "decliners",
-            "unchanged",
-            "top_gainer",
-            "top_gainer_change_pct",
-            "top_loser",
-            "top_loser_change_pct",
-        ],
-    )
-    crosses = {"golden_cross": "golden_crosses", "death_cross": "death_crosses"}
-    for column in crosses.values():
-        out[column] = 0
-    if signals is not None and not signals.empty:
-        days = pd.to_datetime(signals["start"], utc=True).dt.date
-        for reason, column in crosses.items():
-            fired = signals["reasons"].map(lambda r, reason=reason: reason in list(r))
-            counts = fired.groupby(days).sum()
-            out[column] = out["trade_date"].map(counts).fillna(0).astype(int)
-    return out
 
 
 def png_bytes(fig: Figure) -> bytes:

@@ -9,62 +9,68 @@
 --                   start); null when the table holds no earlier day
 --   change          price - previous_close
 --   change_pct      100 * change / previous_close
+--
+-- Every step walks the key (symbol, start): the symbols one index probe
+-- each, then per symbol its newest bar and the newest bar before that bar's
+-- day, so the view reads two bars per symbol however long the history is.
 create or replace view {{schema}}.kpi as
 
-with
+with recursive
 
-bars as (
+symbols as (
 
-    select
-        symbol,
-        start,
-        close,
-        (start at time zone 'UTC')::date as trade_date
-
+    select min(symbol) as symbol
     from {{schema}}.bars_1m
 
-),
+    union all
 
-bars_ranked_in_day as (
-
-    select
-        symbol,
-        trade_date,
-        start,
-        close,
-        row_number() over (
-            partition by symbol, trade_date
-            order by start desc
-        ) as bars_before_close
-
-    from bars
+    select (
+        select min(later.symbol)
+        from {{schema}}.bars_1m as later
+        where later.symbol > symbols.symbol
+    )
+    from symbols
+    where symbols.symbol is not null
 
 ),
 
-daily_closes as (
+latest_bars as (
 
     select
-        symbol,
-        trade_date,
-        start,
-        close
+        symbols.symbol,
+        latest.start,
+        latest.close,
+        date_trunc('day', latest.start, 'UTC') as day_start
 
-    from bars_ranked_in_day
-    where bars_before_close = 1
+    from symbols
+    cross join lateral (
+        select bars.start, bars.close
+        from {{schema}}.bars_1m as bars
+        where bars.symbol = symbols.symbol
+        order by bars.start desc
+        limit 1
+    ) as latest
+    where symbols.symbol is not null
 
 ),
 
 closes_with_previous as (
 
     select
-        symbol,
-        trade_date,
-        start,
-        close,
-        lag(close) over (partition by symbol order by trade_date) as previous_close,
-        row_number() over (partition by symbol order by trade_date desc) as days_back
+        latest_bars.symbol,
+        latest_bars.start,
+        latest_bars.close,
+        previous.close as previous_close
 
-    from daily_closes
+    from latest_bars
+    left join lateral (
+        select bars.close
+        from {{schema}}.bars_1m as bars
+        where bars.symbol = latest_bars.symbol
+            and bars.start < latest_bars.day_start
+        order by bars.start desc
+        limit 1
+    ) as previous on true
 
 ),
 
@@ -79,7 +85,6 @@ final as (
         100 * (close - previous_close) / nullif(previous_close, 0) as change_pct
 
     from closes_with_previous
-    where days_back = 1
 
 )
 
