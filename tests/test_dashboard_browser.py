@@ -2,7 +2,8 @@
 
 One live synthetic flow (``stockflow run --source synthetic --live``) writes
 into a test lake and the test Postgres at once, after a previous day of ticks
-was loaded the same way (so changes against the previous close exist); one
+(so changes against the previous close exist) and a few minutes of today
+were loaded the same way; one
 dashboard reads the lake, another Postgres. In Debian's Chromium, driven by
 Playwright's pip wheel (no browser is downloaded), the tests load the Market,
 Symbol and Pipeline screens, check the charts' elements in the DOM and the
@@ -47,8 +48,8 @@ SYMBOLS = ("AAPL", "MSFT", "TSLA", "SPY")
 # synthetic source's opening prices, so both advancers and decliners exist.
 YESTERDAY_CLOSE = {"AAPL": 189.5 * 0.995, "MSFT": 374.0 * 1.005, "TSLA": 248.0 * 0.99,
                    "SPY": 475.0 * 1.004}  # fmt: skip
-FIRST_BAR_S = 100  # the flow's first minute closes, plus lateness, file age and a refresh
-ADVANCE_S = 100  # the next minute's bar
+FIRST_BAR_S = 60  # the seeded bars on the page
+ADVANCE_S = 100  # the live flow's first minute closes, plus lateness, file age and a refresh
 
 
 def chromium() -> str:
@@ -80,17 +81,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def write_yesterday(path: Path, day: datetime) -> None:
-    """An hour of ticks per symbol, ending at YESTERDAY_CLOSE."""
+def write_ticks(path: Path, start: datetime, closes: dict[str, float], seconds: int) -> None:
+    """Ticks every 2 s per symbol for `seconds` from `start`, ending at `closes`."""
     rng = np.random.default_rng(17)
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["ts", "symbol", "price", "size"])
-        for symbol, close in YESTERDAY_CLOSE.items():
-            walk = np.cumsum(rng.normal(0, 0.0004, 1800))
+        for symbol, close in closes.items():
+            walk = np.cumsum(rng.normal(0, 0.0004, seconds // 2))
             prices = close * np.exp(walk - walk[-1])
             for i, price in enumerate(prices):
-                ts = day.replace(hour=15, minute=0) + timedelta(seconds=2 * i)
+                ts = start + timedelta(seconds=2 * i)
                 out.writerow([ts.strftime("%Y-%m-%dT%H:%M:%S.000Z"), symbol, f"{price:.2f}", 100])
 
 
@@ -135,11 +136,18 @@ def live_market(
     print(f"\ndashboard screenshots: {artefacts}")
     lake, schema = root / "lake", pg_server.new_schema("dash")
     init_database("postgres", Settings.load(env={}, pg_dsn=pg_server.dsn, pg_schema=schema))
-    yesterday = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    write_yesterday(root / "yesterday.csv", yesterday - timedelta(days=1))
+    # Seeded through the same sinks: an hour of yesterday (previous closes),
+    # and five minutes of today ending three minutes ago (bars on the page
+    # from the start, so only the live flow's first bar is waited for).
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    seed = root / "seed"
+    seed.mkdir()
+    yesterday = now.replace(hour=15, minute=0) - timedelta(days=1)
+    write_ticks(seed / "yesterday.csv", yesterday, YESTERDAY_CLOSE, 3600)
+    opening = {s: p for s, p in zip(SYMBOLS, (189.5, 374.0, 248.0, 475.0), strict=True)}
+    write_ticks(seed / "today.csv", now - timedelta(minutes=8), opening, 300)
     sinks = {"sinks": "parquet,postgres", "pg_dsn": pg_server.dsn, "pg_schema": schema}
-    run(Settings.load(env={}, source=f"file:{root / 'yesterday.csv'}", lake=str(lake),
-                      bounded=True, **sinks))  # fmt: skip
+    run(Settings.load(env={}, source=f"file:{seed}", lake=str(lake), bounded=True, **sinks))
     pg_env = {"STOCKFLOW_PG_DSN": pg_server.dsn, "STOCKFLOW_PG_SCHEMA": schema}
     metrics_port = free_port()
     flow = stockflow(

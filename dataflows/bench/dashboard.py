@@ -18,13 +18,22 @@ the server runs it, without a browser):
 Screens: Market (every symbol's card, summary, treemap, feed) and Symbol
 (one symbol's full day of 1-minute bars with indicators and signals). The
 target is under 1 s per refresh.
+
+Where Chromium and Playwright are installed, ``browser_first_render_s`` is
+the time from navigating to the screen in headless Chromium (a new page,
+the server already up) until its charts are drawn: the server's run plus
+sending the page's elements and Plotly drawing them (median of 3).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -197,6 +206,65 @@ def postgres_dsn(dsn: str | None) -> Iterator[str]:
 
     with postgres_server() as started:
         yield started
+
+
+SCREENS = {
+    # screen: (query string, what shows that it is drawn)
+    "market": ("screen=market", ".sf-card >> nth=0, .js-plotly-plot .treemaplayer path"),
+    "symbol": (
+        "screen=symbol&symbol=S000&resolution=1m&range=1D",
+        ".js-plotly-plot g.trace.boxes path.box",
+    ),
+}
+
+
+def browser_first_render(env: dict[str, str]) -> dict[str, float] | None:
+    """Median seconds from navigation to drawn charts, per screen, in headless
+    Chromium; None where Chromium or Playwright is missing."""
+    from dataflows.core.net import free_port
+    from dataflows.testing.servers import wait_for_port
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    if browser is None:
+        return None
+    port = free_port()
+    exe = shutil.which("stockflow") or str(Path(sys.executable).parent / "stockflow")
+    server = subprocess.Popen(
+        [exe, "dashboard", "--port", str(port), "--refresh", "60s"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    out: dict[str, float] = {}
+    try:
+        wait_for_port(port, timeout=60)
+        with sync_playwright() as p:
+            chrome = p.chromium.launch(executable_path=browser, args=["--no-sandbox"])
+            for screen, (query, drawn) in SCREENS.items():
+                times = []
+                for _ in range(4):
+                    page = chrome.new_page(viewport={"width": 1400, "height": 1200})
+                    started = time.perf_counter()
+                    page.goto(f"http://127.0.0.1:{port}/?{query}")
+                    for selector in drawn.split(", "):
+                        page.wait_for_selector(selector, timeout=120_000)
+                    times.append(time.perf_counter() - started)
+                    page.close()
+                # The first load also warms the server's imports (see cold_s).
+                out[screen] = round(statistics.median(times[1:]), 3)
+            chrome.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return out
 
 
 def dashboard_scenario(symbols: int, seed: int, dsn: str | None) -> dict[str, Any]:

@@ -180,6 +180,11 @@ def render(r: dict[str, Any]) -> str:
                     f"{'':<10} {backend:<8} {screen:<6} first render {f['first_render_s']:.2f} s, "
                     f"refresh {f['refresh_s']:.2f} s (max {f['refresh_max_s']:.2f} s)"
                     + (f", cold {f['cold_s']:.2f} s" if "cold_s" in f else "")
+                    + (
+                        f", in Chromium {f['browser_first_render_s']:.2f} s"
+                        if "browser_first_render_s" in f
+                        else ""
+                    )
                 )
         return "\n".join(lines)
     return json.dumps(r)
