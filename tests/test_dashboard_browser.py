@@ -147,7 +147,9 @@ def live_market(
     opening = {s: p for s, p in zip(SYMBOLS, (189.5, 374.0, 248.0, 475.0), strict=True)}
     write_ticks(seed / "today.csv", now - timedelta(minutes=8), opening, 300)
     sinks = {"sinks": "parquet,postgres", "pg_dsn": pg_server.dsn, "pg_schema": schema}
-    run(Settings.load(env={}, source=f"file:{seed}", lake=str(lake), bounded=True, **sinks))
+    for day in ("yesterday", "today"):  # in time order: one run would take them in parallel
+        source = f"file:{seed / f'{day}.csv'}"
+        run(Settings.load(env={}, source=source, lake=str(lake), bounded=True, **sinks))
     pg_env = {"STOCKFLOW_PG_DSN": pg_server.dsn, "STOCKFLOW_PG_SCHEMA": schema}
     metrics_port = free_port()
     flow = stockflow(
