@@ -87,7 +87,8 @@ def dashboard_cmd(config_file: str | None, **flags: Any) -> None:
         f"http://{settings.dashboard_address}:{settings.dashboard_port}",
         err=True,
     )
-    argv = streamlit_argv(settings)
+    env.update(streamlit_options(settings))
+    argv = [sys.executable, "-m", "streamlit", "run", str(APP)]
     sys.stdout.flush()
     sys.stderr.flush()
     # Streamlit takes over this process: Ctrl-C and a container's SIGTERM
@@ -100,29 +101,27 @@ def _reads_postgres(settings: Settings) -> bool:
     return backend == "postgres" or (backend == "auto" and bool(settings.pg_dsn))
 
 
-def streamlit_argv(settings: Settings) -> list[str]:
-    """The command that serves the app with these settings."""
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    return [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(app),
-        f"--server.address={settings.dashboard_address}",
-        f"--server.port={settings.dashboard_port}",
-        "--server.headless=true",
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+
+
+def streamlit_options(settings: Settings) -> dict[str, str]:
+    """Streamlit's configuration for these settings, as its environment
+    variables (``STREAMLIT_<SECTION>_<OPTION>``)."""
+    return {
+        "STREAMLIT_SERVER_ADDRESS": settings.dashboard_address,
+        "STREAMLIT_SERVER_PORT": str(settings.dashboard_port),
+        "STREAMLIT_SERVER_HEADLESS": "true",
         # The default file watcher overflowed inotify on busy machines and
         # stopped the server; nothing here is edited while it runs.
-        "--server.fileWatcherType=none",
-        "--server.runOnSave=false",
-        "--browser.gatherUsageStats=false",
+        "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none",
+        "STREAMLIT_SERVER_RUN_ON_SAVE": "false",
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
         # A bug's traceback goes to the server's log, never to the page.
-        "--client.showErrorDetails=none",
-        "--client.toolbarMode=minimal",
-        "--global.developmentMode=false",
-        "--logger.level=warning",
-    ]
+        "STREAMLIT_CLIENT_SHOW_ERROR_DETAILS": "none",
+        "STREAMLIT_CLIENT_TOOLBAR_MODE": "minimal",
+        "STREAMLIT_GLOBAL_DEVELOPMENT_MODE": "false",
+        "STREAMLIT_LOGGER_LEVEL": "warning",
+    }
 
 
 def _check_port(address: str, port: int) -> None:

@@ -337,15 +337,16 @@ class LakeMarket:
     def symbol(self, symbol: str, resolution: str, window: str) -> SymbolView:
         import pyarrow.dataset as ds
 
-        from dataflows.report.page import (
-            date_partitions,
-            has_table,
-            latest_rows,
-            require_resolution,
-        )
+        from dataflows.report.page import date_partitions, has_table, latest_rows
 
         _check_symbol_args(resolution, window)
-        require_resolution(self.lake, resolution)
+        self._require_bars()
+        if not has_table(self.lake, LakeTables.indicators_of(resolution)):
+            have = self.resolutions()
+            raise UserError(
+                f"the lake at {self.lake.url} has no {resolution} bars; it has "
+                f"{', '.join(have) or 'none'}: pick one of those"
+            )
         symbol = symbol.strip().upper()
         table = self.lake.dataset(LakeTables.indicators_of(resolution))
         bars = latest_rows(table, [symbol], bars_for(resolution, window))
@@ -490,7 +491,7 @@ class PostgresMarket:
         if kpi.empty:
             raise UserError(
                 f"no 1-minute bars in schema {self.target.schema} at {self.target.where} yet; "
-                "run the pipeline with --sink postgres"
+                "run the pipeline with stockflow run --sink postgres"
             )
         volatility = self._query(self._sql("select * from {v}", v="volatility"))
         day = pd.Timestamp(pd.to_datetime(kpi["as_of"], utc=True).max()).floor("D")

@@ -113,8 +113,8 @@ def scrape(url: str, timeout_s: float = TIMEOUT_S) -> MetricsSnapshot:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(
-            f"cannot reach the metrics endpoint {url} ({reason}); is the run up with "
-            "--metrics-port?"
+            f"cannot reach the metrics endpoint {url} ({reason}); is the run up, started with "
+            "stockflow run --metrics-port?"
         ) from None
     try:
         return parse(text, time.monotonic())

@@ -415,8 +415,8 @@ def render_run_metrics(config: Settings) -> None:
     url = config.dashboard_metrics_url
     if not url:
         st.info(
-            "No metrics endpoint given: start the run with `--metrics-port 9100` and the "
-            "dashboard with `--metrics-url http://HOST:9100/metrics`."
+            "No metrics endpoint given: start the run with `stockflow run --metrics-port 9100` "
+            "and the dashboard with `stockflow dashboard --metrics-url http://HOST:9100/metrics`."
         )
         return
     snap = scrape(url)
