@@ -496,17 +496,20 @@ class PostgresMarket:
         volatility = self._query(self._sql("select * from {v}", v="volatility"))
         day = pd.Timestamp(pd.to_datetime(kpi["as_of"], utc=True).max()).floor("D")
         # Per symbol along the key (symbol, resolution, start): its newest
-        # 1-minute buy/sell (a short walk back) and the day's cross signals.
+        # 1-minute buy/sell of the day (a short walk back) and the day's
+        # cross signals.
         last = self._query(
             self._sql(
                 _SYMBOLS_CTE + "select s.symbol, l.start, l.signal, l.summary "
                 "from s cross join lateral ("
                 "  select start, signal, summary from {signals} g"
                 "  where g.symbol = s.symbol and g.resolution = '1m' and g.signal <> 'hold'"
+                "    and g.start >= %s"
                 "  order by g.start desc limit 1) l",
                 bars="bars_1m",
                 signals="signals",
-            )
+            ),
+            (day.to_pydatetime(),),
         )
         crosses = self._query(
             self._sql(

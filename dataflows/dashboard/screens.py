@@ -1,8 +1,8 @@
 """The dashboard's three screens, in Streamlit.
 
 * **Market**: a KPI card per symbol (last price, change and % change against
-  the previous trading day's close, the day's volume, the newest buy/sell
-  signal), the market summary (advancers, decliners, top gainer and loser,
+  the previous trading day's close, the day's volume, the day's newest
+  1-minute buy/sell signal), the market summary (advancers, decliners, top gainer and loser,
   golden/death crosses), the volatility treemap and the newest signals with
   their reasons.
 * **Symbol**: candlesticks at 1m/5m/15m/1h/1d with SMA/EMA, Bollinger and
