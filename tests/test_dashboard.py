@@ -28,6 +28,7 @@ from tests.conftest import ROOT, cli, read_table  # noqa: E402
 from tests.fixtures_postgres import PgRun, pg_connect, pg_gold_run, pg_server  # noqa: E402,F401
 
 APP = ROOT / "dataflows" / "dashboard" / "app.py"
+SIGNAL = re.compile(r'<span class="sf-signal sf-\w+"[^>]*>([^<]+)</span>')
 BACKENDS = ("lake", "postgres")
 CARD = re.compile(
     r'<div class="sf-card" data-symbol="(?P<symbol>[^"]+)".*?<div class="sf-price">(?P<price>[^<]+)'
@@ -115,6 +116,17 @@ def test_market_cards_and_summary_equal_pandas_on_the_stored_bars(
             assert shown[symbol]["change"] == "–", symbol
         else:
             assert f"({row['pct']:+,.2f} %)" in shown[symbol]["change"], symbol
+    # ... and the day's newest 1-minute buy/sell signal ...
+    signals = read_table(pg_gold_run.lake, "gold/signals").to_pandas()
+    acted = signals[(signals["resolution"] == "1m") & (signals["signal"] != "hold")]
+    for symbol in expected.index:
+        mine = acted[(acted["symbol"] == symbol) & (acted["start"].dt.date == latest_day)]
+        (badge,) = SIGNAL.findall(cards.split(f'data-symbol="{symbol}"', 1)[1].split("sf-card")[0])
+        if mine.empty:
+            assert badge == "no signal", symbol
+        else:
+            newest = mine.sort_values("start").iloc[-1]
+            assert badge == f"{newest['signal'].upper()} {newest['start']:%H:%M}", symbol
     # ... and the market summary of the latest day.
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Advancers"] == str(int((today["pct"] > 0).sum()))
