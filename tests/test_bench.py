@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from dataflows.cli.main import cli
 from tests.fixtures_kafka import kafka_broker  # noqa: F401
+from tests.fixtures_postgres import PgServer, pg_server  # noqa: F401
 
 START = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -93,3 +94,19 @@ def test_symbols10k_scenario_samples_rss_through_a_short_soak():
     phases = {phase for _, _, _, phase in r["samples"]}
     assert {"warm-up", "soak", "end"} <= phases
     assert set(r["full_series_kib"]) == {"1m", "1h", "1d"}
+
+
+def test_dashboard_scenario_times_both_screens_from_both_backends(pg_server: PgServer):  # noqa: F811
+    report = bench_json(
+        "--scenario", "dashboard", "--dashboard-symbols", "3", "--no-dashboard-browser",
+        "--pg-dsn", pg_server.dsn,
+    )  # fmt: skip
+
+    (r,) = report["results"]
+    assert r["scenario"] == "dashboard" and r["bars_1m"] == 3 * (60 + 960)
+    for backend in ("postgres", "lake"):
+        market, symbol = r[backend]["market"], r[backend]["symbol"]
+        assert market["cards"] == 3 and market["chart_bytes"] > 0, backend
+        assert symbol["chart_bytes"] > market["chart_bytes"], backend  # 960 bars
+        for figures in (market, symbol):
+            assert 0 < figures["refresh_s"] <= figures["refresh_max_s"], backend

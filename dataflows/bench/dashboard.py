@@ -268,7 +268,9 @@ def browser_first_render(env: dict[str, str]) -> dict[str, float] | None:
     return out
 
 
-def dashboard_scenario(symbols: int, seed: int, dsn: str | None) -> dict[str, Any]:
+def dashboard_scenario(
+    symbols: int, seed: int, dsn: str | None, browser: bool = True
+) -> dict[str, Any]:
     """Load the market, then time each backend in its own child process."""
     from dataflows.bench.harness import peak_rss_from_child
 
@@ -285,7 +287,7 @@ def dashboard_scenario(symbols: int, seed: int, dsn: str | None) -> dict[str, An
             results[backend] = {k: v for k, v in measured.items() if k in ("market", "symbol")} | {
                 "peak_rss_mb": round(measured["peak_rss_mb"], 1)
             }
-            drawn = browser_first_render(env)
+            drawn = browser_first_render(env) if browser else None
             for screen, seconds in (drawn or {}).items():
                 results[backend][screen]["browser_first_render_s"] = seconds
         if dsn:

@@ -44,6 +44,7 @@ class BenchOptions:
     soak_recovery: bool = False  # a recovery store: state snapshots and exactly-once lake
     lateness: float = 5.0
     dashboard_symbols: int = 500
+    dashboard_browser: bool = True  # also time the first render in headless Chromium
     pg_dsn: str | None = None  # the dashboard scenario's Postgres (default: a throwaway one)
 
 

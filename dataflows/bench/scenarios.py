@@ -817,7 +817,10 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
 
 
 def _dashboard_scenario(opts: BenchOptions, data: Path | None) -> Result:
-    return Result("dashboard", dashboard_scenario(opts.dashboard_symbols, opts.seed, opts.pg_dsn))
+    figures = dashboard_scenario(
+        opts.dashboard_symbols, opts.seed, opts.pg_dsn, opts.dashboard_browser
+    )
+    return Result("dashboard", figures)
 
 
 # ---------------------------------------------------------------------------

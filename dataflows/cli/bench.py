@@ -42,6 +42,12 @@ from dataflows.cli.main import cli
     "--snapshot-interval", default=0.5, show_default=True, help="Seconds per snapshot (latency)."
 )
 @click.option("--dashboard-symbols", default=500, show_default=True, help="Symbols (dashboard).")
+@click.option(
+    "--dashboard-browser/--no-dashboard-browser",
+    default=True,
+    show_default=True,
+    help="Also time the first render in headless Chromium (dashboard).",
+)
 @click.option("--pg-dsn", help="Postgres for the dashboard scenario (default: start one).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench(scenarios: tuple[str, ...], as_json: bool, **flags: Any) -> None:
