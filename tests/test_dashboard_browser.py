@@ -113,12 +113,12 @@ class LiveMarket:
         self.stopped_at = datetime.now(UTC)
 
 
-def dashboard(env: dict[str, str], logs: Path, name: str, *flags: str) -> tuple[Any, str]:
+def dashboard(env: dict[str, str], logs: Path, name: str, *flags: str) -> tuple[Any, int]:
+    """A dashboard starting up (wait for its port before loading it)."""
     port = free_port()
     proc = stockflow("dashboard", "--port", str(port), "--refresh", "1s", *flags,
                      env=env, log=logs / f"dashboard-{name}.log")  # fmt: skip
-    wait_for_port(port, timeout=60)
-    return proc, f"http://127.0.0.1:{port}"
+    return proc, port
 
 
 @pytest.fixture(scope="module")
@@ -160,17 +160,20 @@ def live_market(
         log=root / "flow.log",
     )  # fmt: skip
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    lake_app, lake_url = dashboard({}, root, "lake", "--backend", "lake", "--lake", str(lake),
-                                   "--metrics-url", metrics_url)  # fmt: skip
-    pg_app, pg_url = dashboard(pg_env, root, "postgres", "--lake", str(lake))
-    # For the error cases: an empty lake, a database nobody listens for.
-    empty_app, empty_url = dashboard({}, root, "empty", "--backend", "lake",
-                                     "--lake", str(root / "empty"))  # fmt: skip
     down_env = {"STOCKFLOW_PG_DSN": pg_server.dsn_with(port=free_port())}
-    down_app, down_url = dashboard(down_env, root, "down")
-    urls = {"lake": lake_url, "postgres": pg_url, "empty": empty_url, "down": down_url}
+    apps = {
+        "lake": dashboard({}, root, "lake", "--backend", "lake", "--lake", str(lake),
+                          "--metrics-url", metrics_url),
+        "postgres": dashboard(pg_env, root, "postgres", "--lake", str(lake)),
+        # For the error cases: an empty lake, a database nobody listens for.
+        "empty": dashboard({}, root, "empty", "--backend", "lake", "--lake", str(root / "empty")),
+        "down": dashboard(down_env, root, "down"),
+    }  # fmt: skip
+    for _, port in apps.values():
+        wait_for_port(port, timeout=60)
+    urls = {name: f"http://127.0.0.1:{port}" for name, (_, port) in apps.items()}
     market = LiveMarket(lake, pg_server, schema, flow, metrics_url, urls, artefacts, root,
-                        extra=[lake_app, pg_app, empty_app, down_app])  # fmt: skip
+                        extra=[proc for proc, _ in apps.values()])  # fmt: skip
     try:
         yield market
     finally:
@@ -243,10 +246,37 @@ def chart_dom(page: Any) -> dict[str, Any]:
     )
 
 
+def alerts(page: Any) -> list[str]:
+    page.wait_for_selector("[data-testid=stAlert]", timeout=30_000)
+    time.sleep(1.5)  # a refresh later: still one message, nothing else
+    assert page.locator("[data-testid=stException]").count() == 0
+    assert "Traceback" not in page.inner_text("body")
+    shown = page.locator("[data-testid=stAlert]").all_inner_texts()
+    page.close()
+    return shown
+
+
+# First, while the live flow's first bar is still to come:
+def test_empty_lake_unreachable_database_and_unknown_symbol_show_one_message(
+    live_market: LiveMarket, browser: Browser
+) -> None:
+    empty = alerts(browser.new_page(f"{live_market.urls['empty']}/?screen=market"))
+    down = alerts(browser.new_page(f"{live_market.urls['down']}/?screen=symbol"))
+    unknown = alerts(browser.new_page(f"{live_market.urls['lake']}/?screen=symbol&symbol=NOPE"))
+
+    assert len(empty) == 1 and "has no 1-minute bars yet" in empty[0]
+    assert len(down) == 1 and down[0].startswith("cannot reach Postgres at postgresql://postgres@")
+    assert live_market.server.password not in down[0]
+    assert len(unknown) == 1 and unknown[0].startswith("no 1m bars for NOPE in the lake")
+    browser.close_pages()
+    assert browser.console == []
+
+
 def test_live_screens_render_and_the_newest_bar_advances_without_a_reload(
     live_market: LiveMarket, browser: Browser
 ) -> None:
     # Arrange: each backend's Market and Symbol screens, once bars exist.
+    opened = len(browser.pages)
     pages = {}
     for backend in ("lake", "postgres"):
         url = live_market.urls[backend]
@@ -265,7 +295,7 @@ def test_live_screens_render_and_the_newest_bar_advances_without_a_reload(
                    ADVANCE_S, f"a newer bar on {backend}'s Market screen")  # fmt: skip
         wait_until(lambda s=symbol, b=backend: (latest_bar(s) or first[b]) > first[b],
                    30, f"a newer bar on {backend}'s Symbol screen")  # fmt: skip
-    assert len(browser.pages) == 4  # no page was reloaded or opened anew
+    assert len(browser.pages) == opened + 4  # no page was reloaded or opened anew
     # ... and the charts are real chart elements in the DOM: a candle and a
     # volume bar per bar, four panels, the session VWAP line drawn.
     for backend, (market, symbol) in pages.items():
@@ -357,29 +387,4 @@ def test_figures_on_the_page_equal_pandas_over_the_stored_rows(
         assert shown_metrics["Decliners"] == str(int((pct < 0).sum())), backend
         assert (pct > 0).any() and (pct < 0).any()
         page.close()
-    assert browser.console == []
-
-
-def alerts(page: Any) -> list[str]:
-    page.wait_for_selector("[data-testid=stAlert]", timeout=30_000)
-    time.sleep(1.5)  # a refresh later: still one message, nothing else
-    assert page.locator("[data-testid=stException]").count() == 0
-    assert "Traceback" not in page.inner_text("body")
-    shown = page.locator("[data-testid=stAlert]").all_inner_texts()
-    page.close()
-    return shown
-
-
-def test_empty_lake_unreachable_database_and_unknown_symbol_show_one_message(
-    live_market: LiveMarket, browser: Browser
-) -> None:
-    empty = alerts(browser.new_page(f"{live_market.urls['empty']}/?screen=market"))
-    down = alerts(browser.new_page(f"{live_market.urls['down']}/?screen=symbol"))
-    unknown = alerts(browser.new_page(f"{live_market.urls['lake']}/?screen=symbol&symbol=NOPE"))
-
-    assert len(empty) == 1 and "has no 1-minute bars yet" in empty[0]
-    assert len(down) == 1 and down[0].startswith("cannot reach Postgres at postgresql://postgres@")
-    assert live_market.server.password not in down[0]
-    assert len(unknown) == 1 and unknown[0].startswith("no 1m bars for NOPE in the lake")
-    browser.close_pages()
     assert browser.console == []
