@@ -256,6 +256,25 @@ def alerts(page: Any) -> list[str]:
     return shown
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on `port` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
+def test_the_dashboard_listens_on_127_0_0_1_unless_told_otherwise(
+    live_market: LiveMarket,
+) -> None:
+    port = int(live_market.urls["lake"].rsplit(":", 1)[1])
+
+    assert listening_addresses(port) == {"127.0.0.1"}
+
+
 # First, while the live flow's first bar is still to come:
 def test_empty_lake_unreachable_database_and_unknown_symbol_show_one_message(
     live_market: LiveMarket, browser: Browser

@@ -479,6 +479,11 @@ class PostgresMarket:
                 f"cannot reach Postgres at {self.target.where}: {self.target.reason(exc)}; "
                 "is the server up? The page tries again at every refresh"
             ) from None
+        except psycopg.Error as exc:  # anything else the server says, scrubbed
+            self.close()
+            raise UserError(
+                f"Postgres at {self.target.where} refused a query: {self.target.reason(exc)}"
+            ) from None
 
     def _sql(self, text: str, **tables: str) -> Any:
         from psycopg import sql
