@@ -124,19 +124,23 @@ class PostgresTarget:
         password = conninfo_to_dict(self.dsn).get("password") or os.environ.get("PGPASSWORD")
         return (str(password),) if password else ()
 
-    def open(self, autocommit: bool = False) -> psycopg.Connection[Any]:
+    def open(
+        self, autocommit: bool = False, timeout_s: int = CONNECT_TIMEOUT_S
+    ) -> psycopg.Connection[Any]:
         """A connection; psycopg's errors propagate."""
         return psycopg.connect(
             self.dsn,
             autocommit=autocommit,
-            connect_timeout=CONNECT_TIMEOUT_S,
+            connect_timeout=timeout_s,
             application_name=APPLICATION_NAME,
         )
 
-    def connect(self, autocommit: bool = False) -> psycopg.Connection[Any]:
+    def connect(
+        self, autocommit: bool = False, timeout_s: int = CONNECT_TIMEOUT_S
+    ) -> psycopg.Connection[Any]:
         """A connection, or a UserError naming the problem (never the password)."""
         try:
-            return self.open(autocommit)
+            return self.open(autocommit, timeout_s)
         except psycopg.Error as exc:
             reason = self.reason(exc)
             hint = (

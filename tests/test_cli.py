@@ -175,7 +175,16 @@ SHOWN_BY: dict[tuple[str, str], frozenset[str]] = {
     ("connectors/kafka/source.py", "_TickTopicPartition._check_end"): frozenset({"run"}),
     **{
         (f"dataflows/bench/{m}.py", "*"): frozenset({"bench"})
-        for m in ("scenarios", "harness", "baselines", "kafka", "soak", "lake", "backfill1m")
+        for m in (
+            "scenarios",
+            "harness",
+            "baselines",
+            "kafka",
+            "soak",
+            "lake",
+            "backfill1m",
+            "dashboard",
+        )
     },
     # bench_kafka calls replay_ticks without a speed: only `replay` can show the --speed check.
     ("dataflows/replay.py", "replay_ticks"): frozenset({"replay"}),
@@ -184,7 +193,9 @@ SHOWN_BY: dict[tuple[str, str], frozenset[str]] = {
     # Only `run` serves metrics (demo loads no environment, backfill turns them off).
     ("dataflows/core/metrics.py", "serve"): frozenset({"run"}),
     ("dataflows/report/page.py", "write_report"): frozenset({"report"}),
-    ("dataflows/report/page.py", "_require_resolution"): frozenset({"report"}),
+    ("dataflows/report/page.py", "require_resolution"): frozenset({"report"}),
+    ("dataflows/cli/dashboard.py", "_check_port"): frozenset({"dashboard"}),
+    ("dataflows/testing/servers.py", "postgres_server"): frozenset({"bench"}),
     # The recovery texts need a recovery store: only `run` has one.
     ("dataflows/runner.py", "execute"): frozenset({"run"}),
     ("dataflows/testing/servers.py", "tansu_broker"): frozenset({"bench"}),

@@ -207,7 +207,8 @@ from dataflows.cli.main import cli, _register_commands
 _register_commands()
 result = CliRunner().invoke(cli, {args!r})
 assert result.exit_code in (0, 2), result.output
-heavy = [m for m in ("bytewax", "dataflows.pipeline", "dataflows.stages", "prometheus_client")
+heavy = [m for m in ("bytewax", "dataflows.pipeline", "dataflows.stages", "prometheus_client",
+                     "streamlit", "plotly")
          if m in sys.modules]
 print(",".join(heavy))
 """
@@ -215,7 +216,14 @@ print(",".join(heavy))
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["config"], ["db", "init", "--help"], ["run", "--help"], ["backfill", "--help"]],
+    [
+        ["--help"],
+        ["config"],
+        ["db", "init", "--help"],
+        ["run", "--help"],
+        ["backfill", "--help"],
+        ["dashboard", "--help"],
+    ],
 )
 def test_help_and_config_commands_import_neither_bytewax_nor_the_pipeline(args):
     out = subprocess.run(

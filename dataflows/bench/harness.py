@@ -53,6 +53,9 @@ class BenchOptions:
     backfill_days: int = 10
     backfill_keep: str | None = None  # keep the CSV and last repeat's outputs here
     backfill_rollups: bool = False  # stockflow also rolls the minutes up (default resolutions)
+    dashboard_symbols: int = 500
+    dashboard_browser: bool = True  # also time the first render in headless Chromium
+    pg_dsn: str | None = None  # the dashboard scenario's Postgres (default: a throwaway one)
 
 
 def rss_mb() -> float:
@@ -191,6 +194,23 @@ def render(r: dict[str, Any]) -> str:
             f"lake p50 {r['p50_s']} s, p99 {r['p99_s']} s after window end + "
             f"{r['lateness_s']:g} s lateness ({r['bars']} bars)"
         )
+    if s == "dashboard":
+        lines = [f"{s:<10} {r['symbols']:,} symbols x {r['bars_per_day']} 1m bars (loaded in "
+                 f"{r['load_seconds']} s)"]  # fmt: skip
+        for backend in ("postgres", "lake"):
+            for screen in ("market", "symbol"):
+                f = r[backend][screen]
+                lines.append(
+                    f"{'':<10} {backend:<8} {screen:<6} first render {f['first_render_s']:.2f} s, "
+                    f"refresh {f['refresh_s']:.2f} s (max {f['refresh_max_s']:.2f} s)"
+                    + (f", cold {f['cold_s']:.2f} s" if "cold_s" in f else "")
+                    + (
+                        f", in Chromium {f['browser_first_render_s']:.2f} s"
+                        if "browser_first_render_s" in f
+                        else ""
+                    )
+                )
+        return "\n".join(lines)
     return json.dumps(r)
 
 

@@ -61,6 +61,11 @@ repeats; seeds are fixed and sizes come from flags. Scenarios:
     A watcher notes when each 1-minute bar appears in ``silver/bars_1m``;
     the figure is how long after its window closed plus the allowed
     lateness (p50/p99 over ticks, i.e. bars weighted by their trades).
+``dashboard``
+    ``--dashboard-symbols`` symbols with a full day of 1-minute bars in a
+    lake and in Postgres (``--pg-dsn``, else a throwaway cluster): the
+    Market and Symbol screens' first render and refresh times from each,
+    in Streamlit's headless harness (:mod:`dataflows.bench.dashboard`).
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ from dataflows.bench.baselines import (
     child_gold_baseline,
     child_kafka_raw,
 )
+from dataflows.bench.dashboard import child_dashboard, dashboard_scenario
 from dataflows.bench.harness import (
     BenchOptions,
     Comparison,
@@ -119,6 +125,7 @@ SCENARIOS = (
     "symbols10k",
     "latency",
     "lake",
+    "dashboard",
 )
 # What `stockflow bench` runs without --scenario: the soak and the paced
 # latency run take minutes by design, so they run only when asked for;
@@ -915,6 +922,13 @@ def _latency_scenario(opts: BenchOptions, data: Path | None) -> Result:
     )
 
 
+def _dashboard_scenario(opts: BenchOptions, data: Path | None) -> Result:
+    figures = dashboard_scenario(
+        opts.dashboard_symbols, opts.seed, opts.pg_dsn, opts.dashboard_browser
+    )
+    return Result("dashboard", figures)
+
+
 # ---------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------
@@ -938,6 +952,7 @@ CHILDREN: dict[str, Callable[..., dict[str, Any]]] = {
     "process_of_cluster": _child_process_of_cluster,
     "symbols10k": _child_symbols10k,
     "latency_pipeline": _child_latency_pipeline,
+    "dashboard_screens": child_dashboard,
 }
 
 
@@ -1003,6 +1018,7 @@ def run_scenario(
         "latency": _latency_scenario,
         "lake": _lake_scenario,
         "backfill1m": backfill1m_scenario,
+        "dashboard": _dashboard_scenario,
     }
     if scenario not in runners:
         raise UserError(f"unknown scenario {scenario!r}; use {', '.join(SCENARIOS)}")

@@ -25,6 +25,7 @@ from dataflows.cli.main import cli
             "symbols10k",
             "latency",
             "lake",
+            "dashboard",
         ]
     ),
     help="Scenario(s) to run (default: file, gold, backfill, kafka, processes).",
@@ -76,6 +77,14 @@ from dataflows.cli.main import cli
     is_flag=True,
     help="backfill1m: stockflow also rolls the minutes up to 5m/15m/1h/1d (the baseline does not).",
 )
+@click.option("--dashboard-symbols", default=500, show_default=True, help="Symbols (dashboard).")
+@click.option(
+    "--dashboard-browser/--no-dashboard-browser",
+    default=True,
+    show_default=True,
+    help="Also time the first render in headless Chromium (dashboard).",
+)
+@click.option("--pg-dsn", help="Postgres for the dashboard scenario (default: start one).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def bench(scenarios: tuple[str, ...], as_json: bool, **flags: Any) -> None:
     """Measure stockflow against baselines run in the same invocation."""

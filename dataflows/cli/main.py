@@ -113,6 +113,7 @@ _COMMAND_MODULES = (
     "dataflows.cli.backfill",
     "dataflows.cli.report",
     "dataflows.cli.lake",
+    "dataflows.cli.dashboard",
 )
 
 

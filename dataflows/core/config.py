@@ -409,7 +409,36 @@ OPTIONS: tuple[Option, ...] = (
         "finnhub.ws_url",
         "Finnhub websocket endpoint",
     ),
+    # stockflow dashboard
+    Option(
+        "dashboard_backend",
+        "STOCKFLOW_DASHBOARD_BACKEND",
+        "dashboard.backend",
+        "what the dashboard reads: auto (Postgres when pg_dsn is set, else the lake) | lake "
+        "| postgres",
+    ),
+    Option(
+        "dashboard_address",
+        "STOCKFLOW_DASHBOARD_ADDRESS",
+        "dashboard.address",
+        "address the dashboard listens on (0.0.0.0 to serve other hosts)",
+    ),
+    Option("dashboard_port", "STOCKFLOW_DASHBOARD_PORT", "dashboard.port", "dashboard port"),
+    Option(
+        "dashboard_refresh_s",
+        "STOCKFLOW_DASHBOARD_REFRESH_S",
+        "dashboard.refresh_s",
+        "seconds between the dashboard's refreshes",
+    ),
+    Option(
+        "dashboard_metrics_url",
+        "STOCKFLOW_DASHBOARD_METRICS_URL",
+        "dashboard.metrics_url",
+        "a run's metrics endpoint for the Pipeline screen (http://host:9100/metrics)",
+    ),
 )
+
+DASHBOARD_BACKENDS = ("auto", "lake", "postgres")
 
 SECRETS = tuple(o.name for o in OPTIONS if o.secret)
 
@@ -480,6 +509,11 @@ class Settings:
     finnhub_calls_per_minute: int = 60
     finnhub_api_url: str | None = None
     finnhub_ws_url: str = "wss://ws.finnhub.io"
+    dashboard_backend: str = "auto"
+    dashboard_address: str = "127.0.0.1"
+    dashboard_port: int = 8501
+    dashboard_refresh_s: float = 5.0
+    dashboard_metrics_url: str | None = None
     gold: GoldConfig = field(default_factory=GoldConfig)
     origin: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -612,7 +646,14 @@ class Settings:
             raise bad("finnhub_calls_per_minute", "must be between 1 and 100000")
         if not self.finnhub_symbols:
             raise bad("finnhub_symbols", "name at least one symbol")
+        if self.dashboard_backend not in DASHBOARD_BACKENDS:
+            raise bad("dashboard_backend", f"use one of {', '.join(DASHBOARD_BACKENDS)}")
+        if not 1 <= self.dashboard_port <= 65535:
+            raise bad("dashboard_port", "must be between 1 and 65535")
+        if not 0.5 <= self.dashboard_refresh_s <= 3600:
+            raise bad("dashboard_refresh_s", "must be between 0.5 and 3600 seconds")
         for name, schemes in (
+            ("dashboard_metrics_url", ("http://", "https://")),
             ("finnhub_api_url", ("http://", "https://")),
             ("finnhub_ws_url", ("ws://", "wss://")),
             ("s3_endpoint", ("http://", "https://")),
@@ -672,6 +713,7 @@ def _toml_values(path: Path, data: Mapping[str, Any]) -> dict[str, Any]:
         "postgres",
         "snowflake",
         "finnhub",
+        "dashboard",
     )
     unknown = sorted(set(data) - {*sections, "indicators", "signals"})
     if unknown:

@@ -343,7 +343,9 @@ def _compact(n: float) -> str:
 def _trading_days(bars: pd.DataFrame) -> pd.DataFrame:
     frame = bars[["symbol", "start", "close", "volume"]].copy()
     frame["start"] = pd.to_datetime(frame["start"], utc=True)
-    frame["trade_date"] = frame["start"].dt.tz_convert("UTC").dt.date
+    # Days as UTC midnights (datetime64, not date objects: a vectorised
+    # group key for the hundreds of thousands of bars of a whole market).
+    frame["trade_date"] = frame["start"].dt.tz_convert("UTC").dt.floor("D")
     return frame
 
 
@@ -366,6 +368,7 @@ def volatility_from_bars(bars_1m: pd.DataFrame, days: int = 1) -> pd.DataFrame:
         price_std=("close", "std"),
     )
     out["price_std_pct"] = 100 * out["price_std"] / out["avg_price"].where(out["avg_price"] != 0)
+    out["trade_date"] = out["trade_date"].dt.date
     return out.sort_values("symbol").reset_index(drop=True)
 
 

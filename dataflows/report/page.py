@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -110,12 +111,77 @@ def _has(lake: Lake, table: str) -> bool:
     return _open(lake, table) is not None
 
 
+def has_table(lake: Lake, table: str) -> bool:
+    """Whether `table` is a Delta table of `lake` with rows."""
+    return _has(lake, table)
+
+
+# A data file's date partition in a path relative to the table (a Delta
+# table's dataset) or absolute.
+_DATE_DIR = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
+
+
+def partition_date(path: str) -> str | None:
+    """The date partition (``YYYY-MM-DD``) a data file's path names, if any."""
+    m = _DATE_DIR.search(path.replace("\\", "/"))
+    return m[1] if m else None
+
+
+def date_partitions(dataset: Any) -> list[str]:
+    """A dataset's date partitions (from its files' paths), newest first."""
+    found = {d for f in dataset.files if (d := partition_date(f))}
+    return sorted(found, reverse=True)
+
+
+def latest_rows(
+    dataset: Any, symbols: Sequence[str], rows: int, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Each symbol's newest `rows` rows of a table's dataset
+    (``Lake.dataset``), reading date partitions newest first in growing
+    chunks until every symbol has enough."""
+    dates = date_partitions(dataset)
+    wanted = set(symbols)
+    counts: dict[str, int] = {}
+    parts: list[pd.DataFrame] = []
+    i, chunk = 0, 1
+    while i < len(dates) and wanted:
+        days = dates[i : i + chunk]
+        i, chunk = i + chunk, chunk * 2
+        table = dataset.to_table(
+            filter=ds.field("date").isin(days) & ds.field("symbol").isin(sorted(wanted)),
+            columns=columns,
+        )
+        if not table.num_rows:
+            continue
+        frame = table.to_pandas()
+        parts.append(frame)
+        for symbol, n in frame["symbol"].value_counts().items():
+            counts[symbol] = counts.get(symbol, 0) + int(n)
+        wanted = {s for s in wanted if counts.get(s, 0) < rows}
+    if not parts:
+        return pd.DataFrame(columns=columns or [])
+    frame = pd.concat(parts, ignore_index=True).sort_values(["symbol", "start"])
+    return frame.groupby("symbol", group_keys=False).tail(rows).reset_index(drop=True)
+
+
+def recent_bars(lake: Lake, table: str, days: int = KPI_DATES) -> tuple[pd.DataFrame, list[str]]:
+    """``symbol, start, close, volume`` of the table's latest `days` date
+    partitions (what the ``kpi`` and ``volatility`` figures need), and
+    those dates, newest first."""
+    opened = _open(lake, table)
+    if opened is None:
+        return pd.DataFrame(columns=["symbol", "start", "close", "volume"]), []
+    dates = opened.dates[:days]
+    frame = opened.rows(dates, columns=["symbol", "start", "close", "volume"]).to_pandas()
+    return frame, dates
+
+
 def lake_resolutions(lake: Lake) -> list[str]:
     """The resolutions the lake has indicators (charts) of, in time order."""
     return [r for r in RESOLUTIONS if _has(lake, LakeTables.indicators_of(r))]
 
 
-def _require_resolution(lake: Lake, resolution: str) -> None:
+def require_resolution(lake: Lake, resolution: str) -> None:
     if _has(lake, LakeTables.indicators_of(resolution)):
         return
     have = lake_resolutions(lake)
@@ -173,7 +239,7 @@ def load_report_data(
         their latest day.
     :arg bars: bars per chart (the newest).
     """
-    _require_resolution(lake, resolution)
+    require_resolution(lake, resolution)
     # The views are defined on 1-minute bars; a lake without them (a backfill
     # of daily or hourly bars) gets the same figures from the chosen bars.
     kpi_resolution = "1m" if _has(lake, LakeTables.bars) else resolution

@@ -17,84 +17,93 @@
 --                   as regular
 --   change          price - previous_close
 --   change_pct      100 * change / previous_close
+--
+-- Every step walks the key (symbol, start): the symbols one index probe
+-- each, then per symbol its newest bar, its newest regular minute and the
+-- daily bar before it, so the view reads a few bars per symbol however long
+-- the history is.
 create or replace view {{schema}}.kpi as
 
-with
+with recursive
 
-bars_ranked as (
+symbols as (
 
-    select
-        symbol,
-        start,
-        close,
-        session,
-        row_number() over (partition by symbol order by start desc) as bars_back
-
+    select min(symbol) as symbol
     from {{schema}}.bars_1m
+
+    union all
+
+    select (
+        select min(later.symbol)
+        from {{schema}}.bars_1m as later
+        where later.symbol > symbols.symbol
+    )
+    from symbols
+    where symbols.symbol is not null
 
 ),
 
 latest_bars as (
 
     select
-        symbol,
-        start,
-        close,
-        session
+        symbols.symbol,
+        latest.start,
+        latest.close,
+        latest.session
 
-    from bars_ranked
-    where bars_back = 1
+    from symbols
+    cross join lateral (
+        select bars.start, bars.close, bars.session
+        from {{schema}}.bars_1m as bars
+        where bars.symbol = symbols.symbol
+        order by bars.start desc
+        limit 1
+    ) as latest
+    where symbols.symbol is not null
 
 ),
 
 last_regular_minutes as (
 
     select
-        bars.symbol,
-        max(bars.start) as start
+        latest_bars.symbol,
+        regular.start
 
-    from {{schema}}.bars_1m as bars
-    inner join latest_bars
-        on bars.symbol = latest_bars.symbol
-        and bars.start <= latest_bars.start
-    where coalesce(bars.session, 'regular') = 'regular'
-    group by bars.symbol
-
-),
-
-regular_days as (
-
-    select
-        symbol,
-        start,
-        "end",
-        close
-
-    from {{schema}}.bars_1d
-    where coalesce(session, 'regular') = 'regular'
+    from latest_bars
+    cross join lateral (
+        select bars.start
+        from {{schema}}.bars_1m as bars
+        where bars.symbol = latest_bars.symbol
+            and bars.start <= latest_bars.start
+            and coalesce(bars.session, 'regular') = 'regular'
+        order by bars.start desc
+        limit 1
+    ) as regular
 
 ),
 
-previous_days_ranked as (
+previous_days as (
 
     select
         latest_bars.symbol,
-        regular_days.close,
-        row_number() over (
-            partition by latest_bars.symbol
-            order by regular_days.start desc
-        ) as days_back
+        previous.close
 
     from latest_bars
     left join last_regular_minutes
         on latest_bars.symbol = last_regular_minutes.symbol
-    inner join regular_days
-        on latest_bars.symbol = regular_days.symbol
-        and case
-            when latest_bars.session in ('pre', 'closed')
-                then regular_days.start <= latest_bars.start
-            else regular_days."end" <= last_regular_minutes.start
-        end
+    cross join lateral (
+        select days.close
+        from {{schema}}.bars_1d as days
+        where days.symbol = latest_bars.symbol
+            and coalesce(days.session, 'regular') = 'regular'
+            and case
+                when latest_bars.session in ('pre', 'closed')
+                    then days.start <= latest_bars.start
+                else days."end" <= last_regular_minutes.start
+            end
+        order by days.start desc
+        limit 1
+    ) as previous
 
 ),
 
@@ -104,15 +113,14 @@ final as (
         latest_bars.symbol,
         latest_bars.start as as_of,
         latest_bars.close as price,
-        previous_days_ranked.close as previous_close,
-        latest_bars.close - previous_days_ranked.close as change,
-        100 * (latest_bars.close - previous_days_ranked.close)
-            / nullif(previous_days_ranked.close, 0) as change_pct
+        previous_days.close as previous_close,
+        latest_bars.close - previous_days.close as change,
+        100 * (latest_bars.close - previous_days.close)
+            / nullif(previous_days.close, 0) as change_pct
 
     from latest_bars
-    left join previous_days_ranked
-        on latest_bars.symbol = previous_days_ranked.symbol
-        and previous_days_ranked.days_back = 1
+    left join previous_days
+        on latest_bars.symbol = previous_days.symbol
 
 )
 

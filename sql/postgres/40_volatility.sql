@@ -12,46 +12,72 @@
 --   price_std      sample standard deviation of the close (absolute, in
 --                  price units; null with a single bar)
 --   price_std_pct  price_std relative to avg_price, in percent
+--
+-- Walks the key (symbol, start): one probe per symbol for its newest bar,
+-- then a range of that day's bars, so earlier days are never read.
 create or replace view {{schema}}.volatility as
 
-with
+with recursive
 
-bars as (
+symbols as (
 
-    select
-        symbol,
-        close,
-        volume,
-        (start at time zone 'UTC')::date as trade_date
-
+    select min(symbol) as symbol
     from {{schema}}.bars_1m
-    where coalesce(session, 'regular') = 'regular'
+
+    union all
+
+    select (
+        select min(later.symbol)
+        from {{schema}}.bars_1m as later
+        where later.symbol > symbols.symbol
+    )
+    from symbols
+    where symbols.symbol is not null
 
 ),
 
 latest_days as (
 
     select
-        symbol,
-        max(trade_date) as trade_date
+        symbols.symbol,
+        date_trunc('day', latest.start, 'UTC') as day_start
 
-    from bars
-    group by symbol
+    from symbols
+    cross join lateral (
+        select bars.start
+        from {{schema}}.bars_1m as bars
+        where bars.symbol = symbols.symbol
+            and coalesce(bars.session, 'regular') = 'regular'
+        order by bars.start desc
+        limit 1
+    ) as latest
+    where symbols.symbol is not null
 
 ),
 
-latest_day_bars as (
+latest_day_figures as (
 
     select
-        bars.symbol,
-        bars.trade_date,
-        bars.close,
-        bars.volume
+        latest_days.symbol,
+        (latest_days.day_start at time zone 'UTC')::date as trade_date,
+        day.bars,
+        day.volume,
+        day.avg_price,
+        day.price_std
 
-    from bars
-    inner join latest_days
-        on bars.symbol = latest_days.symbol
-        and bars.trade_date = latest_days.trade_date
+    from latest_days
+    cross join lateral (
+        select
+            count(*) as bars,
+            sum(day_bars.volume) as volume,
+            avg(day_bars.close) as avg_price,
+            stddev_samp(day_bars.close) as price_std
+        from {{schema}}.bars_1m as day_bars
+        where day_bars.symbol = latest_days.symbol
+            and day_bars.start >= latest_days.day_start
+            and day_bars.start < latest_days.day_start + interval '1 day'
+            and coalesce(day_bars.session, 'regular') = 'regular'
+    ) as day
 
 ),
 
@@ -60,14 +86,13 @@ final as (
     select
         symbol,
         trade_date,
-        count(*) as bars,
-        sum(volume) as volume,
-        avg(close) as avg_price,
-        stddev_samp(close) as price_std,
-        100 * stddev_samp(close) / nullif(avg(close), 0) as price_std_pct
+        bars,
+        volume,
+        avg_price,
+        price_std,
+        100 * price_std / nullif(avg_price, 0) as price_std_pct
 
-    from latest_day_bars
-    group by symbol, trade_date
+    from latest_day_figures
 
 )
 
