@@ -79,7 +79,7 @@ def stored_bars(run: PgRun, backend: str, resolution: str = "1m") -> pd.DataFram
 
 def day_changes(bars: pd.DataFrame) -> pd.DataFrame:
     """Per symbol: the last close, the previous trading day's last close and
-    the % change (pandas, the views' definition)."""
+    the % change (pandas; the lake backend's and the report's definition)."""
     bars = bars.assign(day=bars["start"].dt.date)
     closes = bars.groupby(["symbol", "day"])["close"].last().reset_index()
     out = []
@@ -91,6 +91,35 @@ def day_changes(bars: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).set_index("symbol")
 
 
+def session_day_changes(run: PgRun) -> pd.DataFrame:
+    """Per symbol: the last close and its % change against the previous
+    trading day's regular-session close, in pandas over the stored 1-minute
+    and daily bars (the Postgres ``kpi`` view's definition, issue 18: a
+    daily bar counts once its day lies before the latest regular minute;
+    for a latest bar in the pre-market or a closed session, once it started
+    before that bar)."""
+    minutes = stored_bars(run, "postgres")
+    days = stored_bars(run, "postgres", "1d")
+    days = days[days["session"].fillna("regular") == "regular"]
+    out = []
+    for symbol, bars in minutes.groupby("symbol"):
+        last = bars.iloc[-1]
+        regular = bars[bars["session"].fillna("regular") == "regular"]
+        mine = days[days["symbol"] == symbol]
+        if last["session"] in ("pre", "closed"):
+            mine = mine[mine["start"] <= last["start"]]
+        elif not regular.empty:
+            mine = mine[pd.to_datetime(mine["end"], utc=True) <= regular["start"].max()]
+        else:
+            mine = mine.iloc[0:0]
+        previous = mine.sort_values("start")["close"].iloc[-1] if len(mine) else None
+        pct = None if previous is None else 100 * (last["close"] - previous) / previous
+        out.append(
+            {"symbol": symbol, "day": last["start"].date(), "price": last["close"], "pct": pct}
+        )
+    return pd.DataFrame(out).set_index("symbol")
+
+
 # --- Market ---------------------------------------------------------------------------
 
 
@@ -98,8 +127,13 @@ def day_changes(bars: pd.DataFrame) -> pd.DataFrame:
 def test_market_cards_and_summary_equal_pandas_on_the_stored_bars(
     pg_gold_run: PgRun, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Arrange
-    expected = day_changes(stored_bars(pg_gold_run, backend))
+    # Arrange: the lake backend (as `stockflow report`) compares with the
+    # previous UTC day's last close; Postgres' views follow the calendar.
+    expected = (
+        day_changes(stored_bars(pg_gold_run, backend))
+        if backend == "lake"
+        else session_day_changes(pg_gold_run)
+    )
     latest_day = expected["day"].max()
     today = expected[expected["day"] == latest_day]
 
@@ -143,6 +177,8 @@ def test_market_treemap_has_a_tile_per_symbol_sized_by_its_latest_day_volume(
     pg_gold_run: PgRun, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bars = stored_bars(pg_gold_run, backend).assign(day=lambda f: f["start"].dt.date)
+    if backend == "postgres":  # the volatility view: the latest regular session's minutes
+        bars = bars[bars["session"].fillna("regular") == "regular"]
     last_day = bars.groupby("symbol")["day"].transform("max")
     volume = bars[bars["day"] == last_day].groupby("symbol")["volume"].sum()
 

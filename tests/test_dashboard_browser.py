@@ -146,7 +146,15 @@ def live_market(
     write_ticks(seed / "yesterday.csv", yesterday, YESTERDAY_CLOSE, 3600)
     opening = {s: p for s, p in zip(SYMBOLS, (189.5, 374.0, 248.0, 475.0), strict=True)}
     write_ticks(seed / "today.csv", now - timedelta(minutes=8), opening, 300)
-    sinks = {"sinks": "parquet,postgres", "pg_dsn": pg_server.dsn, "pg_schema": schema}
+    # The symbols trade around the clock (24/7 calendar): the test runs at
+    # any hour and on any day, and each UTC day is a trading session, so
+    # the views' previous close and latest session are pandas' UTC days.
+    sinks = {
+        "sinks": "parquet,postgres",
+        "pg_dsn": pg_server.dsn,
+        "pg_schema": schema,
+        "calendar": "24/7",
+    }
     for day in ("yesterday", "today"):  # in time order: one run would take them in parallel
         source = f"file:{seed / f'{day}.csv'}"
         run(Settings.load(env={}, source=source, lake=str(lake), bounded=True, **sinks))
@@ -156,7 +164,7 @@ def live_market(
         "run", "--source", "synthetic", "--live", "--sink", "parquet,postgres",
         "--lake", str(lake), "--metrics-port", str(metrics_port), "--lateness", "1",
         env={**pg_env, "STOCKFLOW_SYNTHETIC_SYMBOLS": ",".join(SYMBOLS),
-             "STOCKFLOW_MAX_FILE_AGE_S": "1"},
+             "STOCKFLOW_COMMIT_INTERVAL_S": "1", "STOCKFLOW_CALENDAR": "24/7"},
         log=root / "flow.log",
     )  # fmt: skip
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
