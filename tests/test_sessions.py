@@ -600,3 +600,29 @@ def test_session_vwap_of_crypto_restarts_at_utc_midnight(real_data, run_pipeline
     np.testing.assert_allclose(got["vwap_session"], expected, rtol=1e-9)
     midnight = got.loc[pd.Timestamp("2021-01-09 00:00", tz="UTC")]
     assert midnight["vwap_session"] == pytest.approx(midnight["vwap"], rel=1e-12)
+
+
+def test_session_tables_are_cached_on_disk_and_a_damaged_entry_is_rebuilt(tmp_path, monkeypatch):
+    """The session table of a calendar (and the list of calendar names) is
+    kept under STOCKFLOW_CACHE_DIR: a second process reads it instead of
+    importing exchange-calendars (~0.7 s); the answers are the same, and a
+    damaged file is rebuilt."""
+    import numpy as np
+
+    from dataflows.core import sessions
+    from dataflows.core.config import Settings
+
+    monkeypatch.setenv("STOCKFLOW_CACHE_DIR", str(tmp_path))
+    config = Settings.load(env={}).calendar_config()
+    ts = np.array([1381240000000000, 1381290000000000, 1385600000000000], np.int64)
+    fresh = sessions.SessionTable("XNYS", config).lookup(ts)
+    (cached,) = (tmp_path / "sessions").glob("XNYS-*.npz")
+
+    again = sessions.SessionTable("XNYS", config).lookup(ts)
+    cached.write_bytes(b"not an npz file")
+    rebuilt = sessions.SessionTable("XNYS", config).lookup(ts)
+
+    for got in (again, rebuilt):
+        assert np.array_equal(got[0], fresh[0]) and np.array_equal(got[1], fresh[1])
+    sessions.check_calendar("XNYS")  # the names list is cached too
+    assert list((tmp_path / "sessions").glob("names-*.txt"))

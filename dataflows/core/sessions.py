@@ -27,9 +27,12 @@ at 13:00 New York), and the post-market end (``post_hours`` after the close:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from datetime import time
+from pathlib import Path
 
 import numpy as np
 
@@ -86,13 +89,59 @@ def check_calendar(name: str) -> None:
     """A UserError unless `name` is ``24/7`` or a known exchange calendar."""
     if name == ALWAYS_OPEN:
         return
-    import exchange_calendars as xc  # lazy: ~0.2 s to import
-
-    if name not in xc.get_calendar_names(include_aliases=True):
+    if name not in _calendar_names():
         raise UserError(
             f"unknown market calendar {name!r}; use 24/7 or an exchange-calendars name "
             "such as XNYS, XNAS, XLON, XETR, XTKS"
         )
+
+
+def _calendar_names() -> frozenset[str]:
+    """The exchange-calendars names and aliases, from the cache when it has
+    this library version's list (importing the library takes ~0.5 s)."""
+    root = _cache_root()
+    library = _library_version()
+    cached = None if root is None or library is None else root / f"names-xc{library}.txt"
+    if cached is not None and cached.exists():
+        with contextlib.suppress(OSError):
+            return frozenset(cached.read_text().split())
+    import exchange_calendars as xc
+
+    names = frozenset(xc.get_calendar_names(include_aliases=True))
+    if cached is not None:
+        with contextlib.suppress(OSError):
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text("\n".join(sorted(names)))
+            os.replace(tmp, cached)
+    return names
+
+
+def _library_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("exchange_calendars")
+    except Exception:  # noqa: BLE001 - no metadata: no cache
+        return None
+
+
+def _cache_root() -> Path | None:
+    root = os.environ.get("STOCKFLOW_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stockflow"
+    )
+    return Path(root) / "sessions"
+
+
+def _cache_file(name: str, lo: int, hi: int, config: CalendarConfig) -> Path | None:
+    """Where the session table of `name` for years [lo, hi] is cached: keyed
+    by the exchange-calendars version and the extended-hours settings
+    (``STOCKFLOW_CACHE_DIR``, default ``~/.cache/stockflow``)."""
+    library, root = _library_version(), _cache_root()
+    if library is None or root is None:
+        return None
+    key = f"{name}-{lo}-{hi}-{config.pre_start:%H%M}-{config.post_hours}-xc{library}"
+    return root / (key.replace("/", "_") + ".npz")
 
 
 class SessionTable:
@@ -107,6 +156,29 @@ class SessionTable:
         self._lo = self._hi = 0  # years covered: [lo, hi]
 
     def _build(self, lo: int, hi: int) -> None:
+        cached = _cache_file(self.name, lo, hi, self._config)
+        if cached is not None and cached.exists():
+            try:
+                with np.load(cached) as saved:
+                    self._edges, self._days = saved["edges"], saved["days"]
+                self._lo, self._hi = lo, hi
+                return
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache entry: build it again
+        self._compute(lo, hi)
+        if cached is not None:
+            # Importing exchange-calendars and building a calendar costs
+            # ~0.7 s per process, more than a day's ticks take to process;
+            # the result depends only on the key of the file name.
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
+                np.savez(tmp, edges=self._edges, days=self._days)
+                os.replace(tmp, cached)
+            except OSError:
+                pass  # a read-only home: no cache, same result
+
+    def _compute(self, lo: int, hi: int) -> None:
         import exchange_calendars as xc
         import pandas as pd
 
