@@ -44,7 +44,7 @@ def test_finnhub_settings_come_from_the_environment_and_the_toml_file(tmp_path):
 
 
 def test_every_stockflow_environment_name_the_code_reads_is_a_setting():
-    # The code reads STOCKFLOW_* names only through Settings (and these two
+    # The code reads STOCKFLOW_* names only through Settings (and these
     # process-level switches, documented in the README).
     import re
     from pathlib import Path
@@ -57,5 +57,6 @@ def test_every_stockflow_environment_name_the_code_reads_is_a_setting():
         "STOCKFLOW_CONFIG",
         "STOCKFLOW_FAULT",
         "STOCKFLOW_REAL_DATA",
+        "STOCKFLOW_CACHE_DIR",  # where calendars are cached: a place, not a setting of a run
     }
     assert read <= known, sorted(read - known)
