@@ -197,35 +197,6 @@ def require_resolution(lake: Lake, resolution: str) -> None:
     )
 
 
-def _latest(
-    table: _Table | None, symbols: Sequence[str], rows: int, columns: list[str] | None = None
-) -> pd.DataFrame:
-    """Each symbol's newest `rows` rows, reading date partitions newest
-    first in growing chunks until every symbol has enough."""
-    dates = table.dates if table is not None else []
-    wanted = set(symbols)
-    counts: dict[str, int] = {}
-    parts: list[pd.DataFrame] = []
-    i, chunk = 0, 1
-    while i < len(dates) and wanted:
-        days = dates[i : i + chunk]
-        i, chunk = i + chunk, chunk * 2
-        found = table.rows(  # type: ignore[union-attr]
-            days, filter=ds.field("symbol").isin(sorted(wanted)), columns=columns
-        )
-        if not found.num_rows:
-            continue
-        frame = found.to_pandas()
-        parts.append(frame)
-        for symbol, n in frame["symbol"].value_counts().items():
-            counts[symbol] = counts.get(symbol, 0) + int(n)
-        wanted = {s for s in wanted if counts.get(s, 0) < rows}
-    if not parts:
-        return pd.DataFrame(columns=columns or [])
-    frame = pd.concat(parts, ignore_index=True).sort_values(["symbol", "start"])
-    return frame.groupby("symbol", group_keys=False).tail(rows).reset_index(drop=True)
-
-
 def load_report_data(
     lake: Lake,
     symbols: Sequence[str] = (),
@@ -263,7 +234,8 @@ def load_report_data(
             f"no bars for {', '.join(unknown)} in the lake's latest {len(recent_dates)} days "
             f"at {lake.url}; symbols there: {', '.join(kpi['symbol']) or '(none)'}"
         )
-    indicators = _latest(_open(lake, LakeTables.indicators_of(resolution)), chosen, bars)
+    # require_resolution found the indicators table
+    indicators = latest_rows(lake.dataset(LakeTables.indicators_of(resolution)), chosen, bars)
     data = ReportData(lake.url, resolution, kpi, volatility, kpi_resolution, volatility_days)
     signal_rows = pd.DataFrame()
     signals = _open(lake, LakeTables.signals)
