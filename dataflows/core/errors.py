@@ -11,7 +11,8 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import Any
 
 
 class UserError(Exception):
@@ -82,51 +83,104 @@ def _is_panic_noise(line: str, in_backtrace: bool) -> bool:
     return in_backtrace and (stripped[:1].isdigit() or stripped.startswith("at ") or not stripped)
 
 
+class _PanicFilter:
+    """The process's one stderr filter: fd 2 (where Rust writes) goes through
+    a pipe whose pump drops panic noise and passes every other line on.
+
+    fd 2 is process-wide, so flows running at once in several threads share
+    one filter, installed by the first and removed by the last. (Each flow
+    swapping fd 2 on its own left it a pipe to a dead pump when the flows
+    ended out of order, and Bytewax's next write to stderr then panicked with
+    "failed printing to stderr: Broken pipe".)
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _saved = -1
+    _pump: threading.Thread | None = None
+    _fault_file: Any = None
+    _had_faulthandler = False
+
+    @classmethod
+    def enter(cls) -> None:
+        with cls._lock:
+            cls._users += 1
+            if cls._users == 1:
+                cls._install()
+
+    @classmethod
+    def exit(cls) -> None:
+        with cls._lock:
+            cls._users -= 1
+            if cls._users == 0:
+                cls._remove()
+
+    @classmethod
+    def _install(cls) -> None:
+        import faulthandler
+
+        sys.stderr.flush()
+        cls._saved = os.dup(_STDERR)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, _STDERR)
+        os.close(write_fd)
+        # The pump owns its own copy of the real stderr and the pipe's read
+        # end: it drains until the last writer is gone, whatever the caller
+        # does meanwhile, so fd 2 is never a pipe without a reader.
+        cls._pump = threading.Thread(target=_pump, args=(read_fd, os.dup(cls._saved)), daemon=True)
+        cls._pump.start()
+        # A fatal error (abort, segfault) kills the pump with the process:
+        # its Python stacks go straight to the real stderr instead.
+        cls._fault_file = os.fdopen(os.dup(cls._saved), "w")
+        cls._had_faulthandler = faulthandler.is_enabled()
+        faulthandler.enable(file=cls._fault_file, all_threads=True)
+
+    @classmethod
+    def _remove(cls) -> None:
+        import faulthandler
+
+        faulthandler.disable()
+        if cls._had_faulthandler:
+            faulthandler.enable()
+        cls._fault_file.close()
+        sys.stderr.flush()
+        os.dup2(cls._saved, _STDERR)  # closes the pipe's last writer: the pump ends
+        os.close(cls._saved)
+        if cls._pump is not None:
+            cls._pump.join(timeout=5)
+        cls._pump = None
+
+
+_STDERR = 2
+
+
+def _pump(read_fd: int, out_fd: int) -> None:
+    in_backtrace = False
+    with os.fdopen(read_fd, "r", errors="replace") as pipe, os.fdopen(out_fd, "wb", 0) as out:
+        for line in pipe:
+            noise = _is_panic_noise(line, in_backtrace)
+            in_backtrace = noise and (in_backtrace or line.startswith("stack backtrace:"))
+            if not noise:
+                with suppress(OSError):  # the real stderr is gone: keep draining
+                    out.write(line.encode())
+
+
 @contextmanager
 def quiet_worker_panics() -> Iterator[None]:
     """Hide the Rust panic report Bytewax prints when a worker raises.
 
     The exception itself still reaches Python (and the CLI turns a
     UserError into one line); everything else written to stderr meanwhile is
-    passed through as it comes.
+    passed through as it comes. Safe to nest and to use from several threads
+    at once (see :class:`_PanicFilter`).
     """
     try:
-        stderr_fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured)
+        os.fstat(_STDERR)
+    except OSError:  # no stderr at all
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(stderr_fd)
-    read_fd, write_fd = os.pipe()
-    os.dup2(write_fd, stderr_fd)
-    os.close(write_fd)
-
-    def pump() -> None:
-        in_backtrace = False
-        with os.fdopen(read_fd, "r", errors="replace") as pipe:
-            for line in pipe:
-                noise = _is_panic_noise(line, in_backtrace)
-                in_backtrace = noise and (in_backtrace or line.startswith("stack backtrace:"))
-                if not noise:
-                    os.write(saved, line.encode())
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    # A fatal error (abort, segfault) kills the pump with the process: its
-    # Python stacks go straight to the real stderr instead.
-    import faulthandler
-
-    fault_file = os.fdopen(os.dup(saved), "w")
-    had_faulthandler = faulthandler.is_enabled()
-    faulthandler.enable(file=fault_file, all_threads=True)
+    _PanicFilter.enter()
     try:
         yield
     finally:
-        faulthandler.disable()
-        if had_faulthandler:
-            faulthandler.enable()
-        fault_file.close()
-        sys.stderr.flush()
-        os.dup2(saved, stderr_fd)  # closes the pipe's last writer: pump ends
-        thread.join(timeout=5)
-        os.close(saved)
+        _PanicFilter.exit()
