@@ -99,6 +99,14 @@ def sort_bars(table: pa.Table) -> pa.Table:
     return table.select(cols).sort_by([("symbol", "ascending"), ("start", "ascending")])
 
 
+def process_output(out: str, tail: int = 3000) -> str:
+    """What a failed child process printed, for an assertion message: its
+    fatal-error report whole (signal, thread stacks) if it has one, else its
+    last `tail` characters."""
+    fatal = out.find("Fatal Python error")
+    return out[fatal : fatal + 12_000] if fatal >= 0 else out[-tail:]
+
+
 @pytest.fixture()
 def run_pipeline(tmp_path: Path):
     """Run the pipeline in-process on `source` into a fresh local lake."""

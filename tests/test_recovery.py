@@ -23,7 +23,7 @@ from dataflows.core.config import Settings
 from dataflows.replay import replay_ticks
 from dataflows.runner import run
 from dataflows.stages.bars import BarConfig
-from tests.conftest import ROOT, read_table, sort_bars
+from tests.conftest import ROOT, process_output, read_table, sort_bars
 from tests.fixtures_postgres import pg_connect
 
 BAR_KEY = ["symbol", "start"]
@@ -129,7 +129,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
         nth = rng.randint(2, 9)
         proc = _stockflow(args, {**env, "STOCKFLOW_FAULT": f"{point}:{nth}"})
         out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == -signal.SIGKILL, out[-2000:]
+        assert proc.returncode == -signal.SIGKILL, process_output(out, 2000)
         kills.append(f"at {point} #{nth}")
     # More at random moments while it works, then a run to the end.
     finished = False
@@ -138,7 +138,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
         delay = rng.uniform(1.0, 3.0)
         try:
             out, _ = proc.communicate(timeout=delay)
-            assert proc.returncode == 0, out[-2000:]
+            assert proc.returncode == 0, process_output(out, 2000)
             finished = True
             break
         except subprocess.TimeoutExpired:
@@ -148,7 +148,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing_in_any_sink(
     if not finished:
         proc = _stockflow(args, env)
         out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out[-2000:]
+        assert proc.returncode == 0, process_output(out, 2000)
     assert len(kills) >= 4, kills
     print("kills:", kills)
 
@@ -250,7 +250,7 @@ def test_s3_outage_mid_run_is_retried_and_loses_nothing(
         assert time.monotonic() - down_at >= 10
     finally:
         proxy.close()
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, process_output(out)
     assert "retrying" in out  # it really hit the outage
     _assert_bars_equal(
         read_table(lake, "silver/bars_1m", s3_server.endpoint),
@@ -321,13 +321,13 @@ def test_restart_after_downtime_longer_than_a_bar_builds_the_same_bars(
     # a good part of the day is left for the restarted run.
     first = _stockflow(args, {**env, "STOCKFLOW_FAULT": "lake_write:25"})
     out, _ = first.communicate(timeout=300)
-    assert first.returncode == -signal.SIGKILL, out[-2000:]
+    assert first.returncode == -signal.SIGKILL, process_output(out, 2000)
     assert list(lake.rglob("part-*.parquet"))  # it got far: 24 tick files written
     time.sleep(DOWNTIME_S)
     second = _stockflow(args, env)
     out, _ = second.communicate(timeout=300)
 
-    assert second.returncode == 0, out[-2000:]
+    assert second.returncode == 0, process_output(out, 2000)
     assert read_table(lake, "bronze/late_ticks").num_rows == 0
     _assert_bars_equal(
         read_table(lake, "silver/bars_1m"), read_table(reference, "silver/bars_1m"), "bars"
@@ -404,7 +404,7 @@ def test_kafka_broker_outage_mid_run_loses_nothing(real_data, s3_server, tmp_pat
         time.sleep(3)  # the broker is unreachable
         proxy.start()
         out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out[-3000:]
+        assert proc.returncode == 0, process_output(out)
 
         _assert_bars_equal(
             read_table(lake, "silver/bars_1m"), read_table(reference, "silver/bars_1m"), "bars"
@@ -491,7 +491,7 @@ def test_a_lake_that_stops_taking_writes_ends_the_run_in_one_line_not_an_abort(
     proc = _stockflow(args, env)
     out, _ = proc.communicate(timeout=300)
 
-    assert proc.returncode == 2, out[-3000:]
+    assert proc.returncode == 2, process_output(out)
     errors = [line for line in out.splitlines() if line.startswith("stockflow: error:")]
-    assert len(errors) == 1 and "injected fault at lake_write" in errors[0], out[-3000:]
+    assert len(errors) == 1 and "injected fault at lake_write" in errors[0], process_output(out)
     assert "Traceback" not in out and "panicked" not in out
