@@ -185,7 +185,7 @@ def test_db_init_twice_creates_every_table_and_view(pg_server):
 
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
-    assert "16 objects" in second.stdout
+    assert "18 objects" in second.stdout  # the schema, 11 tables, 5 views, an index
     with pg_connect(pg_server.dsn) as conn:
         kinds = dict(
             conn.execute(
@@ -196,6 +196,7 @@ def test_db_init_twice_creates_every_table_and_view(pg_server):
         )
     assert {n for n, k in kinds.items() if k == "BASE TABLE"} == set(TABLES)
     assert {n for n, k in kinds.items() if k == "VIEW"} == {
+        "bar_symbols",
         "kpi",
         "candlestick",
         "volatility",

@@ -138,3 +138,41 @@ def test_kpi_of_a_known_market(pg_server, crafted_schema):
     assert by_symbol["EEE"] == (5.0, None, None, None)
     bars_1m, bars_1d, _ = crafted_frames()
     assert_frame_matches(got, expected_kpi(bars_1m, bars_1d))
+
+
+def test_bar_symbols_is_every_symbol_of_the_minute_bars_once(pg_gold_run, lake_frames):
+    got = query(pg_gold_run.server.dsn, f"select symbol from {pg_gold_run.schema}.bar_symbols")
+
+    assert [row[0] for row in got] == sorted(set(lake_frames["bars_1m"]["symbol"]))
+
+
+def test_the_signal_feed_reads_buys_and_sells_by_time_not_every_hold(pg_server):
+    """The dashboard's feed (newest buy/sell rows across symbols since a day)
+    on a table of 200,000 holds and 200 buys: the plan walks the partial
+    index signals_actionable_start, never the table's holds."""
+    schema = pg_server.new_schema("feed")
+    settings = Settings.load(env={}, pg_dsn=pg_server.dsn, pg_schema=schema)
+    init_database("postgres", settings)
+    with pg_connect(pg_server.dsn) as conn:
+        conn.execute(
+            f"insert into {schema}.signals "
+            "select 'S' || (n % 500), '1m', timestamptz '2024-01-02' + n * interval '1 second',"
+            " case when n % 1000 = 0 then 'buy' else 'hold' end, 0, '{}', '', false "
+            "from generate_series(1, 200000) as n"
+        )
+        conn.execute(f"analyze {schema}.signals")
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                f"explain select symbol, start, signal from {schema}.signals "
+                "where start >= '2024-01-02' and signal <> 'hold' order by start desc limit 50"
+            )
+        )
+        newest = conn.execute(
+            f"select start from {schema}.signals where start >= '2024-01-02'"
+            " and signal <> 'hold' order by start desc limit 3"
+        ).fetchall()
+
+    assert "signals_actionable_start" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert len(newest) == 3 and newest[0][0] > newest[1][0] > newest[2][0]

@@ -420,15 +420,9 @@ class LakeMarket:
 
 # --- Postgres -----------------------------------------------------------------------
 
-# The symbols of bars_1m as a loose index scan over its key (symbol, start):
+# The symbols of bars_1m: the bar_symbols view walks its key (symbol, start),
 # one index probe per symbol instead of reading every bar.
-_SYMBOLS_CTE = (
-    "with recursive s as ("
-    "  select min(symbol) as symbol from {bars}"
-    "  union all"
-    "  select (select min(symbol) from {bars} b where b.symbol > s.symbol)"
-    "  from s where s.symbol is not null) "
-)
+_SYMBOLS_CTE = "with s as (select symbol from {symbols}) "
 
 
 class PostgresMarket:
@@ -511,7 +505,7 @@ class PostgresMarket:
                 "  where g.symbol = s.symbol and g.resolution = '1m' and g.signal <> 'hold'"
                 "    and g.start >= %s"
                 "  order by g.start desc limit 1) l",
-                bars="bars_1m",
+                symbols="bar_symbols",
                 signals="signals",
             ),
             (day.to_pydatetime(),),
@@ -525,7 +519,7 @@ class PostgresMarket:
                 "  select reasons from {signals} g"
                 "  where g.symbol = s.symbol and g.resolution = '1m' and g.start >= %s"
                 "    and cardinality(g.reasons) > 0) c",
-                bars="bars_1m",
+                symbols="bar_symbols",
                 signals="signals",
             ),
             (day.to_pydatetime(),),
@@ -550,11 +544,7 @@ class PostgresMarket:
         return MarketView(kpi, market_summary(kpi, golden, death), volatility, feed)
 
     def symbols(self) -> list[str]:
-        found = self._query(
-            self._sql(
-                _SYMBOLS_CTE + "select symbol from s where symbol is not null", bars="bars_1m"
-            )
-        )
+        found = self._query(self._sql("select symbol from {symbols}", symbols="bar_symbols"))
         return found["symbol"].tolist()
 
     def resolutions(self) -> list[str]:

@@ -18,28 +18,17 @@
 --   change          price - previous_close
 --   change_pct      100 * change / previous_close
 --
--- Every step walks the key (symbol, start): the symbols one index probe
+-- Every step walks the key (symbol, start): the symbols (bar_symbols) one index probe
 -- each, then per symbol its newest bar, its newest regular minute and the
 -- daily bar before it, so the view reads a few bars per symbol however long
 -- the history is.
 create or replace view {{schema}}.kpi as
 
-with recursive
+with
 
 symbols as (
 
-    select min(symbol) as symbol
-    from {{schema}}.bars_1m
-
-    union all
-
-    select (
-        select min(later.symbol)
-        from {{schema}}.bars_1m as later
-        where later.symbol > symbols.symbol
-    )
-    from symbols
-    where symbols.symbol is not null
+    select symbol from {{schema}}.bar_symbols
 
 ),
 
@@ -59,7 +48,6 @@ latest_bars as (
         order by bars.start desc
         limit 1
     ) as latest
-    where symbols.symbol is not null
 
 ),
 

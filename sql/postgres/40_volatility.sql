@@ -17,22 +17,11 @@
 -- then a range of that day's bars, so earlier days are never read.
 create or replace view {{schema}}.volatility as
 
-with recursive
+with
 
 symbols as (
 
-    select min(symbol) as symbol
-    from {{schema}}.bars_1m
-
-    union all
-
-    select (
-        select min(later.symbol)
-        from {{schema}}.bars_1m as later
-        where later.symbol > symbols.symbol
-    )
-    from symbols
-    where symbols.symbol is not null
+    select symbol from {{schema}}.bar_symbols
 
 ),
 
@@ -51,7 +40,6 @@ latest_days as (
         order by bars.start desc
         limit 1
     ) as latest
-    where symbols.symbol is not null
 
 ),
 
