@@ -1049,6 +1049,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
                 and (not extra or all(self._log.version_of(a) is not None for a in extra))
             ):
                 return  # the earlier attempt landed; its answer was lost
+            faults.point("lake_log")  # before the log entry: nothing committed
             self._log.commit(schema, actions, versions)
 
         start = time.perf_counter()
@@ -1100,7 +1101,8 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
             # partitions while it unwinds, and a second error then aborts the
             # process. Commit nothing more; a rerun or resume writes the rest.
             if not self._skip and not self._failed:
-                self._commit_pending(final=True)
+                with self._sink.stats.closing():
+                    self._commit_pending(final=True)
         finally:
             self._sink.encoders.release()
 

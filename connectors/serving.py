@@ -90,10 +90,11 @@ class _ServingPartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
         return None
 
     def close(self) -> None:
-        try:
-            self._flush()
-        finally:
-            self._writer.close()
+        with self._sink.stats.closing():
+            try:
+                self._flush()
+            finally:
+                self._writer.close()
 
     def _flush(self) -> None:
         # After a failure the flow is stopping: never write (or fail) again

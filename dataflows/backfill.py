@@ -190,9 +190,10 @@ class _StagingPartition(StatelessSinkPartition[Any]):
         self._writer.write_table(rows, row_group_size=rows.num_rows)
 
     def close(self) -> None:
-        self._flush()
-        if self._writer is not None:
-            self._writer.close()
+        with self._stats.closing():
+            self._flush()
+            if self._writer is not None:
+                self._writer.close()
 
 
 class StagingSink(DynamicSink[Any]):
@@ -374,7 +375,7 @@ def _execute_with_progress(
         ticker = threading.Thread(target=_progress_loop, args=(progress, stop), daemon=True)
         ticker.start()
     try:
-        execute(flow, settings, recovery=False, metrics=False)
+        execute(flow, settings, stats=progress.stats, recovery=False, metrics=False)
     finally:
         stop.set()
         if ticker is not None:

@@ -135,6 +135,8 @@ def execute(
                 epoch_interval=epoch_interval(settings),
                 recovery_config=recovery_config(settings) if recovery else None,
             )
+        if stats is not None:
+            stats.raise_close_failure()
     except (Exception, KeyboardInterrupt) as exc:
         user_error = find_user_error(exc)
         if user_error is not None:

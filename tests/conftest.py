@@ -101,10 +101,10 @@ def sort_bars(table: pa.Table) -> pa.Table:
 
 def process_output(out: str, tail: int = 3000) -> str:
     """What a failed child process printed, for an assertion message: its
-    fatal-error report whole (signal, thread stacks) if it has one, else its
-    last `tail` characters."""
+    fatal-error report whole (signal, thread stacks) and the `tail` characters
+    before it if it has one, else its last `tail` characters."""
     fatal = out.find("Fatal Python error")
-    return out[fatal : fatal + 12_000] if fatal >= 0 else out[-tail:]
+    return out[max(0, fatal - tail) : fatal + 12_000] if fatal >= 0 else out[-tail:]
 
 
 @pytest.fixture()

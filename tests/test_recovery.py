@@ -474,24 +474,28 @@ def test_a_recovery_store_of_other_partitions_is_refused_in_one_line(real_data, 
 
 
 @pytest.mark.parametrize("recovery", [False, True])
+@pytest.mark.parametrize("fault", ["lake_write:2", "lake_log:1"])
 def test_a_lake_that_stops_taking_writes_ends_the_run_in_one_line_not_an_abort(
-    real_data, tmp_path, recovery
+    real_data, tmp_path, recovery, fault
 ):
-    """A write that fails for good (injected: PermissionError from the 2nd
-    file write on) stops the flow; while Bytewax unwinds it closes every sink
-    partition, and a second failure there would abort the interpreter (Rust:
-    "panic in a destructor during cleanup"). The failed writer commits
-    nothing more: the run ends in one line and exit 2."""
+    """A write or commit that fails for good (injected: PermissionError from
+    the 2nd file write, or from the first commit's log entry, on) stops the flow; while
+    Bytewax unwinds it closes every sink partition, and a second failure
+    there would abort the interpreter (Rust: "panic in a destructor during
+    cleanup"). The failed writer commits nothing more, and the other tables'
+    writers, whose final commits fail too, keep their failure for the runner:
+    the run ends in one line and exit 2."""
     args = ["run", "--source", f"file:{real_data / 'ticks' / 'SPY_20131008.csv.gz'}"]
     args += ["--lake", str(tmp_path / "lake")]
     if recovery:
         args += ["--recovery-dir", str(tmp_path / "recovery")]
-    env = {"STOCKFLOW_FAULT": "lake_write:2:raise", "STOCKFLOW_MAX_ROWS_PER_FILE": "20000"}
+    env = {"STOCKFLOW_FAULT": f"{fault}:raise", "STOCKFLOW_MAX_ROWS_PER_FILE": "20000"}
 
     proc = _stockflow(args, env)
     out, _ = proc.communicate(timeout=300)
 
     assert proc.returncode == 2, process_output(out)
     errors = [line for line in out.splitlines() if line.startswith("stockflow: error:")]
-    assert len(errors) == 1 and "injected fault at lake_write" in errors[0], process_output(out)
+    point = fault.split(":")[0]
+    assert len(errors) == 1 and f"injected fault at {point}" in errors[0], process_output(out)
     assert "Traceback" not in out and "panicked" not in out

@@ -111,6 +111,32 @@ class RunStats:
         self.lake_skipped_rows: Counter[str] = Counter()
         self.serving: dict[str, ServingStats] = {}
         self.sink_writes: dict[str, SinkWrites] = {}
+        self.close_failures: list[Exception] = []
+
+    # --- sinks closing -----------------------------------------------------------
+
+    @contextmanager
+    def closing(self) -> Iterator[None]:
+        """Around a sink partition's last flush or commit (its ``close``).
+
+        Bytewax closes every partition while it unwinds from a failure
+        anywhere in the flow, and an exception raised there aborts the
+        process ("panic in a destructor during cleanup"; e.g. a Kafka sink
+        partition flushing the producer another partition saw fail). So a
+        close never raises: its failure is kept here, and the runner raises it
+        once Bytewax has returned, or leaves it behind the failure that
+        stopped the flow.
+        """
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - kept and raised by the runner
+            with self.lock:
+                self.close_failures.append(exc)
+
+    def raise_close_failure(self) -> None:
+        """The first failure a sink met while closing, if any."""
+        if self.close_failures:
+            raise self.close_failures[0]
 
     # --- the data path (once per batch) ---------------------------------------
 
