@@ -288,6 +288,34 @@ def test_a_failed_delivery_raises_instead_of_being_dropped():
         producer.flush(timeout=10)
 
 
+def test_a_partition_closing_after_another_failed_keeps_the_error_for_the_runner():
+    """Sink partitions share one producer. Once one has failed (an undelivered
+    message), Bytewax closes the others while it unwinds, and their flush
+    meets the same failure: raised there, it aborted the process ("panic in a
+    destructor during cleanup"). It is kept for the runner instead."""
+    from connectors.kafka.sink import KafkaTopicSink
+    from dataflows.core.stats import RunStats
+
+    settings = Settings.load(env={}, kafka_brokers=f"127.0.0.1:{free_port()}")
+    stats = RunStats()
+    sink = KafkaTopicSink(
+        settings, "bars.1m", lambda t: [(b"IBM", b"{}", None)], 2, flush_timeout_s=10, stats=stats
+    )
+    sink.producer_config["message.timeout.ms"] = 300
+    failing, other = sink.build_part("out", "0000", None), sink.build_part("out", "0001", None)
+    deadline = time.monotonic() + 30
+    with pytest.raises(KafkaDeliveryError):  # the message times out: nothing listens there
+        while time.monotonic() < deadline:
+            failing.write_batch([pa.table({"x": [1]})])
+            time.sleep(0.2)
+    failing.close()
+    other.close()  # must not raise
+
+    assert [type(e) for e in stats.close_failures] == [KafkaDeliveryError]
+    with pytest.raises(KafkaDeliveryError):
+        stats.raise_close_failure()
+
+
 def test_kafka_config_passes_security_settings_through_and_redacts_the_password():
     settings = Settings.load(
         env={

@@ -141,10 +141,13 @@ class _KafkaTopicSinkPartition(StatefulSinkPartition[pa.Table, None]):
         if not self._closed:
             self._closed = True
             try:
-                # After a failure the flow is stopping: a second error while
-                # Bytewax unwinds would abort the process.
+                # After a failure the flow is stopping: this partition flushes
+                # nothing more. Another partition sharing the producer may
+                # have failed: its error comes back from this flush, and is
+                # kept for the runner instead of raised (see RunStats.closing).
                 if not self._failed:
-                    self._producer.flush(self._sink.flush_timeout_s)
+                    with self._sink.stats.closing():
+                        self._producer.flush(self._sink.flush_timeout_s)
             finally:
                 self._sink.producers.release(self._sink.producer_config)
 
