@@ -411,23 +411,28 @@ def _create_with_files(lake: Lake, table: str, staged: Any) -> None:
     schema = reader.schema
     file_schema = pa.schema([f for f in schema if f.name != DATE])
 
-    def write(date: str, rows: pa.Table) -> Any:
+    order = [("symbol", "ascending"), (col, "ascending")]
+
+    def write(date: str, rows: pa.Table, ordered: bool = False) -> Any:
         rows = rows.select(file_schema.names).cast(file_schema)
-        rows = rows.sort_by([("symbol", "ascending"), (col, "ascending")])
+        if not ordered:
+            rows = rows.sort_by(order)
         return _write_date_file(lake, root, date, rows, now_ms, written)
 
     try:
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stockflow-load") as pool:
             if _staged_bytes(staged) <= _IN_MEMORY_STAGED_BYTES:
-                every = reader.read_all()
-                every = every.sort_by([(DATE, "ascending")])
+                # One sort by (date, symbol, time): each date's slice is then
+                # in file order already (one gather of the rows, not two).
+                every = reader.read_all().sort_by([(DATE, "ascending"), *order])
                 dates = every.column(DATE).to_numpy(zero_copy_only=False)
                 edges = [0, *(np.flatnonzero(dates[1:] != dates[:-1]) + 1).tolist(), len(dates)]
                 jobs = [
-                    pool.submit(write, str(dates[a]), every.slice(a, b - a))
+                    pool.submit(write, str(dates[a]), every.slice(a, b - a), True)
                     for a, b in zip(edges, edges[1:], strict=False)
                     if b > a
                 ]
+                del every  # each job holds its own slice
                 adds = [job.result() for job in jobs]
             else:
                 with tempfile.TemporaryDirectory(prefix="stockflow-load-") as spread:
@@ -435,6 +440,10 @@ def _create_with_files(lake: Lake, table: str, staged: Any) -> None:
                         reader,
                         spread,
                         format="parquet",
+                        # local, read once: plain pages (as the staging's)
+                        file_options=ds.ParquetFileFormat().make_write_options(
+                            compression="none", use_dictionary=False, write_statistics=False
+                        ),
                         partitioning=ds.partitioning(
                             pa.schema([(DATE, pa.string())]), flavor="hive"
                         ),
@@ -484,10 +493,10 @@ def _write_date_file(
     import pyarrow.parquet as pq
     from deltalake.transaction import AddAction
 
-    from connectors.lake import delta_stats, parquet_options
+    from connectors.lake import delta_stats
 
     buffer = pa.BufferOutputStream()
-    pq.write_table(rows, buffer, row_group_size=ROW_GROUP_ROWS, **parquet_options(rows, "zstd"))
+    pq.write_table(rows, buffer, row_group_size=ROW_GROUP_ROWS, **_load_file_options(rows))
     data = buffer.getvalue()
     name = f"{DATE}={date}/part-load-{uuid.uuid4().hex}.parquet"
     if not lake.is_s3:
@@ -497,6 +506,32 @@ def _write_date_file(
     written.append(name)
     meta = pq.read_metadata(pa.BufferReader(data))
     return AddAction(name, len(data), {DATE: date}, now_ms, True, delta_stats(meta))
+
+
+# Columns whose sample of this many rows holds at most a quarter distinct
+# values get a dictionary.
+_DICTIONARY_SAMPLE_ROWS = 4_096
+
+
+def _load_file_options(rows: pa.Table) -> dict[str, Any]:
+    """The sink's Parquet settings (zstd, statistics of the key columns),
+    with dictionaries only for columns that repeat their values (symbol,
+    session, signal, score): a dictionary of nearly distinct values (prices,
+    indicators, a signal's summary) is built only to be dropped, and made a
+    date's gold file ~5x slower to write and ~25 % larger."""
+    from connectors.lake import parquet_options
+
+    options = parquet_options(rows, "zstd")
+    sample = rows.slice(0, _DICTIONARY_SAMPLE_ROWS)
+    keep = []
+    for name in options["use_dictionary"]:
+        values = sample.column(name.split(".", 1)[0])
+        if pa.types.is_list(values.type):
+            values = pc.list_flatten(values)
+        if pc.count_distinct(values).as_py() * 4 <= max(len(values), 1):
+            keep.append(name)
+    options["use_dictionary"] = keep
+    return options
 
 
 def append_rows(lake: Lake, table: str, staged: Any, target_file_mb: int) -> int:
