@@ -435,7 +435,9 @@ def _create_with_files(lake: Lake, table: str, staged: Any) -> None:
 
     try:
         groups = _date_groups(staged, col, _IN_MEMORY_STAGED_BYTES)
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stockflow-load") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="stockflow-load"
+        ) as pool:
             if len(groups) <= 1:
                 adds = write_group(pool, reader.read_all())
             else:

@@ -435,6 +435,11 @@ def run_backfill(
         plan = _plan(settings, run_settings, req, progress)
         seconds = _execute_with_progress(plan.flow, settings, progress, show_progress)
         if "parquet" in settings.sinks:
+            # The flow's buffers are free now; Arrow's allocator keeps freed
+            # pages for reuse unless told: hand them back before the commit
+            # allocates its own (peak RSS is the flow's or the commit's,
+            # not their sum).
+            pa.default_memory_pool().release_unused()
             spec = ReplaceSpec(req.symbols, req.start, req.end, plan.resolutions)
             written = commit_backfill(lake, Lake(staging_url), spec, settings.lake_target_file_mb)
     finally:
