@@ -7,10 +7,14 @@ without a zone are read as UTC (the summary says so). Rows are validated
 (finite prices > 0, ``low <= open, close <= high``, volume >= 0, no duplicate
 ``(symbol, start)``); bad rows become reject records with ``file:line``.
 
-Each file is read whole, sorted by ``(symbol, start)`` and emitted in
-batches, so every symbol's bars reach the gold stage in time order; files of
-one series (same name but for dates) are read in date order, one partition
-per series. Exactly-once with recovery: the snapshot is (file, row).
+A file up to 32 MB is read whole, sorted by ``(symbol, start)`` and emitted
+in batches; a larger one is streamed in blocks and spread by symbol over
+local spill files, each sorted and emitted in turn (memory stays flat
+whatever the file's length; symbols come in another order, each symbol's
+bars still together and in time order). Either way every symbol's bars
+reach the gold stage in time order; files of one series (same name but for
+dates) are read in date order, one partition per series. Exactly-once with
+recovery: the snapshot is (file, bars emitted of it).
 
 Bars enter unchanged, in session form: intraday bars get the ``session`` of
 the symbol's market calendar (``pre``, ``regular``, ``post`` or ``closed``;
