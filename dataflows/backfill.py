@@ -152,6 +152,16 @@ class BackfillSummary:
 
 # Rows per row group of a staged file.
 _STAGED_GROUP_ROWS = 65_536
+# Staged files live on local disk and are read once, by the commit: plain
+# pages without dictionaries, compression or statistics write ~5x faster
+# than lz4 with dictionaries (nearly every indicator value is distinct, so
+# a dictionary is built only to be dropped) and read ~3x faster; they take
+# ~2x the disk of lz4 (~400 bytes a gold row).
+_STAGED_OPTIONS: dict[str, Any] = {
+    "compression": "none",
+    "use_dictionary": False,
+    "write_statistics": False,
+}
 
 
 class _StagingPartition(StatelessSinkPartition[Any]):
@@ -186,7 +196,7 @@ class _StagingPartition(StatelessSinkPartition[Any]):
         self._queued, self._rows = [], 0
         if self._writer is None:
             os.makedirs(os.path.dirname(self._path), exist_ok=True)
-            self._writer = pq.ParquetWriter(self._path, rows.schema, compression="lz4")
+            self._writer = pq.ParquetWriter(self._path, rows.schema, **_STAGED_OPTIONS)
         self._writer.write_table(rows, row_group_size=rows.num_rows)
 
     def close(self) -> None:
@@ -426,6 +436,11 @@ def run_backfill(
         plan = _plan(settings, run_settings, req, progress)
         seconds = _execute_with_progress(plan.flow, settings, progress, show_progress)
         if "parquet" in settings.sinks:
+            # The flow's buffers are free now; Arrow's allocator keeps freed
+            # pages for reuse unless told: hand them back before the commit
+            # allocates its own (peak RSS is the flow's or the commit's,
+            # not their sum).
+            pa.default_memory_pool().release_unused()
             spec = ReplaceSpec(req.symbols, req.start, req.end, plan.resolutions)
             written = commit_backfill(lake, Lake(staging_url), spec, settings.lake_target_file_mb)
     finally:

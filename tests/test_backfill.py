@@ -601,3 +601,61 @@ def test_minute_bar_files_are_rolled_up_and_minutes_out_of_order_are_rejected(re
     assert set(rejects["reason_code"]) == {"bad_timestamp"}
     bars_1m = read_table(tmp_path / "lake", "silver/bars_1m")
     assert bars_1m.num_rows == len(days["20131008"])
+
+
+def test_a_large_bar_file_is_streamed_with_the_same_bars_and_rejects(tmp_path, monkeypatch):
+    """A bar file over the whole-file size is read a block at a time and
+    spread by symbol over spill files: each symbol's bars arrive in time
+    order, and the bars and rejects are those pandas finds in the file
+    (bad values out, a repeated (symbol, start) rejected after its first)."""
+    import pyarrow as pa
+
+    import connectors.bar_files as bar_files
+    from dataflows.bench.backfill1m import write_bar_csv
+
+    path = tmp_path / "bars.csv"
+    write_bar_csv(path, 7, 2, seed=5)
+    lines = path.read_text().splitlines()
+    rng = np.random.default_rng(11)
+    body = lines[1:]
+    for i in sorted(rng.choice(len(body), 15, replace=False).tolist(), reverse=True):
+        body.insert(i + 1, body[i])  # a duplicate right after
+    for i in rng.choice(len(body), 9, replace=False).tolist():
+        cells = body[i].split(",")
+        cells[5] = "-3"  # close below zero
+        body[i] = ",".join(cells)
+    path.write_text("\n".join([lines[0], *body]) + "\n")
+    # Several blocks, several spill files
+    monkeypatch.setattr(bar_files, "_WHOLE_FILE_BYTES", 0)
+    monkeypatch.setattr(bar_files, "_BLOCK_BYTES", 64 << 10)
+    monkeypatch.setattr(bar_files, "_SPILL_BUCKET_BYTES", 100 << 10)
+
+    out = list(bar_files.stream_bar_file(path, "1m", None, None, None, None, batch_size=1_000))
+    bars = pa.concat_tables([b.bars for b, _ in out]).to_pandas()
+    rejects = pa.concat_tables([b.rejects for b, _ in out]).to_pylist()
+
+    raw = pd.read_csv(path)
+    raw["line"] = np.arange(len(raw)) + 2
+    bad = raw["close"] <= 0
+    dup = raw.duplicated(["symbol", "timestamp"], keep="first")
+    assert {int(r["position"].rpartition(":")[2]) for r in rejects} == set(
+        raw.loc[bad | dup, "line"]
+    )
+    assert all(
+        r["reason_code"] == "duplicate"
+        for r in rejects
+        if int(r["position"].rpartition(":")[2]) in set(raw.loc[dup & ~bad, "line"])
+    )
+    want = raw[~bad & ~dup].copy()
+    want["start"] = pd.to_datetime(want["timestamp"], utc=True)
+    want = want.sort_values(["symbol", "start"], ignore_index=True)
+    got = bars.sort_values(["symbol", "start"], ignore_index=True)
+    assert len(got) == len(want) > 0
+    assert (got["symbol"] == want["symbol"]).all() and (got["start"] == want["start"]).all()
+    for col in ("open", "high", "low", "close", "volume"):
+        assert (got[col].to_numpy() == want[col].to_numpy(dtype=float)).all(), col
+    # each symbol's bars in time order as they arrive, each symbol in one run
+    runs = bars["symbol"].ne(bars["symbol"].shift()).cumsum()
+    assert runs.max() == bars["symbol"].nunique()
+    assert bars.groupby("symbol")["start"].apply(lambda s: s.is_monotonic_increasing).all()
+    assert len(list((tmp_path).iterdir())) == 1  # the spill files are gone

@@ -199,7 +199,7 @@ SHOWN_BY: dict[tuple[str, str], frozenset[str]] = {
     # The recovery texts need a recovery store: only `run` has one.
     ("dataflows/runner.py", "execute"): frozenset({"run"}),
     ("dataflows/testing/servers.py", "tansu_broker"): frozenset({"bench"}),
-    ("connectors/bar_files.py", "load_bar_file"): frozenset({"backfill"}),
+    ("connectors/bar_files.py", "_check"): frozenset({"backfill"}),
     ("connectors/files.py", "inspect_tick_file"): frozenset({"run", "backfill", "replay", "bench"}),
     ("connectors/files.py", "_Chain.__init__"): frozenset({"run"}),
     ("dataflows/producer.py", "FinnhubProducer.__init__"): frozenset({"produce"}),

@@ -28,7 +28,11 @@ session (09:30-16:00 New York) of the first full XNYS sessions from
 2024-03-04, which cross the switch to daylight saving time (2024-03-10).
 
 The figures are bars/s each side (wall clock), their ratio and each side's
-peak RSS; ``--backfill-keep DIR`` keeps the CSV and the last repeat's lake
+peak RSS. Then (``--backfill-growth N``, 10 by default) our side runs once
+more on a CSV of the same generator and seed with N times the days (the
+same symbol count): its peak RSS against the repeats' median says how
+the backfill's memory grows with the history's length (issue 19: under
++20 % at 10x). ``--backfill-keep DIR`` keeps the CSV and the last repeat's lake
 and baseline output there for inspection (the tests compare them).
 """
 
@@ -41,7 +45,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -204,22 +207,48 @@ def child_backfill1m_baseline(args: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+# Spawns the measured command, waits for it and writes its wall-clock seconds
+# and peak RSS to the file named by argv[1]. Linux counts the memory of a
+# process before its exec in its peak RSS (a fork of the bench's parent,
+# which holds the generated CSV, or vfork sharing the parent's memory: a
+# 600 MB parent made /bin/true's peak 598 MB); spawned from this small
+# process, the command's peak is its own.
+_SPAWNER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+seconds = time.perf_counter() - start
+with open(sys.argv[1], "w") as fh:
+    json.dump({"seconds": seconds, "maxrss_kb": usage.ru_maxrss,
+               "returncode": os.waitstatus_to_exitcode(status)}, fh)
+"""
+
+
 def timed_process(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run a command to its end: wall-clock seconds from spawn to exit (its
-    start-up included), its peak RSS and its stdout."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True, env=env)
-        # wait4 reaps the child and returns its own resource usage
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    start-up included), its own peak RSS and its stdout."""
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        tempfile.TemporaryDirectory(prefix="stockflow-bench-run-") as scratch,
+    ):
+        figures = os.path.join(scratch, "run.json")
+        spawner = subprocess.run(
+            [sys.executable, "-c", _SPAWNER, figures, *argv],
+            stdout=out,
+            stderr=err,
+            text=True,
+            env=env,
+            check=False,
+        )
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if proc.returncode:
+        run = json.loads(Path(figures).read_text()) if os.path.exists(figures) else None
+    if run is None or spawner.returncode or run["returncode"]:
         raise RuntimeError(f"{' '.join(argv[:3])} ... failed:\n{stderr[-2000:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
+    return {"seconds": run["seconds"], "peak_rss_mb": run["maxrss_kb"] / 1024, "stdout": stdout}
 
 
 def stockflow_command() -> list[str]:
@@ -314,6 +343,7 @@ def backfill1m_scenario(opts: Any, data: Path | None) -> Any:
                 shutil.rmtree(lake, ignore_errors=True)
                 shutil.rmtree(out, ignore_errors=True)
         csv_mb = csv.stat().st_size / 2**20
+        grown = _growth_run(work, opts) if opts.backfill_growth > 1 else None
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -349,4 +379,31 @@ def backfill1m_scenario(opts: Any, data: Path | None) -> Any:
             "kept_in": str(keep) if keep else None,
         }
     )
+    if grown is not None:
+        base_rss = statistics.median(r["peak_rss_mb"] for r in ours)
+        result.extra.update(
+            {
+                "growth": grown["growth"],
+                "growth_bars": grown["bars"],
+                "growth_seconds": round(grown["seconds"], 2),
+                "growth_peak_rss_mb": round(grown["peak_rss_mb"], 1),
+                "stockflow_peak_rss_median_mb": round(base_rss, 1),
+                "rss_growth_pct": round(100 * (grown["peak_rss_mb"] / base_rss - 1), 1),
+                "rss_growth_target_pct": 20,
+            }
+        )
     return result
+
+
+def _growth_run(work: Path, opts: Any) -> dict[str, Any]:
+    """Our side once on `opts.backfill_growth` times the days (see the
+    module docstring); the CSV and lake are removed afterwards."""
+    days = min(opts.backfill_days * opts.backfill_growth, MAX_DAYS)
+    csv, lake = work / "bars_1m_grown.csv", work / "lake-grown"
+    try:
+        write_bar_csv(csv, opts.backfill_symbols, days, opts.seed)
+        run = run_ours(csv, lake, opts.backfill_rollups)
+    finally:
+        csv.unlink(missing_ok=True)
+        shutil.rmtree(lake, ignore_errors=True)
+    return {"growth": days // opts.backfill_days, **run}

@@ -53,6 +53,7 @@ class BenchOptions:
     backfill_days: int = 10
     backfill_keep: str | None = None  # keep the CSV and last repeat's outputs here
     backfill_rollups: bool = False  # stockflow also rolls the minutes up (default resolutions)
+    backfill_growth: int = 10  # one more run of ours on this many times the days (0: none)
     dashboard_symbols: int = 500
     dashboard_browser: bool = True  # also time the first render in headless Chromium
     pg_dsn: str | None = None  # the dashboard scenario's Postgres (default: a throwaway one)
@@ -166,6 +167,14 @@ def render(r: dict[str, Any]) -> str:
                 f"repeat {', '.join(f'{x:.2f}' for x in r['pair_ratios'])}; "
                 f"target >= {r['target_ratio']})"
             )
+            if r.get("growth"):
+                line += (
+                    f"\n{'':<10} (peak RSS of the backfill at {r['growth']}x the days, "
+                    f"{r['growth_bars']:,} bars: {r['growth_peak_rss_mb']:.0f} MB against "
+                    f"{r['stockflow_peak_rss_median_mb']:.0f} MB (the repeats' median), "
+                    f"{r['rss_growth_pct']:+.0f} %; "
+                    f"target < +{r['rss_growth_target_pct']} %)"
+                )
         if s == "kafka":
             line += (
                 f"\n{'':<10} (raw consume with librdkafka's default fetch.wait.max.ms: "

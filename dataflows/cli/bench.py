@@ -77,6 +77,12 @@ from dataflows.cli.main import cli
     is_flag=True,
     help="backfill1m: stockflow also rolls the minutes up to 5m/15m/1h/1d (the baseline does not).",
 )
+@click.option(
+    "--backfill-growth",
+    default=10,
+    show_default=True,
+    help="backfill1m: also measure our peak RSS on this many times the days (0: skip).",
+)
 @click.option("--dashboard-symbols", default=500, show_default=True, help="Symbols (dashboard).")
 @click.option(
     "--dashboard-browser/--no-dashboard-browser",
