@@ -100,6 +100,7 @@ import math
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -582,9 +583,16 @@ class _DeltaLog:
     def version_of(self, app_id: str) -> int | None:
         """The app's last version; None when it never committed (or was
         set back to -1: nothing of it in the table)."""
+        return self.versions_of(app_id)[0]
+
+    def versions_of(self, *app_ids: str) -> list[int | None]:
+        """:meth:`version_of` each app, in one version of the log."""
         found = self.table()
-        version = None if found is None else found.transaction_version(app_id)
-        return None if version is None or version < 0 else version
+        out: list[int | None] = []
+        for app_id in app_ids:
+            version = None if found is None else found.transaction_version(app_id)
+            out.append(None if version is None or version < 0 else version)
+        return out
 
     def files_named(self, prefix: re.Pattern[str]) -> list[tuple[str, int, str, int]]:
         """(path, size, date, number) of the current version's files whose
@@ -712,8 +720,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
 
     # -- starting --------------------------------------------------------
 
-    def _check_writers(self) -> None:
-        found = self._log.version_of(self._writers_app)
+    def _check_writers(self, found: int | None) -> None:
         if found is not None and found != self._sink.partitions:
             raise UserError(
                 f"the lake table {self._sink.table} already holds this run's rows written by "
@@ -731,12 +738,16 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         return found[-1]
 
     def _start_fresh(self) -> None:
-        self._read_log(self._check_writers)
-        if self._read_log(lambda: self._log.version_of(self._end_app)) is not None:
+        # One read of the log for the three versions (a table that does not
+        # exist yet costs delta-rs a failed open each time it is asked).
+        writers, end, committed = self._read_log(
+            lambda: self._log.versions_of(self._writers_app, self._end_app, self._app)
+        )
+        self._check_writers(writers)
+        if end is not None:
             self._skip = True
             log.info("%s: this input is already in the lake; not writing it again", self._app)
             return
-        committed = self._read_log(lambda: self._log.version_of(self._app))
         if committed is not None:
             # An earlier run of this writer died before a durable snapshot:
             # its rows come again from the start.
@@ -1105,6 +1116,36 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
             self._sink.encoders.release()
 
 
+_preload: threading.Thread | None = None
+_preload_lock = threading.Lock()
+
+
+def _import_delta() -> None:
+    with contextlib.suppress(Exception):  # the sink's own import reports it
+        import deltalake  # noqa: F401
+        import deltalake.transaction  # noqa: F401
+
+
+def preload_delta() -> None:
+    """Start importing delta-rs (~20 ms) on a thread, so that it overlaps
+    with the work before the flow's first lake sink is built (reading the
+    input's head). The sink waits for it: one thread imports at a time."""
+    global _preload
+    with _preload_lock:
+        if _preload is None and "deltalake.transaction" not in sys.modules:
+            _preload = threading.Thread(
+                target=_import_delta, name="stockflow-import-delta", daemon=True
+            )
+            _preload.start()
+
+
+def _await_preload() -> None:
+    with _preload_lock:
+        thread = _preload
+    if thread is not None:
+        thread.join()
+
+
 class _Background:
     """``task(now)`` every `every_s` seconds on a daemon thread until
     :meth:`stop`; a failing call is logged and tried again next time (lake
@@ -1187,7 +1228,9 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table | None, dict[str, Any]]):
     ) -> None:
         # Imported here, in the thread that builds the flow: worker threads
         # and the maintenance thread importing delta-rs for the first time
-        # at once can fail inside importlib (KeyError: 'deltalake').
+        # at once can fail inside importlib (KeyError: 'deltalake'). An
+        # import started by preload_delta() is waited for first.
+        _await_preload()
         import deltalake  # noqa: F401
 
         self.lake = lake

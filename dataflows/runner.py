@@ -10,7 +10,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.run import cli_main
 
-from connectors.lake import Lake
+from connectors.lake import Lake, preload_delta
 from dataflows.core.batches import RawTickBatch
 from dataflows.core.config import RESOLUTIONS, Settings
 from dataflows.core.errors import (
@@ -162,6 +162,7 @@ def run(
         thread); a new object when not given.
     """
     if "parquet" in settings.sinks:
+        preload_delta()
         Lake(settings.lake, settings.s3_endpoint).check()
     stats = stats if stats is not None else RunStats()
     flow = build_flow(settings, source, stats=stats)
