@@ -179,7 +179,7 @@ def _csv_head(path: Path) -> tuple[list[str], pa.Table]:
         head = head[: cut + 1]
     elif not head.endswith((b"\n", b"\r")):
         head += b"\n"  # Arrow cannot split a file of one line without a line end
-    width = min(head.count(b","), _MAX_COLUMNS) + 1
+    width = min(_commas_in_header(head), _MAX_COLUMNS) + 1
     try:
         table = pcsv.read_csv(
             pa.BufferReader(head),
@@ -215,6 +215,16 @@ def _csv_head(path: Path) -> tuple[list[str], pa.Table]:
             "save the file as UTF-8"
         )
     return names, table.slice(1).rename_columns(_reader_names(names))
+
+
+def _commas_in_header(head: bytes) -> int:
+    """At least the commas of the first record (the columns Arrow will find
+    are one more): exact when the first line holds no quote, else every
+    comma of the head (a quoted header may span lines). Typing 10,000
+    columns that do not exist cost ~10 ms a file."""
+    ends = [i for i in (head.find(b"\n"), head.find(b"\r")) if i >= 0]
+    first = head[: min(ends)] if ends else head
+    return head.count(b",") if b'"' in first else first.count(b",")
 
 
 def _road_name(name: str) -> str:
@@ -427,6 +437,8 @@ class _CsvPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):
         return k + 2 + np.searchsorted(before, k, side="right")
 
     def _rebatch(self, batch_size: int) -> Iterator[pa.Table]:
+        # Each block is cut on its own: where batches end decides, in the
+        # last bits, the VWAP of a minute that spans two of them.
         seen = 0
         for batch, unreadable in self._reader:
             self._pending.extend(unreadable)
