@@ -348,10 +348,10 @@ class EncoderPool:
                 raise error
 
     def close_later(self, fn: Callable[[], None]) -> None:
-        """Run a closing sink's final commit on the pool: the tables of a
-        run commit side by side (each commit is ~4 ms in delta-rs, most of
-        a bounded run's last moments) instead of one after another. The
-        last :meth:`release` waits for them."""
+        """Run a closing sink's final flush and commit on the pool: the
+        tables of a run finish side by side (a commit is ~4 ms in delta-rs,
+        and the rows since the last row group are still to encode) instead
+        of one after another. The last :meth:`release` waits for them."""
         job = self.submit(fn)
         with self._lock:
             self._closing.append(job)
@@ -1129,9 +1129,9 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
             # partitions while it unwinds, and a second error then aborts the
             # process. Commit nothing more; a rerun or resume writes the rest.
             if not self._skip and not self._failed:
-                # Files are finished and written here; the commit itself runs
-                # beside the other tables' (EncoderPool.close_later).
-                self._finish_open(inline=False)
+                # The last rows encoded, the files written and committed
+                # beside the other tables' (EncoderPool.close_later); this
+                # writer's encoder jobs were queued before, so they run first.
                 self._sink.encoders.close_later(lambda: self._commit_pending(final=True))
         finally:
             self._sink.encoders.release()
