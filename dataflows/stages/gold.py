@@ -340,7 +340,8 @@ class GoldChunker:
         columns the objects read become Python values; the tables are made
         of the bars' own columns and the computed ones (converting every
         column of every row and back was most of this road's cost)."""
-        names = [c for c in _ROW_ROAD_INPUTS if c in bars.column_names]
+        present = set(bars.column_names)
+        names = [c for c in _ROW_ROAD_INPUTS if c in present]
         columns = [bars.column(c).to_pylist() for c in names]
         computed: dict[str, list[Any]] = {c: [] for c in COLUMNS}
         kinds, scores, reasons, summaries, quality = [], [], [], [], []
