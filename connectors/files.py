@@ -30,11 +30,13 @@ so a resumed run re-reads that file and skips exactly those rows.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import queue
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -512,6 +514,7 @@ class _ReadAhead:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stockflow-csv", daemon=True)
         self._thread.start()
+        _READ_AHEADS.add(self)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -547,6 +550,18 @@ class _ReadAhead:
         """Stop reading ahead (a flow that stops before the file's end)."""
         self._stop.set()
         self._thread.join()
+
+
+# Read-aheads still running, stopped at exit: a process that ends (a failed
+# run) while a thread is inside Arrow's reader of a compressed stream can
+# crash (apache/arrow#43604).
+_READ_AHEADS: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_read_aheads() -> None:
+    for reader in list(_READ_AHEADS):
+        reader.close()
 
 
 class _ParquetPartition(StatefulSourcePartition[RawTickBatch, dict[str, int]]):

@@ -1160,7 +1160,9 @@ def preload_delta() -> None:
             _preload.start()
 
 
-def _await_preload() -> None:
+def await_preload() -> None:
+    """Wait for :func:`preload_delta`'s import: a process must not exit
+    while a thread is still loading the extension (a segfault at exit)."""
     with _preload_lock:
         thread = _preload
     if thread is not None:
@@ -1251,7 +1253,7 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table | None, dict[str, Any]]):
         # and the maintenance thread importing delta-rs for the first time
         # at once can fail inside importlib (KeyError: 'deltalake'). An
         # import started by preload_delta() is waited for first.
-        _await_preload()
+        await_preload()
         import deltalake  # noqa: F401
 
         self.lake = lake

@@ -10,7 +10,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.run import cli_main
 
-from connectors.lake import Lake, preload_delta
+from connectors.lake import Lake, await_preload, preload_delta
 from dataflows.core.batches import RawTickBatch
 from dataflows.core.config import RESOLUTIONS, Settings
 from dataflows.core.errors import (
@@ -163,9 +163,13 @@ def run(
     """
     if "parquet" in settings.sinks:
         preload_delta()
-        Lake(settings.lake, settings.s3_endpoint).check()
-    stats = stats if stats is not None else RunStats()
-    flow = build_flow(settings, source, stats=stats)
+    try:
+        if "parquet" in settings.sinks:
+            Lake(settings.lake, settings.s3_endpoint).check()
+        stats = stats if stats is not None else RunStats()
+        flow = build_flow(settings, source, stats=stats)
+    finally:
+        await_preload()  # also when a mistake stops the run before the lake's sinks
     start = time.perf_counter()
     execute(flow, settings, stats=stats)
     seconds = time.perf_counter() - start
