@@ -74,20 +74,6 @@ from indicators import COLUMNS, GoldSeries, IndicatorSet, SignalEngine
 # clearly faster, and live batches (a bar a minute) stay incremental.
 ARRAY_ROAD_MIN_BARS = 64
 
-# What IndicatorSet.update and SignalEngine.evaluate read of a bar.
-_ROW_ROAD_INPUTS = (
-    "symbol",
-    "start",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "vwap",
-    "pv",
-    "session_start",
-    "session_end",
-)
-
 SeriesState = dict[str, Any]
 """``{"indicators": ..., "signals": ...}``: the snapshots of one series."""
 
@@ -336,50 +322,33 @@ class GoldChunker:
         return bars.append_column("session_end", pa.array(hi, pa.int64()).cast(UTC_US))
 
     def _row_road(self, res: str, bars: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """Bar by bar through the objects (few bars per series). Only the
-        columns the objects read become Python values; the tables are made
-        of the bars' own columns and the computed ones (converting every
-        column of every row and back was most of this road's cost)."""
-        present = set(bars.column_names)
-        names = [c for c in _ROW_ROAD_INPUTS if c in present]
-        columns = [bars.column(c).to_pylist() for c in names]
-        computed: dict[str, list[Any]] = {c: [] for c in COLUMNS}
-        kinds, scores, reasons, summaries, quality = [], [], [], [], []
+        """Bar by bar through the objects (few bars per series)."""
+        rows = bars.to_pylist()
+        signals: list[dict[str, Any]] = []
         dirty = self._dirty
-        for values_of_row in zip(*columns, strict=True):
-            row = dict(zip(names, values_of_row, strict=True))
+        for row in rows:
             symbol = row["symbol"]
             series = self._get(symbol, res, row["start"])
             dirty.add((symbol, res))
             values = series.indicators.update(row)
             row.update(values)
-            for c in COLUMNS:
-                computed[c].append(values.get(c))
             sig = series.signals.evaluate(row, values)
-            kinds.append(sig["signal"])
-            scores.append(float(sig["score"]))
-            reasons.append(list(sig["reasons"]))
-            summaries.append(sig["summary"])
-            quality.append(bool(sig["data_quality"]))
-        n = bars.num_rows
-        indicators = pa.Table.from_arrays(
-            [*_bar_columns(bars), *(pa.array(computed[c], pa.float64()) for c in COLUMNS)],
-            schema=INDICATOR_SCHEMA,
+            signals.append(
+                {
+                    "symbol": symbol,
+                    "resolution": res,
+                    "start": row["start"],
+                    "signal": sig["signal"],
+                    "score": float(sig["score"]),
+                    "reasons": list(sig["reasons"]),
+                    "summary": sig["summary"],
+                    "data_quality": bool(sig["data_quality"]),
+                }
+            )
+        return (
+            pa.Table.from_pylist(rows, schema=INDICATOR_SCHEMA),
+            pa.Table.from_pylist(signals, schema=SIGNAL_SCHEMA),
         )
-        signals = pa.Table.from_arrays(
-            [
-                bars["symbol"].cast(pa.string()),
-                pa.array([res] * n, pa.string()),
-                bars["start"].cast(SIGNAL_SCHEMA.field("start").type),
-                pa.array(kinds, pa.string()),
-                pa.array(scores, pa.float64()),
-                pa.array(reasons, pa.list_(pa.string())),
-                pa.array(summaries, pa.string()),
-                pa.array(quality, pa.bool_()),
-            ],
-            schema=SIGNAL_SCHEMA,
-        )
-        return indicators, signals
 
 
 @dataclass(frozen=True)
