@@ -100,6 +100,7 @@ import math
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -323,19 +324,37 @@ class EncoderPool:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._users = 0
+        self._closing: list[Future[None]] = []
 
     def acquire(self) -> None:
         with self._lock:
             self._users += 1
 
     def release(self) -> None:
+        """One user fewer; the last one waits for the pool's work, final
+        commits included. It never raises (it runs in a sink's close, maybe
+        while Bytewax unwinds): a closing job keeps its own failure for the
+        runner (``RunStats.closing``)."""
         with self._lock:
             self._users -= 1
-            pool = self._pool if self._users <= 0 else None
+            last = self._users <= 0
+            pool = self._pool if last else None
             if pool is not None:
                 self._pool = None
+            closing, self._closing = (self._closing, []) if last else ([], self._closing)
         if pool is not None:
             pool.shutdown(wait=True)
+        for job in closing:
+            job.exception()  # wait: its failure is kept by the job itself
+
+    def close_later(self, fn: Callable[[], None]) -> None:
+        """Run a closing sink's final flush and commit on the pool: the
+        tables of a run finish side by side (a commit is ~4 ms in delta-rs,
+        and the rows since the last row group are still to encode) instead
+        of one after another. The last :meth:`release` waits for them."""
+        job = self.submit(fn)
+        with self._lock:
+            self._closing.append(job)
 
     def submit(self, fn: Callable[[], None]) -> Future[None]:
         with self._lock:
@@ -582,9 +601,16 @@ class _DeltaLog:
     def version_of(self, app_id: str) -> int | None:
         """The app's last version; None when it never committed (or was
         set back to -1: nothing of it in the table)."""
+        return self.versions_of(app_id)[0]
+
+    def versions_of(self, *app_ids: str) -> list[int | None]:
+        """:meth:`version_of` each app, in one version of the log."""
         found = self.table()
-        version = None if found is None else found.transaction_version(app_id)
-        return None if version is None or version < 0 else version
+        out: list[int | None] = []
+        for app_id in app_ids:
+            version = None if found is None else found.transaction_version(app_id)
+            out.append(None if version is None or version < 0 else version)
+        return out
 
     def files_named(self, prefix: re.Pattern[str]) -> list[tuple[str, int, str, int]]:
         """(path, size, date, number) of the current version's files whose
@@ -712,8 +738,7 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
 
     # -- starting --------------------------------------------------------
 
-    def _check_writers(self) -> None:
-        found = self._log.version_of(self._writers_app)
+    def _check_writers(self, found: int | None) -> None:
         if found is not None and found != self._sink.partitions:
             raise UserError(
                 f"the lake table {self._sink.table} already holds this run's rows written by "
@@ -731,12 +756,16 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
         return found[-1]
 
     def _start_fresh(self) -> None:
-        self._read_log(self._check_writers)
-        if self._read_log(lambda: self._log.version_of(self._end_app)) is not None:
+        # One read of the log for the three versions (a table that does not
+        # exist yet costs delta-rs a failed open each time it is asked).
+        writers, end, committed = self._read_log(
+            lambda: self._log.versions_of(self._writers_app, self._end_app, self._app)
+        )
+        self._check_writers(writers)
+        if end is not None:
             self._skip = True
             log.info("%s: this input is already in the lake; not writing it again", self._app)
             return
-        committed = self._read_log(lambda: self._log.version_of(self._app))
         if committed is not None:
             # An earlier run of this writer died before a durable snapshot:
             # its rows come again from the start.
@@ -1101,10 +1130,49 @@ class _LakePartition(StatefulSinkPartition[pa.Table | None, dict[str, Any]]):
             # partitions while it unwinds, and a second error then aborts the
             # process. Commit nothing more; a rerun or resume writes the rest.
             if not self._skip and not self._failed:
-                with self._sink.stats.closing():
-                    self._commit_pending(final=True)
+                # The last rows encoded, the files written and committed
+                # beside the other tables' (EncoderPool.close_later); this
+                # writer's encoder jobs were queued before, so they run first.
+                # A failure there is kept for the runner (RunStats.closing).
+                def final() -> None:
+                    with self._sink.stats.closing():
+                        self._commit_pending(final=True)
+
+                self._sink.encoders.close_later(final)
         finally:
             self._sink.encoders.release()
+
+
+_preload: threading.Thread | None = None
+_preload_lock = threading.Lock()
+
+
+def _import_delta() -> None:
+    with contextlib.suppress(Exception):  # the sink's own import reports it
+        import deltalake  # noqa: F401
+        import deltalake.transaction  # noqa: F401
+
+
+def preload_delta() -> None:
+    """Start importing delta-rs (~20 ms) on a thread, so that it overlaps
+    with the work before the flow's first lake sink is built (reading the
+    input's head). The sink waits for it: one thread imports at a time."""
+    global _preload
+    with _preload_lock:
+        if _preload is None and "deltalake.transaction" not in sys.modules:
+            _preload = threading.Thread(
+                target=_import_delta, name="stockflow-import-delta", daemon=True
+            )
+            _preload.start()
+
+
+def await_preload() -> None:
+    """Wait for :func:`preload_delta`'s import: a process must not exit
+    while a thread is still loading the extension (a segfault at exit)."""
+    with _preload_lock:
+        thread = _preload
+    if thread is not None:
+        thread.join()
 
 
 class _Background:
@@ -1189,7 +1257,9 @@ class ParquetLakeSink(FixedPartitionedSink[pa.Table | None, dict[str, Any]]):
     ) -> None:
         # Imported here, in the thread that builds the flow: worker threads
         # and the maintenance thread importing delta-rs for the first time
-        # at once can fail inside importlib (KeyError: 'deltalake').
+        # at once can fail inside importlib (KeyError: 'deltalake'). An
+        # import started by preload_delta() is waited for first.
+        await_preload()
         import deltalake  # noqa: F401
 
         self.lake = lake

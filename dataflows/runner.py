@@ -11,7 +11,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.run import cli_main
 
-from connectors.lake import Lake
+from connectors.lake import Lake, await_preload, preload_delta
 from dataflows.core.batches import RawTickBatch
 from dataflows.core.config import RESOLUTIONS, Settings
 from dataflows.core.errors import (
@@ -171,9 +171,14 @@ def run(
         thread); a new object when not given.
     """
     if "parquet" in settings.sinks:
-        Lake(settings.lake, settings.s3_endpoint).check()
-    stats = stats if stats is not None else RunStats()
-    flow = build_flow(settings, source, stats=stats)
+        preload_delta()
+    try:
+        if "parquet" in settings.sinks:
+            Lake(settings.lake, settings.s3_endpoint).check()
+        stats = stats if stats is not None else RunStats()
+        flow = build_flow(settings, source, stats=stats)
+    finally:
+        await_preload()  # also when a mistake stops the run before the lake's sinks
     start = time.perf_counter()
     execute(flow, settings, stats=stats)
     seconds = time.perf_counter() - start

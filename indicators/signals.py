@@ -788,8 +788,14 @@ def _when_parts(
 
 @cache
 def _clock_texts(resolution: str) -> tuple[str, ...]:
-    """What :func:`_when` writes after the date, for each minute of a day."""
-    return tuple(_when(_EPOCH + timedelta(minutes=m), resolution)[10:] for m in range(1440))
+    """What :func:`_when` writes after the date, for each minute of a day
+    (the same for every resolution but ``1d``: built once, not per resolution)."""
+    return _minute_texts() if resolution != "1d" else ("",) * 1440
+
+
+@cache
+def _minute_texts() -> tuple[str, ...]:
+    return tuple(_when(_EPOCH + timedelta(minutes=m), "1m")[10:] for m in range(1440))
 
 
 def _zscore(value: float, window: Any) -> float | None:

@@ -72,7 +72,10 @@ def _cast_isolating(arr: pa.Array, to: pa.DataType) -> tuple[pa.Array, np.ndarra
 def _line_breaks(arr: pa.Array) -> np.ndarray:
     """Per value of a binary array, whether it holds a CR or LF byte."""
     found = np.zeros(len(arr), dtype=bool)
-    if not (_contains_byte(arr, 0x0A) or _contains_byte(arr, 0x0D)):
+    if len(arr) == 0:
+        return found
+    data = _value_bytes(arr)[1].tobytes()
+    if b"\n" not in data and b"\r" not in data:
         return found
     offsets, values = _value_bytes(arr)
     at = np.flatnonzero((values == 0x0A) | (values == 0x0D))
@@ -113,7 +116,9 @@ def _contains_byte(arr: pa.Array, byte: int) -> bool:
     of the value buffer, much cheaper than a substring kernel per value."""
     if len(arr) == 0:
         return False
-    return bool((_value_bytes(arr)[1] == byte).any())
+    # A copy searched with memchr: half the time of comparing every byte
+    # in numpy (a boolean array as large as the values).
+    return bytes((byte,)) in _value_bytes(arr)[1].tobytes()
 
 
 def _all_same(arr: pa.Array) -> bool:
@@ -128,8 +133,17 @@ def _all_same(arr: pa.Array) -> bool:
         return False
     if not (np.diff(offsets) == width).all():
         return False
+    if len(values) <= _MEMCMP_BYTES:
+        # One memcmp against the first value repeated: a tenth of the time
+        # of the (rows x width) comparison for a batch of a short symbol.
+        data = values.tobytes()
+        return data == data[:width] * len(arr)
     rows = values.reshape(len(arr), width)
     return bool((rows == rows[0]).all())
+
+
+# Above this the two copies of the memcmp cost more than numpy's comparison.
+_MEMCMP_BYTES = 1 << 18
 
 
 def single_symbol(symbols: pa.Array | pa.ChunkedArray) -> str | None:
