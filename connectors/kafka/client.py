@@ -244,8 +244,11 @@ class CheckedProducer:
             except BufferError:
                 self._producer.poll(0.05)
             except KafkaException as exc:
+                # "Fatal error" alone names no cause: the error callback
+                # (or librdkafka's fatal_error) has it.
+                cause = f" ({self.fatal_reason()})" if exc.args[0].fatal() else ""
                 raise KafkaDeliveryError(
-                    f"cannot produce to {topic}: {exc.args[0].str()}"
+                    f"cannot produce to {topic}: {exc.args[0].str()}{cause}"
                 ) from None
         self.produced += 1
 
@@ -264,6 +267,12 @@ class CheckedProducer:
         self.produced += n
         poll(0)
         return n
+
+    def fatal_reason(self) -> str:
+        """Why the producer failed for good (librdkafka's fatal error)."""
+        if self._fatal is None:
+            self._producer.poll(0)  # serves the error callback that carries it
+        return self._fatal or "no reason given"
 
     def poll(self, timeout: float = 0.0) -> None:
         self._producer.poll(timeout)
