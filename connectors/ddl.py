@@ -129,7 +129,7 @@ def sql_statements(target: str, quoted_schema: str) -> list[tuple[str, str]]:
 def sql_object(statement: str) -> str:
     """The object a DDL statement creates, e.g. ``view kpi``."""
     m = re.search(
-        r"create\s+(?:or\s+replace\s+)?(schema|table|view)\s+(?:if\s+not\s+exists\s+)?(\S+)",
+        r"create\s+(?:or\s+replace\s+)?(schema|table|view|index)\s+(?:if\s+not\s+exists\s+)?(\S+)",
         statement,
         re.IGNORECASE,
     )

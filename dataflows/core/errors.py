@@ -141,7 +141,10 @@ class _PanicFilter:
 
         faulthandler.disable()
         if cls._had_faulthandler:
-            faulthandler.enable()
+            # back on the process's stderr (sys.stderr may be a stream without
+            # a file descriptor, e.g. click's CliRunner)
+            with suppress(Exception):
+                faulthandler.enable(file=sys.__stderr__)
         cls._fault_file.close()
         sys.stderr.flush()
         os.dup2(cls._saved, _STDERR)  # closes the pipe's last writer: the pump ends

@@ -587,6 +587,7 @@ class PostgresMarket:
                 _SYMBOLS_CTE + "select max(l.start) as latest from s cross join lateral ("
                 "  select start from {bars} b where b.symbol = s.symbol"
                 "  order by b.start desc limit 1) l",
+                symbols="bar_symbols",
                 bars="bars_1m",
             )
         )
