@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -97,6 +98,14 @@ def sort_bars(table: pa.Table) -> pa.Table:
         return table
     cols = [c for c in table.column_names if c != "date"]
     return table.select(cols).sort_by([("symbol", "ascending"), ("start", "ascending")])
+
+
+def takes_ctrl_c() -> None:
+    """``preexec_fn`` for a child a test stops with SIGINT: Ctrl-C works in
+    it whatever the suite was started from (a background job of a
+    non-interactive shell starts with SIGINT ignored, which children inherit,
+    and the child would never see the test's Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def process_output(out: str, tail: int = 3000) -> str:

@@ -35,7 +35,14 @@ from dataflows.bench.kafka import bench_kafka
 from dataflows.core.config import Settings
 from dataflows.replay import replay_ticks
 from dataflows.stages.operators import parse_raw
-from tests.conftest import cli, free_port, read_table, sort_bars, wait_for_port
+from tests.conftest import (
+    cli,
+    free_port,
+    read_table,
+    sort_bars,
+    takes_ctrl_c,
+    wait_for_port,
+)
 from tests.fixtures_kafka import kafka_broker  # noqa: F401
 from tests.test_bars_real import assert_bars_equal, pandas_bars, read_ticks_csv
 
@@ -452,7 +459,11 @@ def test_ctrl_c_on_a_live_kafka_run_ends_in_one_line(kafka_broker, tmp_path):
     )
     args = [exe, "run", "--source", "kafka", "--live", "--lake", str(lake)]
     run = subprocess.Popen(
-        [*args, "--recovery-dir", str(store)], env=env, stderr=subprocess.PIPE, text=True
+        [*args, "--recovery-dir", str(store)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=takes_ctrl_c,
     )
     deadline = time.monotonic() + 60
     while _lake_rows(lake) != len(ticks):

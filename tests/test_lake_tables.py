@@ -37,7 +37,7 @@ from connectors.lake_tables import (
 from dataflows.core.errors import UserError
 from dataflows.core.schema import BAR_SCHEMA
 from dataflows.warmup import LakeWarmup
-from tests.conftest import cli
+from tests.conftest import cli, takes_ctrl_c
 
 TABLE = "silver/bars_1m"
 DAY0 = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
@@ -567,7 +567,11 @@ def test_a_live_flow_compacts_closed_dates_beside_its_writers(tmp_path: Path) ->
     )
     args = [sys.executable, "-m", "dataflows.cli", "run", "--source", "synthetic", "--live"]
     proc = subprocess.Popen(
-        [*args, "--lake", lake.root], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*args, "--lake", lake.root],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=takes_ctrl_c,
     )
     try:
         deadline = time.monotonic() + 90
