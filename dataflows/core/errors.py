@@ -144,7 +144,7 @@ class _PanicFilter:
             # back on the process's stderr (sys.stderr may be a stream without
             # a file descriptor, e.g. click's CliRunner)
             with suppress(Exception):
-                faulthandler.enable(file=sys.__stderr__)
+                faulthandler.enable(file=_STDERR)
         cls._fault_file.close()
         sys.stderr.flush()
         os.dup2(cls._saved, _STDERR)  # closes the pipe's last writer: the pump ends
