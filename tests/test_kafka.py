@@ -295,6 +295,21 @@ def test_a_failed_delivery_raises_instead_of_being_dropped():
         producer.flush(timeout=10)
 
 
+def test_a_fatal_producer_error_is_named_in_the_one_line():
+    """librdkafka answers every produce after a fatal error with "Local:
+    Fatal error"; the error says what the fatal error was (a real one,
+    raised in the live producer by librdkafka's own test hook)."""
+    from tests.kafka_faults import inject_fatal
+
+    settings = Settings.load(env={}, kafka_brokers=f"127.0.0.1:{free_port()}")
+    producer = CheckedProducer(kafka_config(settings, **{"client.id": "fatal-named"}))
+    producer.produce("ticks.raw", b"{}", b"IBM")
+    inject_fatal(producer._producer, "fatal-named")
+
+    with pytest.raises(KafkaDeliveryError, match=r"Fatal error \(.*injected by a test\)"):
+        producer.produce("ticks.raw", b"{}", b"IBM")
+
+
 def test_a_partition_closing_after_another_failed_keeps_the_error_for_the_runner():
     """Sink partitions share one producer. Once one has failed (an undelivered
     message), Bytewax closes the others while it unwinds, and their flush

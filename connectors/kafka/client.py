@@ -244,11 +244,12 @@ class CheckedProducer:
             except BufferError:
                 self._producer.poll(0.05)
             except KafkaException as exc:
-                # "Fatal error" alone names no cause: the error callback
-                # (or librdkafka's fatal_error) has it.
-                cause = f" ({self.fatal_reason()})" if exc.args[0].fatal() else ""
+                # "Fatal error" alone names no cause: fatal_reason has it.
+                error = exc.args[0]
+                fatal = error.fatal() or error.code() == KafkaError._FATAL
+                cause = f" ({self.fatal_reason()})" if fatal else ""
                 raise KafkaDeliveryError(
-                    f"cannot produce to {topic}: {exc.args[0].str()}{cause}"
+                    f"cannot produce to {topic}: {error.str()}{cause}"
                 ) from None
         self.produced += 1
 
@@ -271,7 +272,12 @@ class CheckedProducer:
     def fatal_reason(self) -> str:
         """Why the producer failed for good (librdkafka's fatal error)."""
         if self._fatal is None:
-            self._producer.poll(0)  # serves the error callback that carries it
+            # confluent-kafka hands the fatal error over on the next poll:
+            # raised there, or through the error callback
+            try:
+                self._producer.poll(0)
+            except KafkaException as exc:
+                self._fatal = exc.args[0].str()
         return self._fatal or "no reason given"
 
     def poll(self, timeout: float = 0.0) -> None:
