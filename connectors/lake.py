@@ -324,7 +324,6 @@ class EncoderPool:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._users = 0
-        self._closing: list[Future[None]] = []
 
     def acquire(self) -> None:
         with self._lock:
@@ -337,24 +336,19 @@ class EncoderPool:
         runner (``RunStats.closing``)."""
         with self._lock:
             self._users -= 1
-            last = self._users <= 0
-            pool = self._pool if last else None
+            pool = self._pool if self._users <= 0 else None
             if pool is not None:
                 self._pool = None
-            closing, self._closing = (self._closing, []) if last else ([], self._closing)
         if pool is not None:
             pool.shutdown(wait=True)
-        for job in closing:
-            job.exception()  # wait: its failure is kept by the job itself
 
     def close_later(self, fn: Callable[[], None]) -> None:
         """Run a closing sink's final flush and commit on the pool: the
         tables of a run finish side by side (a commit is ~4 ms in delta-rs,
         and the rows since the last row group are still to encode) instead
-        of one after another. The last :meth:`release` waits for them."""
-        job = self.submit(fn)
-        with self._lock:
-            self._closing.append(job)
+        of one after another. The last :meth:`release` waits for them (its
+        shutdown of the pool waits for every job)."""
+        self.submit(fn)
 
     def submit(self, fn: Callable[[], None]) -> Future[None]:
         with self._lock:
