@@ -284,6 +284,7 @@ def replace_range(
     spec: ReplaceSpec,
     *,
     target_file_mb: int = DEFAULT_TARGET_FILE_MB,
+    group_bytes: int | None = None,
     before_commit: Callable[[int], None] | None = None,
 ) -> ReplaceResult | None:
     """Replace `spec`'s range of `table` with the rows of `staged` in one commit.
@@ -291,6 +292,8 @@ def replace_range(
     :arg staged: a ``pyarrow.dataset.Dataset`` (or Table) of the new rows
         (``date`` is derived from the time column when absent), or None
         when the backfill wrote none. It is read twice, a batch at a time.
+    :arg group_bytes: a first load takes the staged rows in groups of dates
+        of about this many bytes (default :data:`_IN_MEMORY_STAGED_BYTES`).
     :arg before_commit: test hook, called with the attempt number after the
         snapshot is read and before the commit is tried.
 
@@ -334,7 +337,7 @@ def replace_range(
             if dt is None:
                 # A first load: the table is made with files written one date
                 # at a time (delta-rs's writer holds ~1 MiB per date open).
-                _create_with_files(lake, table, staged)
+                _create_with_files(lake, table, staged, group_bytes)
             elif rows:
                 # Over existing rows: delta-rs's predicate overwrite, whose
                 # conflict check rebases over live appends that cannot hold
@@ -390,7 +393,7 @@ def replace_range(
 _IN_MEMORY_STAGED_BYTES = 16 << 20
 
 
-def _create_with_files(lake: Lake, table: str, staged: Any) -> None:
+def _create_with_files(lake: Lake, table: str, staged: Any, group_bytes: int | None = None) -> None:
     """Make `table` with the `staged` rows in one commit, one file per date.
 
     delta-rs's own writer keeps a Parquet writer open per date partition
@@ -434,7 +437,9 @@ def _create_with_files(lake: Lake, table: str, staged: Any) -> None:
         return [job.result() for job in jobs]
 
     try:
-        groups = _date_groups(staged, col, _IN_MEMORY_STAGED_BYTES)
+        groups = _date_groups(
+            staged, col, _IN_MEMORY_STAGED_BYTES if group_bytes is None else group_bytes
+        )
         with ThreadPoolExecutor(
             max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="stockflow-load"
         ) as pool:

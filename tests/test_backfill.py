@@ -164,6 +164,39 @@ def test_rerun_and_overlapping_ranges_leave_one_row_per_key(real_data, tmp_path)
     assert len(signals) == len(expected)
 
 
+def test_a_large_backfill_commits_table_by_table_with_the_same_tables(
+    real_data, tmp_path, monkeypatch
+):
+    """Over the side-by-side size the tables are committed one after another,
+    each a group of dates at a time: the lake holds the same rows as a
+    commit of the tables side by side, and no more files than dates."""
+    import dataflows.backfill as backfill
+    from connectors import lake_tables
+
+    spy = str(real_data / "daily" / "SPY.csv.gz")
+    req = BackfillRequest(spy, start=_day("2004-01-01"), end=_day("2006-01-01"))
+    run_backfill(_settings(tmp_path / "together"), req)
+    calls = []
+    monkeypatch.setattr(backfill, "_SIDE_BY_SIDE_BYTES", 0)
+    monkeypatch.setattr(lake_tables, "_IN_MEMORY_STAGED_BYTES", 16 << 10)
+    spread = lake_tables._spread_by_group
+    monkeypatch.setattr(
+        lake_tables, "_spread_by_group", lambda *a: calls.append(a[1]) or spread(*a)
+    )
+    run_backfill(_settings(tmp_path / "apart"), req)
+    assert calls and max(len(groups) for groups in calls) > 3  # groups of dates
+    for table in ("silver/bars_1d", "gold/indicators_1d", "gold/signals", "gold/series_state"):
+        together = read_table(tmp_path / "together", table).to_pandas()
+        apart = read_table(tmp_path / "apart", table).to_pandas()
+        keys = [c for c in ("symbol", "resolution", "start") if c in together.columns]
+        pd.testing.assert_frame_equal(
+            together.sort_values(keys, ignore_index=True),
+            apart.sort_values(keys, ignore_index=True),
+            check_like=True,
+        )
+        assert len(together) > 0, table
+
+
 def test_split_backfill_warms_up_from_the_lake_and_equals_one_backfill(real_data, tmp_path):
     spy = str(real_data / "daily" / "SPY.csv.gz")
     whole, split = tmp_path / "whole", tmp_path / "split"

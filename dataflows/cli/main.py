@@ -6,9 +6,11 @@ line ``stockflow: error: ...`` and exit code 2; a bug keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -128,10 +130,30 @@ def _register_commands() -> None:
                 raise
 
 
+def _exit_now(code: int) -> NoReturn:
+    """End the process of a finished command as the interpreter would, minus
+    its teardown: wait for the threads that are not daemons, run the atexit
+    handlers (logging's flush among them), flush stdout and stderr, then
+    leave. The teardown frees every module and object one by one, which
+    after a backfill took ~0.2 s (~8 % of the 195,000-bar case's wall
+    clock) and does nothing a finished command needs."""
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
+
+
 def main() -> None:
     _register_commands()
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except UserError as exc:
         _fail(str(exc))
     except click.exceptions.Abort:
@@ -141,6 +163,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted")
+    _exit_now(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
