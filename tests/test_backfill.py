@@ -167,9 +167,10 @@ def test_rerun_and_overlapping_ranges_leave_one_row_per_key(real_data, tmp_path)
 def test_a_large_backfill_commits_table_by_table_with_the_same_tables(
     real_data, tmp_path, monkeypatch
 ):
-    """Over the side-by-side size the tables are committed one after another,
-    each a group of dates at a time: the lake holds the same rows as a
-    commit of the tables side by side, and no more files than dates."""
+    """Staged rows over the in-memory size go to local files and the tables
+    are committed one after another, each a group of dates at a time: the
+    lake holds the same rows as a commit of the tables side by side from
+    memory."""
     import dataflows.backfill as backfill
     from connectors import lake_tables
 
@@ -177,14 +178,23 @@ def test_a_large_backfill_commits_table_by_table_with_the_same_tables(
     req = BackfillRequest(spy, start=_day("2004-01-01"), end=_day("2006-01-01"))
     run_backfill(_settings(tmp_path / "together"), req)
     calls = []
-    monkeypatch.setattr(backfill, "_SIDE_BY_SIDE_BYTES", 0)
+    monkeypatch.setattr(backfill, "_IN_MEMORY_BYTES", 0)
     monkeypatch.setattr(lake_tables, "_IN_MEMORY_STAGED_BYTES", 16 << 10)
     spread = lake_tables._spread_by_group
     monkeypatch.setattr(
         lake_tables, "_spread_by_group", lambda *a: calls.append(a[1]) or spread(*a)
     )
+    staged = []
+    rows_of = backfill.Staging.rows
+    monkeypatch.setattr(
+        backfill.Staging,
+        "rows",
+        lambda self, table: staged.append(rows_of(self, table)) or staged[-1],
+    )
     run_backfill(_settings(tmp_path / "apart"), req)
     assert calls and max(len(groups) for groups in calls) > 3  # groups of dates
+    files = [rows for rows in staged if rows is not None]
+    assert files and all(hasattr(rows, "files") for rows in files)  # datasets, not tables
     for table in ("silver/bars_1d", "gold/indicators_1d", "gold/signals", "gold/series_state"):
         together = read_table(tmp_path / "together", table).to_pandas()
         apart = read_table(tmp_path / "apart", table).to_pandas()

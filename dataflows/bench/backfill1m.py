@@ -267,10 +267,15 @@ def _child_env() -> dict[str, str]:
     # PYTHONDONTWRITEBYTECODE (set in some shells and images) would make an
     # editable install compile its modules at every start (~0.2 s), and
     # the warm-up run below writes them once.
+    # OPENBLAS_NUM_THREADS is dropped when stockflow's CLI set it for itself
+    # (dataflows.cli): each side starts from the user's environment.
+    from dataflows.cli import OPENBLAS_SET_HERE
+
+    dropped = {"PYTHONDONTWRITEBYTECODE"} | (
+        {"OPENBLAS_NUM_THREADS"} if OPENBLAS_SET_HERE else set()
+    )
     return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("STOCKFLOW_") and k != "PYTHONDONTWRITEBYTECODE"
+        k: v for k, v in os.environ.items() if not k.startswith("STOCKFLOW_") and k not in dropped
     }
 
 
