@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,5 +72,9 @@ def backfill(
         end=hi,
         resolution=normalise_resolution(resolution) if resolution else None,
     )
+    # The imports' objects are never garbage: frozen, the cyclic collector
+    # stops walking them on every full collection of the run (~0.05 s of a
+    # 2 s backfill). The process ends with the command.
+    gc.freeze()
     summary = run_backfill(settings, req, show_progress=progress)
     click.echo(summary.render())
