@@ -532,3 +532,23 @@ def test_bytewax_run_of_the_market_flow_ends_with_the_run_summary_on_stderr(real
     assert listed["bronze/ticks"][0] == in_file
     assert f"ticks in {in_file:,} = accepted {in_file:,} + rejected 0" in done.stderr
     assert f"lake: {lake}" in done.stderr
+
+
+@pytest.mark.parametrize(("users", "ours", "childs"), [(None, "1", None), ("4", "4", "4")])
+def test_openblas_is_single_threaded_unless_the_user_said_otherwise(users, ours, childs):
+    """The `stockflow` command sets OPENBLAS_NUM_THREADS=1 for itself before
+    numpy is imported; a value of the user's wins, and the environment the
+    bench hands to its baselines is the user's."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if users is not None:
+        env["OPENBLAS_NUM_THREADS"] = users
+    code = (
+        "import os, sys; import dataflows.cli; from dataflows.core.blas import users_environment; "
+        "assert 'numpy' in sys.modules; "
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'), "
+        "users_environment(os.environ).get('OPENBLAS_NUM_THREADS'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == [ours, str(childs)]

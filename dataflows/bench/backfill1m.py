@@ -267,16 +267,17 @@ def _child_env() -> dict[str, str]:
     # PYTHONDONTWRITEBYTECODE (set in some shells and images) would make an
     # editable install compile its modules at every start (~0.2 s), and
     # the warm-up run below writes them once.
-    # OPENBLAS_NUM_THREADS is dropped when stockflow's CLI set it for itself
-    # (dataflows.cli): each side starts from the user's environment.
-    from dataflows.cli import OPENBLAS_SET_HERE
+    # Each side starts from the user's environment, not the one the CLI
+    # made for itself (dataflows.core.blas).
+    from dataflows.core.blas import users_environment
 
-    dropped = {"PYTHONDONTWRITEBYTECODE"} | (
-        {"OPENBLAS_NUM_THREADS"} if OPENBLAS_SET_HERE else set()
+    return users_environment(
+        {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("STOCKFLOW_") and k != "PYTHONDONTWRITEBYTECODE"
+        }
     )
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith("STOCKFLOW_") and k not in dropped
-    }
 
 
 def _lake_counts(lake: Path) -> dict[str, int]:
