@@ -552,3 +552,16 @@ def test_openblas_is_single_threaded_unless_the_user_said_otherwise(users, ours,
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == [ours, str(childs)]
+
+
+def test_a_finished_command_exits_even_with_an_executor_left_open():
+    """The command's fast exit shuts threads down as the interpreter does: an
+    executor nobody shut down (its idle worker waits for work) does not keep
+    the process alive, and its submitted job has run."""
+    code = (
+        "from concurrent.futures import ThreadPoolExecutor; "
+        "from dataflows.cli.main import _exit_now; "
+        "pool = ThreadPoolExecutor(1); pool.submit(print, 'job ran'); _exit_now(3)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (3, "job ran\n")
