@@ -228,9 +228,13 @@ class Staging:
         return ds.dataset(path, format="parquet") if os.path.isdir(path) else None
 
 
-def _write_staged(path: str, rows: pa.Table) -> None:
+def _staged_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with pq.ParquetWriter(path, rows.schema, **_STAGED_OPTIONS) as writer:
+    return pq.ParquetWriter(path, schema, **_STAGED_OPTIONS)
+
+
+def _write_staged(path: str, rows: pa.Table) -> None:
+    with _staged_writer(path, rows.schema) as writer:
         writer.write_table(rows, row_group_size=_STAGED_GROUP_ROWS)
 
 
@@ -285,8 +289,7 @@ class _StagingPartition(StatelessSinkPartition[Any]):
 
     def _write(self, rows: pa.Table) -> None:
         if self._writer is None:
-            os.makedirs(os.path.dirname(self._path), exist_ok=True)
-            self._writer = pq.ParquetWriter(self._path, rows.schema, **_STAGED_OPTIONS)
+            self._writer = _staged_writer(self._path, rows.schema)
         self._writer.write_table(rows, row_group_size=_STAGED_GROUP_ROWS)
 
     def _wait(self) -> None:

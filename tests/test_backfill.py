@@ -702,3 +702,24 @@ def test_a_large_bar_file_is_streamed_with_the_same_bars_and_rejects(tmp_path, m
     assert runs.max() == bars["symbol"].nunique()
     assert bars.groupby("symbol")["start"].apply(lambda s: s.is_monotonic_increasing).all()
     assert len(list((tmp_path).iterdir())) == 1  # the spill files are gone
+
+
+def test_staged_rows_kept_in_memory_join_a_table_that_spilled_to_files(tmp_path):
+    """A partition that closed in memory before another worker's partition of
+    the same table spilled: the commit gets every row, from files."""
+    import pyarrow as pa
+
+    from dataflows.backfill import Staging, _write_staged
+
+    staging = Staging(str(tmp_path), budget=100)
+    kept = pa.table({"symbol": ["IBM", "IBM"], "close": [1.0, 2.0]})
+    assert staging.hold(kept.nbytes)
+    staging.keep("silver/bars_1m", [kept])
+    spilled = pa.table({"symbol": ["SPY"], "close": [3.0]})
+    assert not staging.hold(100) and staging.spilled
+    _write_staged(f"{tmp_path}/silver/bars_1m/part-0001.parquet", spilled)
+
+    rows = staging.rows("silver/bars_1m")
+    assert hasattr(rows, "files") and len(rows.files) == 2
+    assert sorted(rows.to_table()["close"].to_pylist()) == [1.0, 2.0, 3.0]
+    assert staging.rows("gold/signals") is None
